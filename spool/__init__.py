@@ -1,0 +1,32 @@
+"""rs-telemetry: spool ReadySet telemetry events locally, upload them to Segment later.
+
+``import spool`` and ``spool.append`` load neither requests nor click.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from spool._version import __version__
+from spool.errors import InvalidEvent
+from spool.session import Session, append
+
+if TYPE_CHECKING:
+    from spool.flushing import FlushReport
+
+
+def flush(**kwargs: Any) -> FlushReport:
+    """Upload what is pending, as ``rs-telemetry flush`` does; returns a ``FlushReport``."""
+    from spool.flushing import flush as _flush  # noqa: PLC0415 - loads requests on demand
+
+    return _flush(**kwargs)
+
+
+def flush_on_exit(**kwargs: Any) -> None:
+    """At interpreter exit, start one detached flush when something is pending."""
+    from spool.atexit import flush_on_exit as _register  # noqa: PLC0415
+
+    _register(**kwargs)
+
+
+__all__ = ["InvalidEvent", "Session", "__version__", "append", "flush", "flush_on_exit"]

@@ -1,0 +1,8 @@
+"""``python -m spool``: the same command line as ``rs-telemetry``."""
+
+from __future__ import annotations
+
+from spool.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,105 @@
+"""What an operator sees: the pending and quarantined records, and the spool's status.
+
+Read-only: nothing here changes the spool.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spool import record, settings, store
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A pending line: its raw bytes and, when it is a valid record, the decoded message."""
+
+    raw: bytes
+    message: dict[str, Any] | None
+    problem: str | None
+
+
+def decode(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
+    """A spooled line as a message, or why it is not one, e.g. ``(None, "not JSON")``."""
+    try:
+        message = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
+    except ValueError:
+        return None, "not JSON"
+    problem = record.check(message)
+    return (message, None) if problem is None else (None, problem)
+
+
+def pending(directory: Path) -> Iterator[Pending]:
+    """Every pending line, oldest first, decoded."""
+    if not store.check_dir(directory, create=False):
+        return
+    state = store.load_state(directory)
+    for _pf, line in store.iter_pending(directory, state):
+        message, problem = decode(line.raw)
+        yield Pending(line.raw, message, problem)
+
+
+def quarantined(directory: Path) -> Iterator[dict[str, Any]]:
+    """Quarantine entries as objects carrying ``_quarantine`` (damaged lines shown raw)."""
+    if not store.check_dir(directory, create=False):
+        return
+    for line in store.quarantine_lines(directory):
+        try:
+            entry = json.loads(line.raw.decode("utf-8"))
+        except ValueError:
+            entry = None
+        if not isinstance(entry, dict) or not isinstance(entry.get("_quarantine"), dict):
+            entry = {
+                "_quarantine": {"reason": "damaged quarantine line", "at": None, "status": None},
+                "raw": line.raw.decode("utf-8", "backslashreplace"),
+            }
+        yield entry
+
+
+def status(directory: Path) -> dict[str, Any]:
+    """The stable ``status --json`` object (``version`` 1)."""
+    exists = store.check_dir(directory, create=False)
+    state = store.load_state(directory) if exists else store.State()
+    events = 0
+    size = 0
+    oldest: str | None = None
+    if exists:
+        for pf in store.pending_files(directory, state):
+            try:
+                data = store.read_file(directory / pf.name, pf.cursor)
+            except FileNotFoundError:
+                continue
+            size += len(data)
+            lines = list(store.split_lines(data, complete_only=not pf.sealed))
+            events += len(lines)
+            if oldest is None:
+                for line in lines:
+                    message, _ = decode(line.raw)
+                    if message is not None:
+                        oldest = str(message["timestamp"])
+                        break
+    quarantine = len(store.quarantine_lines(directory)) if exists else 0
+    retry = state.retry_not_before
+    key_source = settings.write_key()[1]
+    return {
+        "version": 1,
+        "mode": store.read_mode(directory) if exists else "on",
+        "opted_out_by": settings.opted_out_by(),
+        "spool_dir": str(directory),
+        "pending": {"events": events, "bytes": size, "oldest": oldest},
+        "delivered": {"events": state.delivered},
+        "quarantined": {"events": quarantine},
+        "dropped": {"events": sum(state.dropped.values()), "by_reason": dict(state.dropped)},
+        "removed": {"purged": state.purged, "exported": state.exported},
+        "last_flush": state.last_flush,
+        "retry_not_before": record.iso_timestamp(retry) if retry and retry > time.time() else None,
+        "endpoint": settings.endpoint(),
+        "write_key_source": key_source,
+    }

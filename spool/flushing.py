@@ -1,0 +1,447 @@
+"""The flush run: store + upload + retry policy + accounting.
+
+A flush takes on the segments that exist once it has sealed the active file; events
+appended after that wait for the next run. Each segment is cut into batches (byte
+ranges of the file). A range is *committed* once the server acknowledged its events
+(or refused them one by one): its quarantine lines are made durable, then one state
+write moves the segment's cursor past it and counts what happened, and only when the
+whole segment is consumed is the file unlinked. A kill at any instant therefore loses
+nothing, and at most the range in flight is sent again (with the same messageIds).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from spool import exitcodes, record, settings, store
+from spool.errors import ConfigError
+from spool.locking import Busy, flush_lock, state_lock
+from spool.upload import (
+    MAX_BATCH_EVENTS,
+    MAX_BODY_BYTES,
+    ENVELOPE_BYTES,
+    Answer,
+    Body,
+    Uploader,
+    Verdict,
+    retry_after,
+)
+
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
+
+
+@dataclass
+class FlushReport:
+    """What one flush did, e.g. ``FlushReport(sent=120, batches=1, exit_code=0, ...)``."""
+
+    sent: int = 0
+    batches: int = 0
+    quarantined: int = 0
+    dropped: int = 0
+    left_pending: int = 0
+    exit_code: int = exitcodes.OK
+    seconds: float = 0.0
+    message: str = ""
+    taken_on: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable ``flush --json`` object (``version`` 1)."""
+        return {
+            "version": 1,
+            "sent": self.sent,
+            "batches": self.batches,
+            "quarantined": self.quarantined,
+            "dropped": self.dropped,
+            "left_pending": self.left_pending,
+            "exit_code": self.exit_code,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class _Stop(Exception):  # noqa: N818 - control flow inside a run, never leaves this module
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self.message = message
+
+
+@dataclass
+class _Item:
+    """One line of a segment and what to do with it."""
+
+    line: store.Line
+    valid: bool
+    reason: str = ""  # why it is quarantined (unreadable) or dropped (too old)
+    too_old: bool = False
+
+
+@dataclass
+class _Run:
+    directory: Path
+    conf: settings.FlushSettings
+    uploader: Uploader | None
+    deadline: float
+    report: FlushReport
+    progress: Callable[[int], None] | None
+    out: IO[str] | None
+    server_asked_until: float | None = None
+    acknowledged: bool = False
+    rng: random.Random = field(default_factory=random.Random)
+
+
+def flush(
+    spool_dir: str | Path | None = None,
+    endpoint: str | None = None,
+    max_time: float = 60.0,
+    timeout: float = 10.0,
+    gzip: bool = True,
+    dry_run: bool = False,
+    force: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    out: IO[str] | None = None,
+) -> FlushReport:
+    """Upload what is pending, oldest first; return a report whose ``exit_code`` is flush's.
+
+    Raises ``ConfigError`` (exit 1) for a missing write key or a refused endpoint, and
+    ``SpoolUnusable`` for a spool directory that must not be used. ``progress`` is called
+    with (events done, events taken on); ``out`` receives ``--dry-run`` batches.
+    """
+    started = time.monotonic()
+    report = FlushReport()
+    directory = settings.spool_dir(spool_dir)
+    opted = settings.opted_out_by()
+    if opted is not None:
+        report.message = f"telemetry is off in this process ({opted} is set): nothing sent"
+        return report
+    if not store.check_dir(directory, create=False):
+        report.message = "nothing pending"
+        return report
+    mode = store.read_mode(directory)
+    if mode != "on":
+        report.message = f"mode is {mode!r}: nothing is sent (rs-telemetry enable turns it on)"
+        return report
+    conf = settings.FlushSettings.resolve(endpoint, max_time, timeout, gzip, dry_run, force)
+    batch_url = settings.check_endpoint(conf.endpoint)
+    if not conf.write_key and not dry_run:
+        raise ConfigError(
+            "no Segment write key: set RS_SEGMENT_WRITE_KEY to the write key of your "
+            "HTTP Tracking API source (e.g. export RS_SEGMENT_WRITE_KEY=abc123)"
+        )
+    try:
+        with flush_lock(directory):
+            _locked_flush(directory, conf, batch_url, started, report, progress, out)
+    except Busy:
+        report.exit_code = exitcodes.TEMPFAIL
+        report.message = "another flush is running on this spool; try again later"
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _locked_flush(
+    directory: Path,
+    conf: settings.FlushSettings,
+    batch_url: str,
+    started: float,
+    report: FlushReport,
+    progress: Callable[[int, int], None] | None,
+    out: IO[str] | None,
+) -> None:
+    store.seal(directory)
+    store.enforce_cap(directory, conf.max_bytes)
+    with state_lock(directory):
+        state = store.load_state(directory)
+    names = [pf.name for pf in store.pending_files(directory, state) if pf.sealed]
+    if not names:
+        report.message = "nothing pending"
+        return
+    wait_until = state.retry_not_before
+    if wait_until and wait_until > time.time() and not conf.force and not conf.dry_run:
+        report.exit_code = exitcodes.TEMPFAIL
+        report.left_pending = _count_left(directory, names)
+        report.message = (
+            f"the server asked to wait until {record.iso_timestamp(wait_until)}; "
+            "nothing sent (use --force to try now)"
+        )
+        return
+    done_callback = None
+    if progress is not None:
+        total = _count_left(directory, names)
+        done = [0]
+
+        def done_callback(n: int) -> None:
+            done[0] += n
+            progress(done[0], total)
+
+    uploader = None if conf.dry_run else Uploader(batch_url, conf.write_key, conf.gzip)
+    run = _Run(
+        directory, conf, uploader, started + conf.max_time, report, done_callback, out
+    )
+    try:
+        for name in names:
+            _flush_segment(run, name)
+    except _Stop as stop:
+        report.exit_code = stop.exit_code
+        report.message = stop.message
+    finally:
+        if uploader is not None:
+            uploader.close()
+    if conf.dry_run:
+        report.left_pending = _count_left(directory, names)
+        report.exit_code = exitcodes.OK
+        report.message = report.message or (
+            f"dry run: {report.batches} batch(es), {report.sent} event(s) would be sent"
+        )
+        return
+    report.left_pending = _count_left(directory, names)
+    if report.exit_code == exitcodes.OK:
+        if report.left_pending:
+            report.exit_code = exitcodes.TEMPFAIL
+            report.message = report.message or "some events are left for a later run"
+        elif report.quarantined:
+            report.exit_code = exitcodes.QUARANTINED
+    _finish(run)
+
+
+def _finish(run: _Run) -> None:
+    """Record the last flush and the retry deadline; a full disk must not break the run."""
+    report = run.report
+    try:
+        with state_lock(run.directory):
+            state = store.load_state(run.directory)
+            state.last_flush = {
+                "at": record.iso_timestamp(),
+                "exit_code": report.exit_code,
+                "sent": report.sent,
+                "quarantined": report.quarantined,
+                "left_pending": report.left_pending,
+            }
+            if run.server_asked_until is not None:
+                state.retry_not_before = run.server_asked_until
+            elif run.acknowledged:
+                state.retry_not_before = None
+            state.inflight = None
+            store.save_state(run.directory, state)
+    except OSError as exc:
+        store.log_warning("could not record the flush summary: %s", exc)
+
+
+def _count_left(directory: Path, names: list[str]) -> int:
+    """Pending events still in the segments this run took on."""
+    state = store.load_state(directory)
+    left = 0
+    taken = set(names)
+    for pf in store.pending_files(directory, state):
+        if pf.name in taken:
+            try:
+                left += store.count_lines(store.read_file(directory / pf.name, pf.cursor))
+            except FileNotFoundError:
+                continue
+    return left
+
+
+def _parse(line: store.Line, oldest_allowed: float) -> _Item:
+    """Decide what one spooled line is: a record to send, unreadable, or too old."""
+    try:
+        text = line.raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return _Item(line, False, "not UTF-8")
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return _Item(line, False, "not JSON")
+    problem = record.check(message)
+    if problem is not None:
+        return _Item(line, False, f"not a valid record: {problem}")
+    if record.parse_timestamp(message["timestamp"]) < oldest_allowed:
+        return _Item(line, False, "too_old", too_old=True)
+    return _Item(line, True)
+
+
+def _batches(items: list[_Item]) -> list[list[_Item]]:
+    """Cut a segment's items into ranges within Segment's count and byte limits."""
+    batches: list[list[_Item]] = []
+    current: list[_Item] = []
+    count = 0
+    size = ENVELOPE_BYTES
+    for item in items:
+        if item.valid:
+            extra = len(item.line.raw) + (1 if count else 0)
+            if count and (count + 1 > MAX_BATCH_EVENTS or size + extra > MAX_BODY_BYTES):
+                batches.append(current)
+                current, count, size = [], 0, ENVELOPE_BYTES
+                extra = len(item.line.raw)
+            count += 1
+            size += extra
+        current.append(item)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _flush_segment(run: _Run, name: str) -> None:
+    directory = run.directory
+    with state_lock(directory):
+        state = store.load_state(directory)
+        path = directory / name
+        try:
+            size = path.lstat().st_size
+        except FileNotFoundError:
+            return  # dropped by the cap since we listed it (and counted there)
+        cursor = state.cursors.get(name, 0)
+        if cursor >= size:
+            store.remove_segments(directory, state, [name])
+            return
+        if not run.conf.dry_run and state.inflight != name:
+            state.inflight = name  # the cap never drops what a flush is uploading
+            _save_tolerant(directory, state)
+    data = store.read_file(path, cursor)
+    oldest_allowed = time.time() - run.conf.max_age_seconds
+    items = [_parse(line, oldest_allowed) for line in store.split_lines(data, cursor)]
+    for batch in _batches(items):
+        _resolve(run, name, size, batch)
+
+
+def _resolve(run: _Run, name: str, size: int, items: list[_Item]) -> None:
+    """Deliver a range; on 400/413 split it in halves until each refused event is alone."""
+    valid = [it for it in items if it.valid]
+    if not valid:
+        _commit(run, name, size, items, [])
+        return
+    answer = _send(run, valid)
+    if answer is None or answer.verdict is Verdict.ACK:
+        _commit(run, name, size, items, [])
+        return
+    if len(valid) == 1:
+        _commit(run, name, size, items, [(valid[0], answer)])
+        return
+    middle = valid[len(valid) // 2]
+    cut = items.index(middle)
+    _resolve(run, name, size, items[:cut])
+    _resolve(run, name, size, items[cut:])
+
+
+def _send(run: _Run, valid: list[_Item]) -> Answer | None:
+    """Send one batch, retrying within the time limit; None in a dry run.
+
+    Returns an ACK or SPLIT answer; raises ``_Stop`` for the rest.
+    """
+    body = Body([it.line.raw for it in valid], run.conf.gzip)
+    run.report.batches += 1
+    if run.uploader is None:
+        if run.out is not None:
+            run.out.write(body.plain().decode("utf-8") + "\n")
+        return None
+    attempt = 0
+    while True:
+        remaining = run.deadline - time.monotonic()
+        if remaining <= 0:
+            raise _Stop(exitcodes.TEMPFAIL, "time limit reached; the rest waits for a later run")
+        answer = run.uploader.send(body.render(), min(run.conf.timeout, remaining))
+        verdict = answer.verdict
+        if verdict is Verdict.ACK:
+            run.acknowledged = True
+            run.server_asked_until = None
+            return answer
+        if verdict is Verdict.SPLIT:
+            return answer
+        if verdict is Verdict.AUTH:
+            raise _Stop(
+                exitcodes.FAILURE,
+                f"the write key was refused ({answer.describe()}): check RS_SEGMENT_WRITE_KEY; "
+                "everything is kept",
+            )
+        if verdict is Verdict.MISCONFIGURED:
+            raise _Stop(
+                exitcodes.FAILURE,
+                f"{run.uploader.url} answered {answer.describe()}: check --endpoint or "
+                "RS_SEGMENT_ENDPOINT; everything is kept",
+            )
+        backoff = run.rng.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
+        asked = retry_after(answer.headers)
+        wait = backoff if asked is None else max(asked, backoff)
+        if time.monotonic() + wait > run.deadline:
+            if asked is not None:
+                run.server_asked_until = time.time() + asked
+            raise _Stop(
+                exitcodes.TEMPFAIL,
+                f"{answer.describe()} after {attempt + 1} attempt(s); "
+                + (f"the server asked to wait {asked:.0f} s; " if asked is not None else "")
+                + "the rest waits for a later run",
+            )
+        time.sleep(wait)
+        attempt += 1
+
+
+def _commit(
+    run: _Run,
+    name: str,
+    size: int,
+    items: list[_Item],
+    refused: list[tuple[_Item, Answer]],
+) -> None:
+    """Account for a resolved range: quarantine durable, then state, then maybe unlink."""
+    report = run.report
+    refused_ids = {id(it) for it, _ in refused}
+    sent = sum(1 for it in items if it.valid and id(it) not in refused_ids)
+    old = sum(1 for it in items if it.too_old)
+    entries = [
+        store.quarantine_entry(it.line.raw, it.reason)
+        for it in items
+        if not it.valid and not it.too_old
+    ]
+    entries += [
+        store.quarantine_entry(
+            it.line.raw, "refused by the server", answer.status, answer.body
+        )
+        for it, answer in refused
+    ]
+    report.sent += sent
+    report.quarantined += len(entries)
+    report.dropped += old
+    if run.progress is not None:
+        run.progress(len(items))
+    if run.uploader is None:
+        return  # dry run: nothing changes
+    end = items[-1].line.end
+    with state_lock(run.directory):
+        state = store.load_state(run.directory)
+        # Quarantine first and durably: if we crash after it, the range is resent and
+        # quarantined again (a duplicate in quarantine), never lost.
+        try:
+            store.add_to_quarantine(
+                run.directory, entries, state, store.quarantine_cap(run.conf.max_bytes)
+            )
+        except OSError as exc:
+            report.sent -= sent
+            report.quarantined -= len(entries)
+            report.dropped -= old
+            raise _Stop(
+                exitcodes.TEMPFAIL, f"could not write the quarantine ({exc.strerror})"
+            ) from exc
+        state.cursors[name] = end
+        state.delivered += sent
+        state.drop("too_old", old)
+        if end >= size:
+            state.inflight = None
+            store.remove_segments(run.directory, state, [name])
+        else:
+            _save_tolerant(run.directory, state)
+
+
+def _save_tolerant(directory: Path, state: store.State) -> None:
+    """Save state; on a full disk carry on (the range may be sent again, harmlessly)."""
+    try:
+        store.save_state(directory, state)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        store.log_warning("spool disk full: progress not recorded (%s)", exc)
+

@@ -1,0 +1,75 @@
+"""The file locks of a spool directory and what each one protects.
+
+- ``active.jsonl`` itself (``flock``): one appender writes at a time, and sealing (a rename)
+  happens only while it is held. Taken by every append; held for one ``write()``.
+- ``state.lock``: read-modify-write of ``state.json``, the quarantine file, and every
+  deletion of a sealed segment. Held for milliseconds, never across the network.
+  Appenders take it only when a rotation pushed the spool over its cap, and then only
+  if it is free (they never wait for a flush).
+- ``flush.lock`` (filelock): one flush, export or purge per spool at a time. Held for
+  the whole run, network included; appenders never touch it.
+
+``flock`` locks belong to the open file description, so every holder opens its own
+descriptor and closes it when done: nothing is cached that a forked child could share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+STATE_LOCK = "state.lock"
+FLUSH_LOCK = "flush.lock"
+_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Busy(Exception):  # noqa: N818 - reads as "the lock is busy"
+    """A lock that was asked for without waiting is held by someone else."""
+
+
+@contextlib.contextmanager
+def state_lock(directory: Path, wait: bool = True) -> Iterator[None]:
+    """Hold ``state.lock``; with ``wait=False`` raise ``Busy`` at once when it is taken."""
+    fd = os.open(directory / STATE_LOCK, _OPEN_FLAGS, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Busy(str(directory / STATE_LOCK)) from None
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def flush_lock(directory: Path) -> Iterator[None]:
+    """Hold ``flush.lock`` for a whole run; raise ``Busy`` at once if another run holds it."""
+    import filelock  # noqa: PLC0415 - only flush, export and purge need it; keeps append lean
+
+    lock = filelock.FileLock(str(directory / FLUSH_LOCK), timeout=0, mode=0o600)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise Busy(str(directory / FLUSH_LOCK)) from None
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def flush_running(directory: Path) -> bool:
+    """True when some process holds ``flush.lock`` right now (probe without waiting)."""
+    try:
+        fd = os.open(directory / FLUSH_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

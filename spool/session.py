@@ -1,0 +1,115 @@
+"""Sessions and the append call: the code that runs inside the host application.
+
+Nothing here imports requests or click, and nothing here raises an I/O error into the
+host: trouble is logged once per kind and reported as ``False``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+
+from spool import record, settings, store
+from spool.errors import SpoolUnusable
+
+_logged: set[str] = set()
+SPOOLED, OFF, FAILED = "spooled", "off", "failed"
+
+
+def _log_once(kind: str, msg: str, *args: object) -> None:
+    if kind in _logged:
+        return
+    _logged.add(kind)
+    import logging  # noqa: PLC0415 - the error path only; logging costs milliseconds to import
+
+    logging.getLogger("spool").warning(msg, *args)
+
+
+class Session:
+    """One ``anonymousId`` and where its events go, e.g. ``Session(anonymous_id="3f2a...")``.
+
+    ``user_id`` defaults to ``RS_API_KEY`` as it is at each append; ``spool_dir`` to
+    ``RS_TELEMETRY_DIR`` or the per-user default. Safe to share between threads.
+    """
+
+    def __init__(
+        self,
+        anonymous_id: str | None = None,
+        user_id: str | None = None,
+        spool_dir: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.anonymous_id = anonymous_id or str(uuid.uuid4())
+        self.user_id = user_id
+        self.spool_dir = Path(spool_dir) if spool_dir is not None else None
+
+    def __repr__(self) -> str:
+        return f"Session(anonymous_id={self.anonymous_id!r}, spool_dir={self.spool_dir!r})"
+
+    def append(self, event: str, properties: Mapping[str, str] | None = None) -> bool:
+        """Spool one event; True when it is on disk, False when not (off, disk full, refused).
+
+        Raises ``InvalidEvent`` for an event outside the catalogue, whatever the mode.
+        Operation is atomic: the record is written whole with one ``write()`` or not at all.
+        Concurrent appends from threads and processes are serialized by a file lock.
+        """
+        outcome, _detail = self.spool(event, properties)
+        return outcome == SPOOLED
+
+    def spool(self, event: str, properties: Mapping[str, str] | None = None) -> tuple[str, str]:
+        """Like ``append``, but say what happened: ``("spooled", "")``, ``("off", why)``,
+        or ``("failed", why)``. I/O trouble is logged once per kind, never raised.
+        """
+        user_id = self.user_id if self.user_id is not None else os.environ.get("RS_API_KEY")
+        line = record.build(event, properties, self.anonymous_id, user_id)
+        opted = settings.opted_out_by()
+        if opted is not None:
+            return OFF, f"{opted} is set"
+        directory = settings.spool_dir(self.spool_dir)
+        try:
+            store.check_dir(directory, create=True)
+            if store.read_mode(directory) == "off":
+                return OFF, "telemetry is disabled (rs-telemetry enable turns it on)"
+            store.append_line(
+                directory, line, fsync=settings.flag("RS_TELEMETRY_FSYNC"), cap=settings.max_bytes()
+            )
+        except SpoolUnusable as exc:
+            _log_once("refused", "rs-telemetry: not spooling: %s", exc)
+            return FAILED, str(exc)
+        except OSError as exc:
+            detail = f"could not spool to {directory}: {exc.strerror or exc}"
+            _log_once(f"os-{exc.errno}", "rs-telemetry: %s", detail)
+            return FAILED, detail
+        if settings.flag("RS_TELEMETRY_DEBUG"):
+            sys.stderr.write("rs-telemetry: " + line.decode("utf-8"))
+        return SPOOLED, ""
+
+
+_default: Session | None = None
+
+
+def default_session() -> Session:
+    """The process-wide session: ``RS_TELEMETRY_SESSION_ID`` if set, else one UUID per process."""
+    global _default  # noqa: PLW0603 - one default session per process, reset in forked children
+    if _default is None:
+        _default = Session(anonymous_id=os.environ.get("RS_TELEMETRY_SESSION_ID") or None)
+    return _default
+
+
+def _forget_default_session() -> None:
+    global _default  # noqa: PLW0603
+    _default = None
+
+
+# A forked child is a new process: it gets its own anonymousId (unless the variable names
+# one), and it shares no descriptor with its parent because append caches none.
+os.register_at_fork(after_in_child=_forget_default_session)
+
+
+def append(
+    event: str, properties: Mapping[str, str] | None = None, *, session: Session | None = None
+) -> bool:
+    """Spool one event in the default (or given) session, e.g. ``append("server_start")``."""
+    return (session or default_session()).append(event, properties)

@@ -1,0 +1,605 @@
+"""The only module that touches spool files: append, seal, read, commit, quarantine, drop.
+
+Layout of a spool directory (0700, every file 0600):
+
+- ``active.jsonl``: where appenders write, one record per line, under ``flock``.
+- ``seg-<ns>-<pid>-<n>.jsonl``: sealed segments, immutable, oldest name first. An appender
+  seals the active file when it passes ``segment_bytes(cap)``; a flush seals it when it starts.
+- ``state.json``: counters, per-segment cursors (bytes already resolved), the segment a
+  flush is working on, the last flush and the retry deadline. Replaced atomically.
+- ``quarantine.jsonl``: lines that cannot or may not be sent, each with its reason.
+- ``mode``: ``on``, ``off`` or ``local``; absent means ``on``.
+- ``state.lock``, ``flush.lock``: see ``spool.locking``.
+
+Pending data is every non-empty line of a sealed segment after its cursor, plus every
+line of the active file. An event leaves the pending set only when a state write that
+accounts for it (delivered, dropped, purged, exported) is durable, or when its quarantine
+line is durable; the file that held it is unlinked after that.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import json
+import os
+import stat
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spool.errors import SpoolUnusable
+from spool.locking import Busy, flush_running, state_lock
+
+ACTIVE = "active.jsonl"
+QUARANTINE = "quarantine.jsonl"
+STATE = "state.json"
+MODE = "mode"
+SEGMENT_PREFIX = "seg-"
+SEGMENT_SUFFIX = ".jsonl"
+SEGMENT_MAX_BYTES = 1024 * 1024
+"""Upper bound of a segment (plus one record), e.g. 1 MiB: a few upload batches."""
+
+_APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+_seal_counter = itertools.count()
+
+
+def segment_bytes(cap: int) -> int:
+    """Size at which the active file is sealed, e.g. 1 MiB for the 64 MiB default cap.
+
+    A quarter of the cap keeps the spool under 1.25x the cap between two rotations.
+    """
+    return max(1, min(SEGMENT_MAX_BYTES, cap // 4))
+
+
+# --- the directory ----------------------------------------------------------------------
+
+
+def check_dir(directory: Path, create: bool) -> bool:
+    """Refuse a directory we do not own or others can write; False when absent and not created.
+
+    Raises ``SpoolUnusable`` with the reason and the fix, e.g. ``chmod 700 DIR``.
+    """
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        if not create:
+            return False
+        make_dir(directory)
+        st = os.stat(directory)
+    except OSError as exc:
+        raise SpoolUnusable(f"cannot use spool directory ({exc.strerror})", str(directory)) from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise SpoolUnusable("spool path is not a directory", str(directory))
+    if st.st_uid != os.geteuid():
+        raise SpoolUnusable(
+            f"spool directory is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})",
+            str(directory),
+            "use a spool directory of your own with --spool-dir or RS_TELEMETRY_DIR",
+        )
+    if st.st_mode & 0o022:
+        raise SpoolUnusable(
+            f"spool directory is writable by group or others (mode {st.st_mode & 0o777:04o})",
+            str(directory),
+            f"run: chmod 700 {directory}",
+        )
+    return True
+
+
+def make_dir(directory: Path) -> None:
+    """Create the spool directory 0700 whatever the umask (parents as ``mkdir -p`` would)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        return  # another process won the race; check_dir() judges what it made
+    os.chmod(directory, 0o700)  # the umask may have removed bits we need... or kept none
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(directory: Path, name: str, data: bytes) -> None:
+    """Replace ``directory/name`` with ``data``: temp file, fsync, rename, fsync directory.
+
+    Operation is atomic: a reader sees the old file or the new one, never a mix.
+    """
+    tmp = directory / f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, directory / name)
+    except BaseException:
+        with _suppress_os():
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)  # the rename itself is durable only once the directory is
+
+
+class _suppress_os:  # noqa: N801 - used like contextlib.suppress, cheaper to import
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
+        return kind is not None and issubclass(kind, OSError)
+
+
+# --- append -----------------------------------------------------------------------------
+
+
+def append_line(directory: Path, line: bytes, *, fsync: bool, cap: int) -> None:
+    """Append one record with a single ``write()``; raise ``OSError`` on any trouble.
+
+    Concurrent appends are serialized by ``flock`` on the active file. Nothing already
+    spooled is harmed by a failure: a short write is truncated back to where it began.
+    """
+    path = os.path.join(directory, ACTIVE)
+    for _attempt in range(16):
+        fd = os.open(path, _APPEND_FLAGS, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            # Rotation race: a flush (or another appender) may have sealed the file between
+            # our open() and our flock(); then the path names another inode, or none.
+            try:
+                current = os.stat(path, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            if current.st_ino != st.st_ino or current.st_dev != st.st_dev:
+                continue
+            if st.st_mode & 0o777 != 0o600:
+                os.fchmod(fd, 0o600)  # created under a restrictive umask
+            size = st.st_size
+            data = line
+            # A writer killed mid-write() leaves a line without its newline: never glue to it.
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + line
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write to the spool")
+                if fsync:
+                    os.fsync(fd)
+            except OSError:
+                with _suppress_os():
+                    os.ftruncate(fd, size)  # needs no free space
+                raise
+            sealed = size + len(data) >= segment_bytes(cap) and _seal_locked(directory)
+        finally:
+            os.close(fd)
+        if sealed:
+            enforce_cap(directory, cap, wait=False)
+        return
+    raise OSError(errno.EAGAIN, "the active spool file kept being replaced")
+
+
+def _seal_locked(directory: Path) -> bool:
+    """Rename the active file to a new segment; the caller holds its ``flock``."""
+    name = f"{SEGMENT_PREFIX}{time.time_ns():020d}-{os.getpid()}-{next(_seal_counter)}"
+    os.rename(directory / ACTIVE, directory / f"{name}{SEGMENT_SUFFIX}")
+    return True
+
+
+def seal(directory: Path) -> None:
+    """Seal the active file if it holds anything; appenders wait at most for this rename."""
+    try:
+        fd = os.open(directory / ACTIVE, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        st = os.fstat(fd)
+        try:
+            current = os.stat(directory / ACTIVE, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        if st.st_size and (current.st_ino, current.st_dev) == (st.st_ino, st.st_dev):
+            _seal_locked(directory)
+    finally:
+        os.close(fd)
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+def segments(directory: Path) -> list[str]:
+    """Names of sealed segments, oldest first, e.g. ``["seg-0001...-42-0.jsonl"]``.
+
+    Symbolic links and anything else that is not a regular file are never listed.
+    """
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    return sorted(
+        e.name
+        for e in entries
+        if e.name.startswith(SEGMENT_PREFIX)
+        and e.name.endswith(SEGMENT_SUFFIX)
+        and e.is_file(follow_symlinks=False)
+    )
+
+
+def read_file(path: Path, offset: int = 0) -> bytes:
+    """The bytes of a spool file from ``offset``; never through a symbolic link."""
+    fd = os.open(path, _READ_FLAGS)
+    try:
+        if offset:
+            os.lseek(fd, offset, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def split_lines(data: bytes, base: int = 0, complete_only: bool = False) -> Iterator[Line]:
+    """Non-empty lines with their byte range in the file; ``complete_only`` skips a torn tail."""
+    pos = 0
+    end = len(data)
+    while pos < end:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            if not complete_only:
+                yield Line(base + pos, base + end, data[pos:end])
+            return
+        if nl > pos:
+            yield Line(base + pos, base + nl + 1, data[pos:nl])
+        pos = nl + 1
+
+
+def count_lines(data: bytes) -> int:
+    """Non-empty lines in ``data``, e.g. 2 for ``b'{..}\\n{..}'`` (a torn tail counts)."""
+    n = data.count(b"\n")
+    if data and not data.endswith(b"\n"):
+        n += 1
+    if data.startswith(b"\n") or b"\n\n" in data:
+        n = sum(1 for _ in split_lines(data))
+    return n
+
+
+@dataclass(frozen=True)
+class Line:
+    """One line of a spool file: bytes ``[start, end)`` including its newline, and its text."""
+
+    start: int
+    end: int
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class PendingFile:
+    """A file holding pending lines, e.g. ``seg-...jsonl`` from cursor 4096 to size 9000."""
+
+    name: str
+    cursor: int
+    size: int
+    sealed: bool
+
+
+def pending_files(directory: Path, state: State) -> list[PendingFile]:
+    """Sealed segments (from their cursors) then the active file, oldest first."""
+    out = []
+    for name in segments(directory):
+        try:
+            size = os.stat(directory / name, follow_symlinks=False).st_size
+        except FileNotFoundError:
+            continue
+        cursor = min(state.cursors.get(name, 0), size)
+        if cursor < size:
+            out.append(PendingFile(name, cursor, size, sealed=True))
+    try:
+        st = os.stat(directory / ACTIVE, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode) and st.st_size:
+            out.append(PendingFile(ACTIVE, 0, st.st_size, sealed=False))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def iter_pending(directory: Path, state: State) -> Iterator[tuple[PendingFile, Line]]:
+    """Every pending line, oldest first; the active file's unfinished last line is skipped."""
+    for pf in pending_files(directory, state):
+        try:
+            data = read_file(directory / pf.name, pf.cursor)
+        except FileNotFoundError:
+            continue  # sealed, flushed or dropped since we listed it
+        for line in split_lines(data, pf.cursor, complete_only=not pf.sealed):
+            yield pf, line
+
+
+# --- state ------------------------------------------------------------------------------
+
+
+@dataclass
+class State:
+    """Everything a spool remembers besides its data, e.g. ``State(delivered=12, ...)``."""
+
+    delivered: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    purged: int = 0
+    exported: int = 0
+    imported: int = 0
+    cursors: dict[str, int] = field(default_factory=dict)
+    inflight: str | None = None
+    last_flush: dict[str, Any] | None = None
+    retry_not_before: float | None = None
+    imports: list[str] = field(default_factory=list)
+
+    def drop(self, reason: str, count: int) -> None:
+        """Count ``count`` events dropped for ``reason``, e.g. ``drop("spool_full", 3)``."""
+        if count:
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+
+_STATE_FIELDS = frozenset(State.__dataclass_fields__)
+
+
+def load_state(directory: Path) -> State:
+    """Read ``state.json``; a missing one is a fresh state, a damaged one is set aside."""
+    try:
+        raw = read_file(directory / STATE)
+    except FileNotFoundError:
+        return State()
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("version") != 1:
+            raise ValueError("unknown state version")
+        data.pop("version")
+        return State(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
+    except (ValueError, TypeError) as exc:
+        # Damaged from outside (we only ever rename complete files into place). Keep a copy
+        # for the operator and carry on: at worst a partly delivered segment is sent again.
+        with _suppress_os():
+            os.rename(directory / STATE, directory / f"{STATE}.damaged-{time.time_ns()}")
+        log_warning("state file %s was damaged (%s); starting from a fresh one", directory, exc)
+        return State()
+
+
+def save_state(directory: Path, state: State) -> None:
+    """Write ``state.json`` atomically; cursors of segments that are gone are forgotten."""
+    live = set(segments(directory))
+    state.cursors = {k: v for k, v in state.cursors.items() if k in live}
+    payload = {"version": 1, **state.__dict__}
+    atomic_write(directory, STATE, json.dumps(payload, sort_keys=True).encode())
+
+
+def log_warning(msg: str, *args: object) -> None:
+    import logging  # noqa: PLC0415 - the error path only; keeps `import spool` lean
+
+    logging.getLogger("spool").warning(msg, *args)
+
+
+# --- removing data ----------------------------------------------------------------------
+
+
+def remove_segments(directory: Path, state: State, names: list[str]) -> None:
+    """Save ``state`` (which accounts for ``names``), then unlink them.
+
+    The caller holds ``state.lock`` and has set each cursor to the segment's end. The
+    state is durable before any unlink, so a crash in between leaves a segment that is
+    fully consumed, not one that is counted twice. On a full disk the state write can
+    fail: the segments are unlinked anyway (freeing space) and the write is tried again.
+    """
+    try:
+        save_state(directory, state)
+        saved = True
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        saved = False
+    for name in names:
+        with _suppress_os():
+            os.unlink(directory / name)
+    if not saved:
+        save_state(directory, state)
+
+
+def pending_bytes(directory: Path, state: State) -> int:
+    """Bytes of pending data, e.g. 1048576."""
+    return sum(pf.size - pf.cursor for pf in pending_files(directory, state))
+
+
+def enforce_cap(directory: Path, cap: int, wait: bool = True) -> None:
+    """Drop the oldest pending segments while the spool holds more than ``cap`` bytes.
+
+    Each drop is counted under ``spool_full`` in the same durable state write that
+    marks the segment consumed, before the file is unlinked. The segment a flush is
+    uploading is never dropped (the flush owns it), nor the newest one. With
+    ``wait=False`` (appenders) a busy ``state.lock`` skips the check: the next
+    rotation or flush enforces the cap instead.
+    """
+    try:
+        with state_lock(directory, wait=wait):
+            state = load_state(directory)
+            files = pending_files(directory, state)
+            total = sum(pf.size - pf.cursor for pf in files)
+            victims: list[str] = []
+            # The flush owns the segment it uploads; after a crashed flush nobody does.
+            owned = state.inflight if flush_running(directory) else None
+            sealed = [pf for pf in files if pf.sealed]
+            for pf in sealed[:-1]:
+                if total <= cap:
+                    break
+                if pf.name == owned:
+                    continue
+                data = read_file(directory / pf.name, pf.cursor)
+                state.drop("spool_full", count_lines(data))
+                state.cursors[pf.name] = pf.size
+                total -= pf.size - pf.cursor
+                victims.append(pf.name)
+            if victims:
+                remove_segments(directory, state, victims)
+    except Busy:
+        return
+
+
+# --- quarantine -------------------------------------------------------------------------
+
+
+def quarantine_entry(
+    raw: bytes, reason: str, status: int | None = None, body: str | None = None
+) -> bytes:
+    """One quarantine line: the record plus ``_quarantine``, or ``raw`` text when unreadable."""
+    info: dict[str, Any] = {"reason": reason, "at": _iso_now(), "status": status}
+    if body is not None:
+        info["body"] = body
+    entry: dict[str, Any]
+    try:
+        decoded = json.loads(raw)
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, dict) and "_quarantine" not in decoded:
+        entry = {"_quarantine": info, **decoded}
+    else:
+        entry = {"_quarantine": info, "raw": raw.decode("utf-8", "backslashreplace")}
+    return json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _iso_now() -> str:
+    from spool.record import iso_timestamp  # noqa: PLC0415 - avoids an import cycle at load
+
+    return iso_timestamp()
+
+
+def add_to_quarantine(directory: Path, entries: list[bytes], state: State, cap: int) -> None:
+    """Append entries durably (fsync) to the quarantine, then trim it to ``cap`` bytes.
+
+    The caller holds ``state.lock`` and saves ``state`` afterwards. Trimming drops the
+    oldest entries, counted under ``quarantine_full``; the count is saved before the
+    rewrite, so a crash between the two over-counts a loss rather than hiding one.
+    """
+    if not entries:
+        return
+    data = b"".join(entries)
+    fd = os.open(directory / QUARANTINE, _APPEND_FLAGS, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        try:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write to the quarantine")
+            os.fsync(fd)
+        except OSError:
+            with _suppress_os():
+                os.ftruncate(fd, size)
+            raise
+        size += len(data)
+    finally:
+        os.close(fd)
+    if size <= cap:
+        return
+    lines = list(split_lines(read_file(directory / QUARANTINE)))
+    keep_from = len(lines)
+    kept = 0
+    while keep_from > 0 and kept + len(lines[keep_from - 1].raw) + 1 <= cap:
+        keep_from -= 1
+        kept += len(lines[keep_from].raw) + 1
+    state.drop("quarantine_full", keep_from)
+    save_state(directory, state)
+    atomic_write(directory, QUARANTINE, b"".join(ln.raw + b"\n" for ln in lines[keep_from:]))
+
+
+def quarantine_cap(cap: int) -> int:
+    """Bytes the quarantine may hold, e.g. 16 MiB for the default 64 MiB cap."""
+    return max(64 * 1024, cap // 4)
+
+
+# --- mode -------------------------------------------------------------------------------
+
+_mode_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
+
+
+def read_mode(directory: Path) -> str:
+    """The stored mode, e.g. ``"on"`` (the default when no mode was ever set)."""
+    path = os.path.join(directory, MODE)
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return "on"
+    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+    cached = _mode_cache.get(path)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    try:
+        text = read_file(Path(path)).decode("ascii", "replace").strip()
+    except OSError:
+        text = "on"
+    mode = text if text in ("on", "off", "local") else "on"
+    _mode_cache[path] = (key, mode)
+    return mode
+
+
+def write_mode(directory: Path, mode: str) -> None:
+    """Persist the mode atomically, e.g. ``write_mode(d, "local")``."""
+    atomic_write(directory, MODE, f"{mode}\n".encode())
+
+
+# --- purge ------------------------------------------------------------------------------
+
+
+def purge_pending(directory: Path) -> int:
+    """Delete every pending event, counted as purged; returns how many.
+
+    The caller holds ``flush.lock``. The count is durable before any file goes.
+    """
+    seal(directory)
+    with state_lock(directory):
+        state = load_state(directory)
+        names = []
+        removed = 0
+        for pf in pending_files(directory, state):
+            if not pf.sealed:
+                continue  # appended after the seal above: newer than the purge request
+            removed += count_lines(read_file(directory / pf.name, pf.cursor))
+            state.cursors[pf.name] = pf.size
+            names.append(pf.name)
+        state.purged += removed
+        state.inflight = None
+        remove_segments(directory, state, names)
+    return removed
+
+
+def quarantine_lines(directory: Path) -> list[Line]:
+    """Every line of the quarantine file, oldest first."""
+    try:
+        return list(split_lines(read_file(directory / QUARANTINE)))
+    except FileNotFoundError:
+        return []
+
+
+def purge_quarantine(directory: Path) -> int:
+    """Delete the quarantine, counted as purged; returns how many entries went."""
+    with state_lock(directory):
+        state = load_state(directory)
+        removed = len(quarantine_lines(directory))
+        if not removed:
+            return 0
+        state.purged += removed
+        try:
+            save_state(directory, state)
+            saved = True
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            saved = False  # deleting frees the space the count needs; write it after
+        os.unlink(directory / QUARANTINE)
+        if not saved:
+            save_state(directory, state)
+    return removed

@@ -1,0 +1,181 @@
+"""Segment's HTTP Tracking API: request bodies, the HTTP exchange, and what an answer means.
+
+No file access here. Spooled lines are already the JSON of each message, so a body is
+built by joining bytes; only ``sentAt`` is new at every attempt.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import enum
+import time
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import requests
+
+from spool._version import __version__
+from spool.record import iso_timestamp
+
+MAX_BODY_BYTES = 475_000
+"""Largest request body before compression, e.g. a batch of ~1,500 typical events."""
+MAX_BATCH_EVENTS = 2_500
+"""Past 2,500 events Segment answers 200 and silently drops the rest."""
+BODY_START = b'{"batch":['
+BODY_END_TEMPLATE = b'],"sentAt":"2026-11-27T22:05:10.123Z"}'
+ENVELOPE_BYTES = len(BODY_START) + len(BODY_END_TEMPLATE)
+MAX_RETRY_AFTER = 3600.0
+BODY_EXCERPT = 512
+
+
+class Verdict(enum.Enum):
+    """What an answer means for the batch that drew it."""
+
+    ACK = "acknowledged"
+    SPLIT = "refused events inside"
+    AUTH = "write key refused"
+    MISCONFIGURED = "endpoint misconfigured"
+    RETRY = "try again later"
+
+
+def classify(status: int | None, error: BaseException | None = None) -> Verdict:
+    """The meaning of one HTTP answer (or transport error), e.g. ``classify(429) -> RETRY``.
+
+    A pure function: SPEC section 7's table, in one place.
+    """
+    if status is None:
+        if isinstance(error, requests.exceptions.SSLError):
+            return Verdict.MISCONFIGURED  # a certificate problem will not fix itself
+        if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
+            return Verdict.MISCONFIGURED
+        return Verdict.RETRY  # refused, reset, DNS failure, timeout, garbage answer
+    if 200 <= status < 300:
+        return Verdict.ACK
+    if status in (400, 413):
+        return Verdict.SPLIT
+    if status in (401, 403):
+        return Verdict.AUTH
+    if status in (408, 429) or 500 <= status < 600 and status not in (501, 505):
+        return Verdict.RETRY
+    return Verdict.MISCONFIGURED  # 3xx (redirects are not followed), 404, 405, 501, 505, 4xx
+
+
+def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """Seconds the server asked us to wait, capped at an hour, e.g. ``"120"`` -> 120.0.
+
+    Accepts delta-seconds and an HTTP date; ``None`` when absent or unreadable.
+    """
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def body_size(lines: Sequence[bytes]) -> int:
+    """Bytes of the request body for these lines, before compression."""
+    return ENVELOPE_BYTES + sum(len(line) for line in lines) + max(len(lines) - 1, 0)
+
+
+class Body:
+    """One batch's request body; only ``sentAt`` changes between attempts.
+
+    With gzip the batch is compressed once; each attempt copies the compressor and adds
+    the few bytes of its own ``sentAt``.
+    """
+
+    def __init__(self, lines: Sequence[bytes], gzip: bool) -> None:
+        self.count = len(lines)
+        self._head = BODY_START + b",".join(lines) + b'],"sentAt":"'
+        self._gzip = gzip
+        self._compressor = None
+        if gzip:
+            compressor = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip framing
+            self._prefix = compressor.compress(self._head)
+            self._compressor = compressor
+
+    def render(self, sent_at: str | None = None) -> bytes:
+        """The bytes to send now, e.g. ``b'{"batch":[...],"sentAt":"..."}'`` (gzipped)."""
+        tail = (sent_at or iso_timestamp()).encode() + b'"}'
+        if self._compressor is None:
+            return self._head + tail
+        compressor = self._compressor.copy()
+        return self._prefix + compressor.compress(tail) + compressor.flush()
+
+    def plain(self) -> bytes:
+        """The uncompressed body as it would be sent now (for ``--dry-run``)."""
+        return self._head + iso_timestamp().encode() + b'"}'
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What came back: a status (or an error), headers, and the start of the body."""
+
+    status: int | None
+    headers: Mapping[str, str]
+    body: str
+    error: BaseException | None = None
+
+    @property
+    def verdict(self) -> Verdict:
+        return classify(self.status, self.error)
+
+    def describe(self) -> str:
+        """One line for the operator, e.g. ``HTTP 503`` or ``ConnectionError: reset``."""
+        if self.status is not None:
+            return f"HTTP {self.status}"
+        text = str(self.error).splitlines()[0][:200] if self.error else "no answer"
+        return f"{type(self.error).__name__}: {text}"
+
+
+class Uploader:
+    """Sends bodies to ``{endpoint}/v1/batch`` over one keep-alive connection."""
+
+    def __init__(self, batch_url: str, write_key: str, gzip: bool) -> None:
+        self.url = batch_url
+        self.gzip = gzip
+        self.session = requests.Session()
+        token = base64.b64encode(f"{write_key}:".encode()).decode("ascii")
+        self.headers = {
+            "Content-Type": "application/json",
+            "Authorization": f"Basic {token}",
+            "User-Agent": f"rs-telemetry/{__version__}",
+        }
+        if gzip:
+            self.headers["Content-Encoding"] = "gzip"
+
+    def send(self, data: bytes, timeout: float) -> Answer:
+        """POST one body; never raises for network trouble (it is in ``Answer.error``)."""
+        try:
+            response = self.session.post(
+                self.url,
+                data=data,
+                headers=self.headers,
+                timeout=timeout,
+                allow_redirects=False,  # a redirect is a misconfigured endpoint, not a hop
+                verify=True,
+            )
+            try:
+                body = response.content[:BODY_EXCERPT].decode("utf-8", "replace")
+            except requests.RequestException:
+                body = ""
+            return Answer(response.status_code, response.headers, body)
+        except requests.RequestException as exc:
+            return Answer(None, {}, "", exc)
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,423 @@
+"""A scriptable HTTP server on loopback for the uploader's protocol tests, and pytest fixtures.
+
+Each request is recorded (gzip bodies decoded), then answered by the next scripted action::
+
+    scripted_server.script(Respond(503, headers={"Retry-After": "1"}), Reset(), Respond(200))
+
+When the script runs out, ``server.default`` answers; ``server.handler``, when set, decides
+instead of the script. Standard library only; the conftest imports the fixtures from here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+import random
+import socket
+import socketserver
+import struct
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Union
+
+import pytest
+
+from spool.receiver import Receiver
+
+
+@dataclass(frozen=True)
+class Respond:
+    """Answer ``status``, e.g. ``Respond(429, headers={"Retry-After": "2"})``, after ``delay`` s."""
+
+    status: int
+    json: object | None = None
+    body: bytes | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    delay: float = 0.0
+
+
+@dataclass(frozen=True)
+class Reset:
+    """Read the request, then abort the connection (SO_LINGER 0): the client sees a reset."""
+
+
+@dataclass(frozen=True)
+class Close:
+    """Read the request, then close the connection cleanly without answering."""
+
+
+@dataclass(frozen=True)
+class Stall:
+    """Read the request, wait ``seconds`` (e.g. ``Stall(5)``), answer 200; stop() cuts it short."""
+
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Garbage:
+    """Write bytes that are not an HTTP response, e.g. ``b"NOT HTTP\\r\\n\\r\\n"``, then close."""
+
+    data: bytes = b"NOT HTTP\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class Redirect:
+    """Answer a redirect, e.g. ``Redirect(307, "/v1/other")`` (relative or absolute URL)."""
+
+    status: int = 307
+    location: str = "/redirected"
+
+
+Action = Union[Respond, Reset, Close, Stall, Garbage, Redirect]  # noqa: UP007 - a runtime alias
+
+OK = Respond(200, json={"success": True})
+
+
+class Headers(dict[str, str]):
+    """Request headers with case-insensitive lookup, e.g. ``h["content-encoding"] == "gzip"``."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        super().__init__()
+        for name, value in items:
+            key = name.lower()
+            super().__setitem__(key, f"{self[key]}, {value}" if key in self else value)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name.lower() if isinstance(name, str) else name)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return super().get(name.lower(), default)
+
+
+@dataclass
+class Recorded:
+    """One request as received, e.g. ``Recorded(method="POST", path="/v1/batch", ...)``.
+
+    ``status`` is what this server answered, or None when it reset, closed, wrote garbage
+    or was stopped first. ``at`` is ``time.monotonic()`` once the body was read.
+    """
+
+    method: str
+    path: str
+    headers: Headers
+    raw_body: bytes
+    body: bytes
+    json: Any
+    at: float
+    action: Action | None = None
+    status: int | None = None
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The messages this request carried, e.g. ``[{"type": "track", ...}]``."""
+        document = self.json
+        if not isinstance(document, dict):
+            return []
+        if self.path.split("?", 1)[0].endswith("/v1/batch"):
+            batch = document.get("batch")
+            return [e for e in batch if isinstance(e, dict)] if isinstance(batch, list) else []
+        return [document]
+
+    @property
+    def message_ids(self) -> list[str]:
+        """The ``messageId`` of each message, e.g. ``["6f1c...", "a2b9..."]``."""
+        return [str(event.get("messageId")) for event in self.events]
+
+
+class RandomFailures:
+    """A ``handler`` failing ``rate`` of requests, e.g. ``server.handler = RandomFailures(0.3, 7)``.
+
+    A failure is one of ``statuses`` or a connection reset, drawn evenly; the rest are
+    accepted with 200 and their message ids appended to ``accepted_message_ids`` (a batch
+    sent again appears again). Deterministic for a given seed and order of requests.
+    """
+
+    def __init__(
+        self, rate: float, seed: int, statuses: Iterable[int] = (500, 502, 503, 429)
+    ) -> None:
+        self.rate = rate
+        self.statuses = tuple(statuses)
+        # Not for security: a seeded generator makes a failing run reproducible.
+        self._random = random.Random(seed)  # noqa: S311
+        self._lock = threading.Lock()
+        self.accepted_message_ids: list[str] = []
+        self.failures = 0
+
+    def __call__(self, request: Recorded) -> Action:
+        with self._lock:
+            if self._random.random() < self.rate:
+                self.failures += 1
+                pick = self._random.randrange(len(self.statuses) + 1)
+                return Reset() if pick == len(self.statuses) else Respond(self.statuses[pick])
+            self.accepted_message_ids.extend(request.message_ids)
+            return OK
+
+
+class ScriptedServer:
+    """An HTTP/1.1 server on ``http://127.0.0.1:<port>`` that answers as scripted (module doc)."""
+
+    def __init__(self) -> None:
+        self.requests: list[Recorded] = []
+        self.default: Action = OK
+        self.handler: Callable[[Recorded], Action] | None = None
+        self._queue: deque[Action] = deque()
+        self._changed = threading.Condition()
+        self.stopping = threading.Event()
+        self._server = _Server(self)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. ``"http://127.0.0.1:43123"``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def port(self) -> int:
+        """The bound port, e.g. ``43123``."""
+        return int(self._server.server_address[1])
+
+    def script(self, *actions: Action) -> None:
+        """Queue answers for the next requests, one each, in order, e.g. ``script(Reset(), OK)``."""
+        with self._changed:
+            self._queue.extend(actions)
+
+    @property
+    def pending_actions(self) -> int:
+        """How many scripted actions are still unused, e.g. ``0``."""
+        with self._changed:
+            return len(self._queue)
+
+    def accepted_events(self) -> list[dict[str, Any]]:
+        """The messages of every request answered 2xx, in order of arrival (repeats included)."""
+        with self._changed:
+            recorded = list(self.requests)
+        return [
+            event
+            for request in recorded
+            if request.status is not None and 200 <= request.status < 300
+            for event in request.events
+        ]
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> bool:
+        """Wait until ``count`` requests were recorded, e.g. ``wait_for(2)``; False on timeout."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.requests) >= count, timeout)
+
+    def start(self) -> ScriptedServer:
+        """Serve in a daemon thread; return self."""
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, args=(0.05,), daemon=True
+            )
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop: cut stalls and delays short, hang up every connection, wait for their threads."""
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join(2.0)
+        self._server.server_close()
+        self._server.end_connections()
+
+    def __enter__(self) -> ScriptedServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def _choose(self, request: Recorded) -> Action:
+        """Record ``request`` and pick its answer: the handler, else the script, else default."""
+        with self._changed:
+            self.requests.append(request)
+            self._changed.notify_all()
+            handler = self.handler
+            queued = self._queue.popleft() if handler is None and self._queue else None
+        action = handler(request) if handler is not None else (queued or self.default)
+        request.action = action
+        return action
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+    timeout = 30.0
+    server: _Server
+
+    def _handle(self) -> None:
+        raw = self._read_body()
+        headers = Headers(self.headers.items())
+        body = raw
+        if headers.get("content-encoding", "").strip().lower() == "gzip":
+            with contextlib.suppress(OSError, EOFError, zlib.error):
+                body = gzip.decompress(raw)
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        request = Recorded(self.command, self.path, headers, raw, body, document, time.monotonic())
+        owner = self.server.owner
+        action = owner._choose(request)
+        if isinstance(action, Respond):
+            if action.delay and owner.stopping.wait(action.delay):
+                self.close_connection = True
+                return
+            self._respond(request, action.status, action.json, action.body, action.headers)
+        elif isinstance(action, Stall):
+            if owner.stopping.wait(action.seconds):
+                self.close_connection = True
+                return
+            self._respond(request, OK.status, OK.json, None, {})
+        elif isinstance(action, Redirect):
+            headers_out = {"Location": action.location}
+            self._respond(request, action.status, None, None, headers_out)
+        elif isinstance(action, Garbage):
+            self.close_connection = True
+            with contextlib.suppress(OSError):
+                self.wfile.write(action.data)
+        elif isinstance(action, Reset):
+            self.close_connection = True
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            # Close the descriptor now: the normal path would first shutdown(SHUT_WR), a clean FIN.
+            os.close(self.connection.detach())
+        else:  # Close
+            self.close_connection = True
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = do_OPTIONS = _handle
+
+    def _respond(
+        self,
+        request: Recorded,
+        status: int,
+        document: object | None,
+        body: bytes | None,
+        headers: dict[str, str],
+    ) -> None:
+        out: dict[str, str] = {}
+        if document is not None:
+            body = json.dumps(document).encode()
+            out["Content-Type"] = "application/json"
+        payload = body or b""
+        out.update(headers)
+        if not any(name.lower() == "content-length" for name in out):
+            out["Content-Length"] = str(len(payload))
+        if any(name.lower() == "connection" and v.lower() == "close" for name, v in out.items()):
+            self.close_connection = True
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Scripted"
+        head = f"HTTP/1.1 {status} {reason}\r\n"
+        head += "".join(f"{name}: {value}\r\n" for name, value in out.items()) + "\r\n"
+        try:
+            self.wfile.write(head.encode("latin-1") + payload)
+        except OSError:
+            self.close_connection = True  # the client gave up (a timeout): no answer seen
+            return
+        request.status = status
+
+    def _read_body(self) -> bytes:
+        if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
+            parts: list[bytes] = []
+            while True:
+                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    return b"".join(parts)
+                parts.append(self.rfile.read(size))
+                self.rfile.readline()
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # quiet: the recorded requests are the log
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, owner: ScriptedServer) -> None:
+        self.owner = owner
+        self._lock = threading.Lock()
+        self._connections: set[socket.socket] = set()
+        self._workers: list[threading.Thread] = []
+        super().__init__(("127.0.0.1", 0), _Handler)
+
+    def server_bind(self) -> None:
+        # Skip HTTPServer's socket.getfqdn(): a reverse DNS lookup, slow without DNS.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = "127.0.0.1", int(self.server_address[1])
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        thread = threading.Thread(
+            target=self.process_request_thread, args=(request, client_address), daemon=True
+        )
+        with self._lock:
+            self._connections.add(request)
+            self._workers = [alive for alive in self._workers if alive.is_alive()]
+            self._workers.append(thread)
+        thread.start()
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._lock:
+            self._connections.discard(request)
+        super().shutdown_request(request)
+
+    def end_connections(self) -> None:
+        with self._lock:
+            connections, workers = list(self._connections), list(self._workers)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+        for worker in workers:
+            worker.join(2.0)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that time out and hang up are what these tests are about
+
+
+def closed_port_url() -> str:
+    """A URL nothing listens on, e.g. ``"http://127.0.0.1:39127"``: connections are refused."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def scripted_server() -> Iterator[ScriptedServer]:
+    """A started ScriptedServer, stopped after the test."""
+    server = ScriptedServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def receiver(tmp_path: Path) -> Iterator[Receiver]:
+    """A started Receiver writing what it accepts to ``tmp_path / "received.jsonl"``."""
+    with Receiver(out=tmp_path / "received.jsonl") as started:
+        yield started
