@@ -49,9 +49,7 @@ def validate(event: object, properties: Mapping[Any, Any] | None) -> dict[str, s
     clean: dict[str, str] = {}
     for key, value in properties.items():
         if not isinstance(key, str) or key not in PROPERTIES:
-            raise InvalidEvent(
-                f"unknown property {key!r} (known: {', '.join(sorted(PROPERTIES))})"
-            )
+            raise InvalidEvent(f"unknown property {key!r} (known: {', '.join(sorted(PROPERTIES))})")
         if not isinstance(value, str):
             raise InvalidEvent(f"property {key!r} must be a string, not {type(value).__name__}")
         allowed = PROPERTIES[key]

@@ -106,8 +106,14 @@ def _parse_properties(pairs: tuple[str, ...]) -> dict[str, str]:
 
 @main.command()
 @click.argument("event")
-@click.option("-p", "--property", "pairs", multiple=True, metavar="KEY=VALUE",
-              help="An event property; repeat for several.")
+@click.option(
+    "-p",
+    "--property",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="An event property; repeat for several.",
+)
 @click.pass_context
 def append(ctx: click.Context, event: str, pairs: tuple[str, ...]) -> None:
     """Spool one event (never touches the network).
@@ -179,9 +185,12 @@ def show(
             else:
                 info = entry["_quarantine"]
                 what = entry.get("event") or f"raw={entry.get('raw', '')[:120]!r}"
-                click.echo(escape(
-                    f"{info.get('at')}  {info.get('reason')}  status={info.get('status')}  {what}"
-                ))
+                click.echo(
+                    escape(
+                        f"{info.get('at')}  {info.get('reason')}  "
+                        f"status={info.get('status')}  {what}"
+                    )
+                )
         if not as_json and not shown:
             _say("the quarantine is empty")
         return
@@ -225,7 +234,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
     pending = data["pending"]
     lines = [
         f"mode:            {data['mode']}"
-        + (f" (off in this process: {data['opted_out_by']} is set)" if data["opted_out_by"] else ""),
+        + (
+            f" (off in this process: {data['opted_out_by']} is set)" if data["opted_out_by"] else ""
+        ),
         f"spool dir:       {data['spool_dir']}",
         f"pending:         {pending['events']} events, {pending['bytes']} bytes"
         + (f", oldest {pending['oldest']}" if pending["oldest"] else ""),
@@ -280,12 +291,28 @@ PROGRESS_THRESHOLD = 10_000
 
 
 @main.command(epilog=EXIT_CODES_HELP)
-@click.option("--endpoint", metavar="URL", envvar="RS_SEGMENT_ENDPOINT",
-              help="Base URL (default https://api.segment.io; env RS_SEGMENT_ENDPOINT).")
-@click.option("--max-time", type=click.FloatRange(min=0, min_open=True), default=60.0,
-              show_default=True, metavar="S", help="Give up retrying after S seconds.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, metavar="S", help="Bound each request to S seconds.")
+@click.option(
+    "--endpoint",
+    metavar="URL",
+    envvar="RS_SEGMENT_ENDPOINT",
+    help="Base URL (default https://api.segment.io; env RS_SEGMENT_ENDPOINT).",
+)
+@click.option(
+    "--max-time",
+    type=click.FloatRange(min=0, min_open=True),
+    default=60.0,
+    show_default=True,
+    metavar="S",
+    help="Give up retrying after S seconds.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="Bound each request to S seconds.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the batches that would be sent; send none.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout.")
 @click.option("--no-gzip", is_flag=True, help="Send bodies uncompressed.")
@@ -509,8 +536,11 @@ def timer() -> None:
 
 
 @timer.command("install")
-@click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where to write the units (default ~/.config/systemd/user).")
+@click.option(
+    "--unit-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where to write the units (default ~/.config/systemd/user).",
+)
 @click.option("--no-enable", is_flag=True, help="Write the units but do not enable the timer.")
 def timer_install(unit_dir: Path | None, no_enable: bool) -> None:
     """Write rs-telemetry-flush.service and .timer and enable the timer.
@@ -528,8 +558,11 @@ def timer_install(unit_dir: Path | None, no_enable: bool) -> None:
 
 
 @timer.command("uninstall")
-@click.option("--unit-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the units are (default ~/.config/systemd/user).")
+@click.option(
+    "--unit-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the units are (default ~/.config/systemd/user).",
+)
 def timer_uninstall(unit_dir: Path | None) -> None:
     """Disable the timer and remove both units (missing pieces are not errors).
 
@@ -550,10 +583,18 @@ def timer_uninstall(unit_dir: Path | None) -> None:
 
 
 @main.command()
-@click.option("--listen", default="127.0.0.1:8787", show_default=True, metavar="HOST:PORT",
-              help="Address to listen on (loopback unless told otherwise; port 0 picks one).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
-              help="Append every accepted event to this file as JSON lines.")
+@click.option(
+    "--listen",
+    default="127.0.0.1:8787",
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Address to listen on (loopback unless told otherwise; port 0 picks one).",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Append every accepted event to this file as JSON lines.",
+)
 @click.option("--write-key", metavar="KEY", help="Accept only this write key (default: any).")
 def receive(listen: str, out: Path | None, write_key: str | None) -> None:
     """Run a local Segment-compatible receiver (POST /v1/batch, /v1/track) until Ctrl-C.

@@ -11,14 +11,14 @@ class TelemetryError(Exception):
     exit_code: int = exitcodes.FAILURE
 
 
-class InvalidEvent(TelemetryError, ValueError):  # noqa: N818 - the public name is fixed by the contract
+class InvalidEvent(TelemetryError, ValueError):
     """An event name, property key or value outside the catalogue, e.g. ``db_backend='oracle'``."""
 
     exit_code = exitcodes.USAGE
 
 
 class SpoolUnusable(TelemetryError):
-    """The spool directory cannot be used, e.g. ``group-writable (mode 0775)``; ``.fix`` says how."""
+    """The spool directory cannot be used, e.g. ``mode 0775``; ``.fix`` says how."""
 
     def __init__(self, message: str, path: str, fix: str = "") -> None:
         super().__init__(message)

@@ -24,9 +24,9 @@ from spool import exitcodes, record, settings, store
 from spool.errors import ConfigError
 from spool.locking import Busy, flush_lock, state_lock
 from spool.upload import (
+    ENVELOPE_BYTES,
     MAX_BATCH_EVENTS,
     MAX_BODY_BYTES,
-    ENVELOPE_BYTES,
     Answer,
     Body,
     Uploader,
@@ -66,7 +66,7 @@ class FlushReport:
         }
 
 
-class _Stop(Exception):  # noqa: N818 - control flow inside a run, never leaves this module
+class _Stop(Exception):
     def __init__(self, exit_code: int, message: str) -> None:
         super().__init__(message)
         self.exit_code = exit_code
@@ -181,9 +181,7 @@ def _locked_flush(
             progress(done[0], total)
 
     uploader = None if conf.dry_run else Uploader(batch_url, conf.write_key, conf.gzip)
-    run = _Run(
-        directory, conf, uploader, started + conf.max_time, report, done_callback, out
-    )
+    run = _Run(directory, conf, uploader, started + conf.max_time, report, done_callback, out)
     try:
         for name in names:
             _flush_segment(run, name)
@@ -398,9 +396,7 @@ def _commit(
         if not it.valid and not it.too_old
     ]
     entries += [
-        store.quarantine_entry(
-            it.line.raw, "refused by the server", answer.status, answer.body
-        )
+        store.quarantine_entry(it.line.raw, "refused by the server", answer.status, answer.body)
         for it, answer in refused
     ]
     report.sent += sent
@@ -444,4 +440,3 @@ def _save_tolerant(directory: Path, state: store.State) -> None:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         store.log_warning("spool disk full: progress not recorded (%s)", exc)
-

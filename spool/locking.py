@@ -26,7 +26,7 @@ FLUSH_LOCK = "flush.lock"
 _OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-class Busy(Exception):  # noqa: N818 - reads as "the lock is busy"
+class Busy(Exception):
     """A lock that was asked for without waiting is held by someone else."""
 
 

@@ -82,7 +82,7 @@ def max_bytes() -> int:
 
 
 def max_age_seconds() -> float:
-    """Events older than this are dropped at flush, e.g. 180 days (``RS_TELEMETRY_MAX_AGE_DAYS``)."""
+    """Events older than this are dropped at flush, e.g. 180 days (RS_TELEMETRY_MAX_AGE_DAYS)."""
     return _number("RS_TELEMETRY_MAX_AGE_DAYS", DEFAULT_MAX_AGE_DAYS) * 86400.0
 
 

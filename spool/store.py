@@ -131,7 +131,7 @@ def atomic_write(directory: Path, name: str, data: bytes) -> None:
     _fsync_dir(directory)  # the rename itself is durable only once the directory is
 
 
-class _suppress_os:  # noqa: N801 - used like contextlib.suppress, cheaper to import
+class _suppress_os:
     def __enter__(self) -> None:
         return None
 
@@ -187,11 +187,24 @@ def append_line(directory: Path, line: bytes, *, fsync: bool, cap: int) -> None:
     raise OSError(errno.EAGAIN, "the active spool file kept being replaced")
 
 
+def _segment_name() -> str:
+    """A new segment name that sorts after older ones, e.g. ``seg-0179...-4242-0.jsonl``."""
+    return (
+        f"{SEGMENT_PREFIX}{time.time_ns():020d}-{os.getpid()}-{next(_seal_counter)}{SEGMENT_SUFFIX}"
+    )
+
+
 def _seal_locked(directory: Path) -> bool:
     """Rename the active file to a new segment; the caller holds its ``flock``."""
-    name = f"{SEGMENT_PREFIX}{time.time_ns():020d}-{os.getpid()}-{next(_seal_counter)}"
-    os.rename(directory / ACTIVE, directory / f"{name}{SEGMENT_SUFFIX}")
+    os.rename(directory / ACTIVE, directory / _segment_name())
     return True
+
+
+def write_segment(directory: Path, data: bytes) -> str:
+    """Add a sealed segment holding ``data`` (whole lines), durably; returns its name."""
+    name = _segment_name()
+    atomic_write(directory, name, data)
+    return name
 
 
 def seal(directory: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import enum
+import math
 import time
 import zlib
 from collections.abc import Mapping, Sequence
@@ -57,7 +58,7 @@ def classify(status: int | None, error: BaseException | None = None) -> Verdict:
         return Verdict.SPLIT
     if status in (401, 403):
         return Verdict.AUTH
-    if status in (408, 429) or 500 <= status < 600 and status not in (501, 505):
+    if status in (408, 429) or (500 <= status < 600 and status not in (501, 505)):
         return Verdict.RETRY
     return Verdict.MISCONFIGURED  # 3xx (redirects are not followed), 404, 405, 501, 505, 4xx
 
@@ -81,7 +82,7 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
         if when.tzinfo is None:
             return None
         seconds = when.timestamp() - (time.time() if now is None else now)
-    if seconds != seconds:  # NaN
+    if math.isnan(seconds):
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 

@@ -1,0 +1,82 @@
+"""``flush_on_exit()``: at interpreter exit, start one detached flush and return at once.
+
+The child is a new process session with no inherited descriptors and stdio on
+/dev/null, and it bounds its own run: ``--max-time`` for the upload, plus an alarm
+that ends it outright if something (a DNS look-up, say) hangs past that.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from spool import settings, store
+from spool.locking import flush_running
+
+_registered = False
+HARD_LIMIT_MARGIN = 15
+
+
+def flush_on_exit(max_time: float = 30.0, spool_dir: str | os.PathLike[str] | None = None) -> None:
+    """Register the exit hook once per process, e.g. ``spool.flush_on_exit(max_time=20)``."""
+    global _registered  # noqa: PLW0603 - one hook per process, however often it is asked for
+    if _registered:
+        return
+    _registered = True
+    atexit.register(_at_exit, max_time, None if spool_dir is None else Path(spool_dir))
+
+
+def _has_pending(directory: Path) -> bool:
+    if store.segments(directory):
+        return True
+    try:
+        return os.stat(directory / store.ACTIVE, follow_symlinks=False).st_size > 0
+    except FileNotFoundError:
+        return False
+
+
+def _at_exit(max_time: float, spool_dir: Path | None) -> None:
+    try:
+        start_detached_flush(max_time, spool_dir)
+    except Exception as exc:  # noqa: BLE001 - telemetry must never break the host's exit
+        store.log_warning("rs-telemetry: could not start the exit flush: %s", exc)
+
+
+def start_detached_flush(max_time: float, spool_dir: Path | None) -> bool:
+    """Start the flush child when it has work; True when one was started."""
+    if settings.opted_out_by() is not None:
+        return False
+    directory = settings.spool_dir(spool_dir)
+    if not store.check_dir(directory, create=False) or store.read_mode(directory) != "on":
+        return False
+    if not _has_pending(directory) or flush_running(directory):
+        return False
+    code = (
+        "import signal, sys; signal.alarm(int(sys.argv[1])); "
+        "from spool.cli import main; sys.argv[1:2] = []; main()"
+    )
+    limit = int(max_time) + HARD_LIMIT_MARGIN
+    subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            code,
+            str(limit),
+            "--spool-dir",
+            str(directory),
+            "flush",
+            "--quiet",
+            "--max-time",
+            str(max_time),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+        start_new_session=True,
+        cwd="/",
+    )
+    return True

@@ -1,0 +1,73 @@
+"""Shared fixtures: every test gets its own spool directory and a clean environment."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from scripted_server import receiver, scripted_server  # noqa: F401 - fixtures
+
+VARIABLES = (
+    "RS_SEGMENT_WRITE_KEY",
+    "RS_API_KEY",
+    "RS_SEGMENT_ENDPOINT",
+    "RS_TELEMETRY_DIR",
+    "RS_TELEMETRY_SESSION_ID",
+    "DO_NOT_TRACK",
+    "DISABLE_TELEMETRY",
+    "RS_DISABLE_TELEMETRY",
+    "RS_TELEMETRY_DEBUG",
+    "RS_TELEMETRY_MAX_BYTES",
+    "RS_TELEMETRY_MAX_AGE_DAYS",
+    "RS_TELEMETRY_FSYNC",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "https_proxy",
+    "http_proxy",
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+    """No telemetry variable leaks in; RS_TELEMETRY_DIR points at this test's own spool."""
+    for name in VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    spool = tmp_path / "spool"
+    monkeypatch.setenv("RS_TELEMETRY_DIR", str(spool))
+    # Loopback must never go through a proxy of the machine.
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost,::1")
+    yield spool
+
+
+@pytest.fixture
+def spool_dir(clean_env: Path) -> Path:
+    """This test's spool directory (not created yet)."""
+    return clean_env
+
+
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, input: str | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m spool ARGS`` in a real process with the test's environment."""
+    full_env = dict(os.environ)
+    if env:
+        full_env.update(env)
+    return subprocess.run(
+        [sys.executable, "-m", "spool", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        input=input,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture
+def cli() -> object:
+    """``cli("show", "--json")`` runs the real command line in a subprocess."""
+    return run_cli
