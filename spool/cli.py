@@ -614,5 +614,6 @@ def receive(listen: str, out: Path | None, write_key: str | None) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--listen") from exc
     except OSError as exc:
-        click.echo(f"rs-telemetry: error: cannot listen on {listen}: {exc.strerror}", err=True)
+        where = exc.filename or listen
+        click.echo(f"rs-telemetry: error: {where}: {exc.strerror or exc}", err=True)
         sys.exit(exitcodes.FAILURE)

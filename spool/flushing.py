@@ -158,6 +158,8 @@ def _locked_flush(
     store.enforce_cap(directory, conf.max_bytes)
     with state_lock(directory):
         state = store.load_state(directory)
+        if not conf.dry_run:
+            store.remove_consumed(directory, state)
     names = [pf.name for pf in store.pending_files(directory, state) if pf.sealed]
     if not names:
         report.message = "nothing pending"

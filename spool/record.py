@@ -6,10 +6,9 @@ A spooled record *is* the message Segment receives, so upload never re-encodes i
 from __future__ import annotations
 
 import json
+import os
 import time
-import uuid
 from collections.abc import Mapping
-from typing import Any
 
 from spool import catalogue
 from spool._version import __version__
@@ -20,10 +19,22 @@ MAX_RECORD_BYTES = 32_000
 
 LIBRARY = {"name": "rs-telemetry", "version": __version__}
 
-# One encoder for every record: json.dumps() with arguments builds a new encoder per call.
-_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
-_CONTEXT = {"library": LIBRARY}
+# Records are assembled from escaped strings rather than through json.dumps(): the
+# keys are fixed and the values are strings, so this is the same compact JSON at a
+# fraction of the cost (json.dumps with arguments builds a new encoder per call).
+_escape = json.encoder.encode_basestring  # ensure_ascii=False semantics, C-accelerated
+_CONTEXT_TAIL = '","context":' + json.dumps({"library": LIBRARY}, separators=(",", ":")) + "}\n"
 _second_cache: tuple[int, str] = (-1, "")
+
+
+def new_uuid4() -> str:
+    """A random (version 4) UUID string, e.g. ``"3f2a5c1e-8d4b-4c6a-9e1f-0a2b3c4d5e6f"``.
+
+    The same as ``str(uuid.uuid4())`` at a quarter of its cost.
+    """
+    h = os.urandom(16).hex()
+    variant = "89ab"[int(h[16], 16) & 3]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
 
 
 def iso_timestamp(now: float | None = None) -> str:
@@ -59,14 +70,22 @@ def build(
     ``MAX_RECORD_BYTES``.
     """
     props = catalogue.validate(event, properties)
-    message: dict[str, Any] = {"type": "track", "event": event, "anonymousId": anonymous_id}
+    parts = ['{"type":"track","event":', _escape(event), ',"anonymousId":', _escape(anonymous_id)]
     if user_id:
-        message["userId"] = user_id
-    message["properties"] = props
-    message["timestamp"] = iso_timestamp(now)
-    message["messageId"] = str(uuid.uuid4())
-    message["context"] = _CONTEXT
-    line = (_ENCODER.encode(message) + "\n").encode("utf-8")
+        parts += [',"userId":', _escape(user_id)]
+    parts += [
+        ',"properties":{',
+        ",".join(f"{_escape(k)}:{_escape(v)}" for k, v in props.items()),
+        '},"timestamp":"',
+        iso_timestamp(now),
+        '","messageId":"',
+        new_uuid4(),
+        _CONTEXT_TAIL,
+    ]
+    try:
+        line = "".join(parts).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent("values must be valid Unicode text (no lone surrogates)") from None
     if len(line) > MAX_RECORD_BYTES:
         raise InvalidEvent(
             f"record is {len(line)} bytes serialized; the limit is {MAX_RECORD_BYTES}"

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
-import uuid
 from collections.abc import Mapping
-from pathlib import Path
 
 from spool import record, settings, store
 from spool.errors import SpoolUnusable
@@ -41,9 +39,9 @@ class Session:
         user_id: str | None = None,
         spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
-        self.anonymous_id = anonymous_id or str(uuid.uuid4())
+        self.anonymous_id = anonymous_id or record.new_uuid4()
         self.user_id = user_id
-        self.spool_dir = Path(spool_dir) if spool_dir is not None else None
+        self.spool_dir = os.fspath(spool_dir) if spool_dir is not None else None
 
     def __repr__(self) -> str:
         return f"Session(anonymous_id={self.anonymous_id!r}, spool_dir={self.spool_dir!r})"
@@ -62,12 +60,14 @@ class Session:
         """Like ``append``, but say what happened: ``("spooled", "")``, ``("off", why)``,
         or ``("failed", why)``. I/O trouble is logged once per kind, never raised.
         """
-        user_id = self.user_id if self.user_id is not None else os.environ.get("RS_API_KEY")
+        user_id = self.user_id if self.user_id is not None else settings.env("RS_API_KEY")
         line = record.build(event, properties, self.anonymous_id, user_id)
         opted = settings.opted_out_by()
         if opted is not None:
             return OFF, f"{opted} is set"
-        directory = settings.spool_dir(self.spool_dir)
+        directory = (
+            self.spool_dir or settings.env("RS_TELEMETRY_DIR") or settings.default_spool_dir()
+        )
         try:
             store.check_dir(directory, create=True)
             if store.read_mode(directory) == "off":

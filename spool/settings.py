@@ -23,16 +23,30 @@ DEFAULT_MAX_AGE_DAYS = 180.0
 OPT_OUT_VARIABLES = ("DO_NOT_TRACK", "DISABLE_TELEMETRY", "RS_DISABLE_TELEMETRY")
 MODES = ("on", "off", "local")
 
-_default_dir: Path | None = None
+_default_dir: str | None = None
+
+# os.environ.get() costs about a microsecond (it encodes the key and decodes the value);
+# the append path reads eight variables, against a budget of ~15 us per append. The
+# mapping's own bytes-keyed dict answers in ~60 ns and is kept current by os.environ's
+# __setitem__/__delitem__ (and so by monkeypatch.setenv). POSIX only, as is fcntl.
+_ENV_BYTES: dict[bytes, bytes] | None = getattr(os.environ, "_data", None)
 
 
-def default_spool_dir() -> Path:
+def env(name: str) -> str | None:
+    """One environment variable, read cheaply, e.g. ``env("RS_API_KEY") -> "abc"``."""
+    if _ENV_BYTES is None:  # pragma: no cover - a Python without the POSIX mapping
+        return os.environ.get(name)
+    value = _ENV_BYTES.get(name.encode())
+    return None if value is None else os.fsdecode(value)
+
+
+def default_spool_dir() -> str:
     """platformdirs' per-user state directory, e.g. ``~/.local/state/rs-telemetry`` on Linux."""
     global _default_dir  # noqa: PLW0603 - computed once per process; platformdirs loads lazily
     if _default_dir is None:
         import platformdirs  # noqa: PLC0415 - keeps `import spool` lean when the dir is given
 
-        _default_dir = Path(platformdirs.user_state_dir("rs-telemetry", appauthor=False))
+        _default_dir = platformdirs.user_state_dir("rs-telemetry", appauthor=False)
     return _default_dir
 
 
@@ -40,14 +54,14 @@ def spool_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The spool directory: the argument, else ``RS_TELEMETRY_DIR``, else the default."""
     if explicit:
         return Path(explicit)
-    env = os.environ.get("RS_TELEMETRY_DIR")
-    return Path(env) if env else default_spool_dir()
+    configured = env("RS_TELEMETRY_DIR")
+    return Path(configured or default_spool_dir())
 
 
 def opted_out_by() -> str | None:
     """The first opt-out variable set to 1 or true in this process, e.g. ``"DO_NOT_TRACK"``."""
     for name in OPT_OUT_VARIABLES:
-        value = os.environ.get(name)
+        value = env(name)
         if value is not None and value.strip().lower() in ("1", "true"):
             return name
     return None
@@ -55,12 +69,12 @@ def opted_out_by() -> str | None:
 
 def flag(name: str) -> bool:
     """True when the variable is set to 1 or true (any case), e.g. ``RS_TELEMETRY_FSYNC=1``."""
-    value = os.environ.get(name)
+    value = env(name)
     return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
 
 
 def _number(name: str, default: float) -> float:
-    raw = os.environ.get(name)
+    raw = env(name)
     if raw is None or not raw.strip():
         return default
     try:

@@ -46,6 +46,7 @@ SEGMENT_MAX_BYTES = 1024 * 1024
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _seal_counter = itertools.count()
+StrPath = str | os.PathLike[str]  # the append path passes plain strings: pathlib costs microseconds
 
 
 def segment_bytes(cap: int) -> int:
@@ -59,7 +60,7 @@ def segment_bytes(cap: int) -> int:
 # --- the directory ----------------------------------------------------------------------
 
 
-def check_dir(directory: Path, create: bool) -> bool:
+def check_dir(directory: StrPath, create: bool) -> bool:
     """Refuse a directory we do not own or others can write; False when absent and not created.
 
     Raises ``SpoolUnusable`` with the reason and the fix, e.g. ``chmod 700 DIR``.
@@ -69,7 +70,7 @@ def check_dir(directory: Path, create: bool) -> bool:
     except FileNotFoundError:
         if not create:
             return False
-        make_dir(directory)
+        make_dir(Path(directory))
         st = os.stat(directory)
     except OSError as exc:
         raise SpoolUnusable(f"cannot use spool directory ({exc.strerror})", str(directory)) from exc
@@ -142,7 +143,7 @@ class _suppress_os:
 # --- append -----------------------------------------------------------------------------
 
 
-def append_line(directory: Path, line: bytes, *, fsync: bool, cap: int) -> None:
+def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> None:
     """Append one record with a single ``write()``; raise ``OSError`` on any trouble.
 
     Concurrent appends are serialized by ``flock`` on the active file. Nothing already
@@ -182,7 +183,7 @@ def append_line(directory: Path, line: bytes, *, fsync: bool, cap: int) -> None:
         finally:
             os.close(fd)
         if sealed:
-            enforce_cap(directory, cap, wait=False)
+            enforce_cap(Path(directory), cap, wait=False)
         return
     raise OSError(errno.EAGAIN, "the active spool file kept being replaced")
 
@@ -194,9 +195,9 @@ def _segment_name() -> str:
     )
 
 
-def _seal_locked(directory: Path) -> bool:
+def _seal_locked(directory: StrPath) -> bool:
     """Rename the active file to a new segment; the caller holds its ``flock``."""
-    os.rename(directory / ACTIVE, directory / _segment_name())
+    os.rename(os.path.join(directory, ACTIVE), os.path.join(directory, _segment_name()))
     return True
 
 
@@ -423,6 +424,23 @@ def remove_segments(directory: Path, state: State, names: list[str]) -> None:
         save_state(directory, state)
 
 
+def remove_consumed(directory: Path, state: State) -> None:
+    """Unlink segments whose cursor reached their end (a crash came between state and unlink).
+
+    The caller holds ``state.lock``.
+    """
+    done = []
+    for name in segments(directory):
+        cursor = state.cursors.get(name)
+        if (
+            cursor is not None
+            and cursor >= os.stat(directory / name, follow_symlinks=False).st_size
+        ):
+            done.append(name)
+    if done:
+        remove_segments(directory, state, done)
+
+
 def pending_bytes(directory: Path, state: State) -> int:
     """Bytes of pending data, e.g. 1048576."""
     return sum(pf.size - pf.cursor for pf in pending_files(directory, state))
@@ -539,7 +557,7 @@ def quarantine_cap(cap: int) -> int:
 _mode_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
 
 
-def read_mode(directory: Path) -> str:
+def read_mode(directory: StrPath) -> str:
     """The stored mode, e.g. ``"on"`` (the default when no mode was ever set)."""
     path = os.path.join(directory, MODE)
     try:

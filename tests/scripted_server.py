@@ -330,12 +330,13 @@ class _Handler(BaseHTTPRequestHandler):
             reason = "Scripted"
         head = f"HTTP/1.1 {status} {reason}\r\n"
         head += "".join(f"{name}: {value}\r\n" for name, value in out.items()) + "\r\n"
+        # Set before the write: once the client has the answer, a test may look at the record.
+        request.status = status
         try:
             self.wfile.write(head.encode("latin-1") + payload)
         except OSError:
+            request.status = None
             self.close_connection = True  # the client gave up (a timeout): no answer seen
-            return
-        request.status = status
 
     def _read_body(self) -> bytes:
         if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":
