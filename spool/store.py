@@ -46,6 +46,7 @@ SEGMENT_MAX_BYTES = 1024 * 1024
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _seal_counter = itertools.count()
+_last_end: tuple[int, int, int] = (0, 0, 0)  # (st_dev, st_ino, size) after our last append
 StrPath = str | os.PathLike[str]  # the append path passes plain strings: pathlib costs microseconds
 
 
@@ -149,6 +150,7 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
     Concurrent appends are serialized by ``flock`` on the active file. Nothing already
     spooled is harmed by a failure: a short write is truncated back to where it began.
     """
+    global _last_end  # noqa: PLW0603 - written only while the file's flock is held
     path = os.path.join(directory, ACTIVE)
     for _attempt in range(16):
         fd = os.open(path, _APPEND_FLAGS, 0o600)
@@ -168,7 +170,10 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
             size = st.st_size
             data = line
             # A writer killed mid-write() leaves a line without its newline: never glue to it.
-            if size and os.pread(fd, 1, size - 1) != b"\n":
+            # When the file ends where this process's last write ended, that byte is our own
+            # newline and the pread() (a microsecond and more) can be skipped.
+            own_tail = _last_end == (st.st_dev, st.st_ino, size)
+            if size and not own_tail and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + line
             try:
                 if os.write(fd, data) != len(data):
@@ -179,6 +184,7 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
                 with _suppress_os():
                     os.ftruncate(fd, size)  # needs no free space
                 raise
+            _last_end = (st.st_dev, st.st_ino, size + len(data))
             sealed = size + len(data) >= segment_bytes(cap) and _seal_locked(directory)
         finally:
             os.close(fd)
