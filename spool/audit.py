@@ -26,14 +26,8 @@ class Pending:
 
 def decode(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     """A spooled line as a message, or why it is not one, e.g. ``(None, "not JSON")``."""
-    try:
-        message = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        return None, "not UTF-8"
-    except ValueError:
-        return None, "not JSON"
-    problem = record.check(message)
-    return (message, None) if problem is None else (None, problem)
+    message, problem = record.check_line(raw)
+    return message, problem or None
 
 
 def pending(directory: Path) -> Iterator[Pending]:

@@ -54,6 +54,14 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except TelemetryError as exc:
             _fail(exc)
+        except OSError as exc:
+            # Not expected (the store turns the trouble it knows into typed errors), but an
+            # operator deserves one line with the path, not a traceback.
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(
+                f"rs-telemetry: error: {escape(where + (exc.strerror or str(exc)))}", err=True
+            )
+            sys.exit(exitcodes.FAILURE)
         except Busy:
             click.echo(
                 "rs-telemetry: error: a flush, purge or export is running on this spool; "
@@ -70,7 +78,7 @@ def _directory(ctx: click.Context) -> Path:
 @click.group(cls=_Group, epilog=EXIT_CODES_HELP)
 @click.option(
     "--spool-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),  # checked by the store, which says what is wrong and the fix
     envvar="RS_TELEMETRY_DIR",
     help="Spool directory (default: ~/.local/state/rs-telemetry on Linux).",
 )

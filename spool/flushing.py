@@ -12,7 +12,6 @@ nothing, and at most the range in flight is sent again (with the same messageIds
 from __future__ import annotations
 
 import errno
-import json
 import random
 import time
 from collections.abc import Callable
@@ -94,6 +93,7 @@ class _Run:
     out: IO[str] | None
     server_asked_until: float | None = None
     acknowledged: bool = False
+    unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -216,6 +216,7 @@ def _finish(run: _Run) -> None:
     try:
         with state_lock(run.directory):
             state = store.load_state(run.directory)
+            _apply(run.unsaved, state)
             state.last_flush = {
                 "at": record.iso_timestamp(),
                 "exit_code": report.exit_code,
@@ -249,17 +250,9 @@ def _count_left(directory: Path, names: list[str]) -> int:
 
 def _parse(line: store.Line, oldest_allowed: float) -> _Item:
     """Decide what one spooled line is: a record to send, unreadable, or too old."""
-    try:
-        text = line.raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return _Item(line, False, "not UTF-8")
-    try:
-        message = json.loads(text)
-    except ValueError:
-        return _Item(line, False, "not JSON")
-    problem = record.check(message)
-    if problem is not None:
-        return _Item(line, False, f"not a valid record: {problem}")
+    message, problem = record.check_line(line.raw)
+    if message is None:
+        return _Item(line, False, problem)
     if record.parse_timestamp(message["timestamp"]) < oldest_allowed:
         return _Item(line, False, "too_old", too_old=True)
     return _Item(line, True)
@@ -424,18 +417,38 @@ def _commit(
             raise _Stop(
                 exitcodes.TEMPFAIL, f"could not write the quarantine ({exc.strerror})"
             ) from exc
-        state.cursors[name] = end
-        state.delivered += sent
-        state.drop("too_old", old)
-        if end >= size:
-            state.inflight = None
-            store.remove_segments(run.directory, state, [name])
+        unsaved = run.unsaved
+        unsaved.cursors[name] = end
+        unsaved.delivered += sent
+        unsaved.drop("too_old", old)
+        _apply(unsaved, state)
+        try:
+            if end >= size:
+                state.inflight = None
+                store.remove_segments(run.directory, state, [name])
+            else:
+                store.save_state(run.directory, state)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            # Full disk: keep the counts in memory and add them to the next state write
+            # (unlinking acknowledged segments frees the space it needs).
+            store.log_warning("spool disk full: progress kept in memory (%s)", exc)
         else:
-            _save_tolerant(run.directory, state)
+            run.unsaved = store.State()
+            store.enforce_cap_locked(run.directory, run.conf.max_bytes)
+
+
+def _apply(unsaved: store.State, state: store.State) -> None:
+    """Add counts and cursors not yet written to disk to a freshly loaded state."""
+    state.delivered += unsaved.delivered
+    for reason, count in unsaved.dropped.items():
+        state.drop(reason, count)
+    state.cursors.update(unsaved.cursors)
 
 
 def _save_tolerant(directory: Path, state: store.State) -> None:
-    """Save state; on a full disk carry on (the range may be sent again, harmlessly)."""
+    """Save a claim; on a full disk carry on (the range may be sent again, harmlessly)."""
     try:
         store.save_state(directory, state)
     except OSError as exc:

@@ -23,7 +23,18 @@ from pathlib import Path
 
 STATE_LOCK = "state.lock"
 FLUSH_LOCK = "flush.lock"
-_OPEN_FLAGS = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def private_open(path: str | os.PathLike[str], flags: int) -> int:
+    """``os.open`` with ``O_CREAT``, the file made 0600 whatever the umask (``O_NOFOLLOW``)."""
+    fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_mode & 0o777 != 0o600:
+            os.fchmod(fd, 0o600)  # the umask took bits away (e.g. umask 0277 gives 0400)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 class Busy(Exception):
@@ -33,7 +44,7 @@ class Busy(Exception):
 @contextlib.contextmanager
 def state_lock(directory: Path, wait: bool = True) -> Iterator[None]:
     """Hold ``state.lock``; with ``wait=False`` raise ``Busy`` at once when it is taken."""
-    fd = os.open(directory / STATE_LOCK, _OPEN_FLAGS, 0o600)
+    fd = private_open(directory / STATE_LOCK, os.O_RDWR)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -9,6 +9,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
+from typing import Any
 
 from spool import catalogue
 from spool._version import __version__
@@ -117,3 +118,23 @@ def check(message: object) -> str | None:
     except ValueError:
         return "timestamp is not an RFC 3339 date-time"
     return None
+
+
+def check_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
+    """Decode and check one spooled line: ``(message, "")`` or ``(None, why)``."""
+    try:
+        message = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8"
+    except ValueError:
+        return None, "not JSON"
+    problem = check(message)
+    if problem is None and b"\\u" in raw:
+        # A JSON escape can smuggle in a lone surrogate, which no UTF-8 output can carry.
+        try:
+            _escape(json.dumps(message, ensure_ascii=False)).encode("utf-8")
+        except UnicodeEncodeError:
+            problem = "contains a lone surrogate (not valid Unicode text)"
+    if problem is not None:
+        return None, problem
+    return message, ""

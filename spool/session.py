@@ -6,6 +6,7 @@ host: trouble is logged once per kind and reported as ``False``.
 
 from __future__ import annotations
 
+import _thread
 import os
 import sys
 from collections.abc import Mapping
@@ -53,12 +54,14 @@ class Session:
         Operation is atomic: the record is written whole with one ``write()`` or not at all.
         Concurrent appends from threads and processes are serialized by a file lock.
         """
-        outcome, _detail = self.spool(event, properties)
+        outcome, detail = self.spool(event, properties)
+        if outcome == FAILED:
+            _log_once(detail.partition(":")[0], "rs-telemetry: not spooling: %s", detail)
         return outcome == SPOOLED
 
     def spool(self, event: str, properties: Mapping[str, str] | None = None) -> tuple[str, str]:
         """Like ``append``, but say what happened: ``("spooled", "")``, ``("off", why)``,
-        or ``("failed", why)``. I/O trouble is logged once per kind, never raised.
+        or ``("failed", why)``. I/O trouble is never raised (and not logged: see ``append``).
         """
         user_id = self.user_id if self.user_id is not None else settings.env("RS_API_KEY")
         line = record.build(event, properties, self.anonymous_id, user_id)
@@ -76,12 +79,9 @@ class Session:
                 directory, line, fsync=settings.flag("RS_TELEMETRY_FSYNC"), cap=settings.max_bytes()
             )
         except SpoolUnusable as exc:
-            _log_once("refused", "rs-telemetry: not spooling: %s", exc)
             return FAILED, str(exc)
         except OSError as exc:
-            detail = f"could not spool to {directory}: {exc.strerror or exc}"
-            _log_once(f"os-{exc.errno}", "rs-telemetry: %s", detail)
-            return FAILED, detail
+            return FAILED, f"could not spool to {directory}: {exc.strerror or exc}"
         if settings.flag("RS_TELEMETRY_DEBUG"):
             sys.stderr.write("rs-telemetry: " + line.decode("utf-8"))
         return SPOOLED, ""
@@ -90,17 +90,28 @@ class Session:
 _default: Session | None = None
 
 
+_default_lock = _thread.allocate_lock()  # _thread: no import cost, unlike threading
+
+
 def default_session() -> Session:
-    """The process-wide session: ``RS_TELEMETRY_SESSION_ID`` if set, else one UUID per process."""
+    """The process-wide session: ``RS_TELEMETRY_SESSION_ID`` if set, else one UUID per process.
+
+    Threads racing on their first append share one session.
+    """
     global _default  # noqa: PLW0603 - one default session per process, reset in forked children
-    if _default is None:
-        _default = Session(anonymous_id=os.environ.get("RS_TELEMETRY_SESSION_ID") or None)
-    return _default
+    session = _default
+    if session is None:
+        with _default_lock:
+            if _default is None:
+                _default = Session(anonymous_id=settings.env("RS_TELEMETRY_SESSION_ID") or None)
+            session = _default
+    return session
 
 
 def _forget_default_session() -> None:
-    global _default  # noqa: PLW0603
+    global _default, _default_lock  # noqa: PLW0603
     _default = None
+    _default_lock = _thread.allocate_lock()  # another thread may have held it at fork time
 
 
 # A forked child is a new process: it gets its own anonymousId (unless the variable names

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from spool.errors import SpoolUnusable
-from spool.locking import Busy, flush_running, state_lock
+from spool.locking import Busy, flush_running, private_open, state_lock
 
 ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine.jsonl"
@@ -46,7 +46,6 @@ SEGMENT_MAX_BYTES = 1024 * 1024
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
 _seal_counter = itertools.count()
-_last_end: tuple[int, int, int] = (0, 0, 0)  # (st_dev, st_ino, size) after our last append
 StrPath = str | os.PathLike[str]  # the append path passes plain strings: pathlib costs microseconds
 
 
@@ -116,7 +115,7 @@ def atomic_write(directory: Path, name: str, data: bytes) -> None:
     Operation is atomic: a reader sees the old file or the new one, never a mix.
     """
     tmp = directory / f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = private_open(tmp, os.O_WRONLY | os.O_EXCL)
     try:
         try:
             view = memoryview(data)
@@ -150,7 +149,6 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
     Concurrent appends are serialized by ``flock`` on the active file. Nothing already
     spooled is harmed by a failure: a short write is truncated back to where it began.
     """
-    global _last_end  # noqa: PLW0603 - written only while the file's flock is held
     path = os.path.join(directory, ACTIVE)
     for _attempt in range(16):
         fd = os.open(path, _APPEND_FLAGS, 0o600)
@@ -170,10 +168,9 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
             size = st.st_size
             data = line
             # A writer killed mid-write() leaves a line without its newline: never glue to it.
-            # When the file ends where this process's last write ended, that byte is our own
-            # newline and the pread() (a microsecond and more) can be skipped.
-            own_tail = _last_end == (st.st_dev, st.st_ino, size)
-            if size and not own_tail and os.pread(fd, 1, size - 1) != b"\n":
+            # (Remembering where our own last write ended, to skip this pread, is unsafe:
+            # a recycled inode number can meet a fragment of exactly that size.)
+            if size and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + line
             try:
                 if os.write(fd, data) != len(data):
@@ -184,12 +181,17 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
                 with _suppress_os():
                     os.ftruncate(fd, size)  # needs no free space
                 raise
-            _last_end = (st.st_dev, st.st_ino, size + len(data))
-            sealed = size + len(data) >= segment_bytes(cap) and _seal_locked(directory)
+            # The record is spooled from here on: trouble while rotating or enforcing the
+            # cap (a full disk refusing the state write) must not report it as lost.
+            sealed = False
+            if size + len(data) >= segment_bytes(cap):
+                with _suppress_os():
+                    sealed = _seal_locked(directory)
         finally:
             os.close(fd)
         if sealed:
-            enforce_cap(Path(directory), cap, wait=False)
+            with _suppress_os():
+                enforce_cap(Path(directory), cap, wait=False)
         return
     raise OSError(errno.EAGAIN, "the active spool file kept being replaced")
 
@@ -381,7 +383,8 @@ def load_state(directory: Path) -> State:
         if not isinstance(data, dict) or data.get("version") != 1:
             raise ValueError("unknown state version")
         data.pop("version")
-        return State(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
+        state = State(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
+        _check_state(state)
     except (ValueError, TypeError) as exc:
         # Damaged from outside (we only ever rename complete files into place). Keep a copy
         # for the operator and carry on: at worst a partly delivered segment is sent again.
@@ -389,6 +392,37 @@ def load_state(directory: Path) -> State:
             os.rename(directory / STATE, directory / f"{STATE}.damaged-{time.time_ns()}")
         log_warning("state file %s was damaged (%s); starting from a fresh one", directory, exc)
         return State()
+    return state
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_state(state: State) -> None:
+    """Raise ``ValueError`` unless every field has the type it was written with."""
+    counts_ok = all(
+        _is_count(v) for v in (state.delivered, state.purged, state.exported, state.imported)
+    )
+    maps_ok = all(
+        isinstance(m, dict) and all(isinstance(k, str) and _is_count(v) for k, v in m.items())
+        for m in (state.dropped, state.cursors)
+    )
+    others_ok = (
+        (state.inflight is None or isinstance(state.inflight, str))
+        and (state.last_flush is None or isinstance(state.last_flush, dict))
+        and (
+            state.retry_not_before is None
+            or (
+                isinstance(state.retry_not_before, (int, float))
+                and not isinstance(state.retry_not_before, bool)
+            )
+        )
+        and isinstance(state.imports, list)
+        and all(isinstance(i, str) for i in state.imports)
+    )
+    if not (counts_ok and maps_ok and others_ok):
+        raise ValueError("a field has the wrong type")
 
 
 def save_state(directory: Path, state: State) -> None:
@@ -430,11 +464,23 @@ def remove_segments(directory: Path, state: State, names: list[str]) -> None:
         save_state(directory, state)
 
 
+def _sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:
+    """Remove temp files of writers killed before their rename (an hour old: never live)."""
+    limit = time.time() - older_than
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                with _suppress_os():
+                    if entry.stat(follow_symlinks=False).st_mtime < limit:
+                        os.unlink(entry.path)
+
+
 def remove_consumed(directory: Path, state: State) -> None:
     """Unlink segments whose cursor reached their end (a crash came between state and unlink).
 
     The caller holds ``state.lock``.
     """
+    _sweep_temp_files(directory)
     done = []
     for name in segments(directory):
         cursor = state.cursors.get(name)
@@ -453,37 +499,70 @@ def pending_bytes(directory: Path, state: State) -> int:
 
 
 def enforce_cap(directory: Path, cap: int, wait: bool = True) -> None:
-    """Drop the oldest pending segments while the spool holds more than ``cap`` bytes.
+    """Drop the oldest pending events while the spool holds more than ``cap`` bytes.
 
-    Each drop is counted under ``spool_full`` in the same durable state write that
-    marks the segment consumed, before the file is unlinked. The segment a flush is
-    uploading is never dropped (the flush owns it), nor the newest one. With
-    ``wait=False`` (appenders) a busy ``state.lock`` skips the check: the next
+    Events are dropped from the front of the oldest sealed segments by moving their
+    cursors (a wholly consumed segment is then unlinked), so the cap holds however small
+    it is, down to the newest record, which is always kept. The drops are counted under
+    ``spool_full`` in the same durable state write that moves the cursors, before any
+    file goes. The segment a running flush is uploading is left alone (the flush owns
+    it). With ``wait=False`` (appenders) a busy ``state.lock`` skips the check: the next
     rotation or flush enforces the cap instead.
     """
     try:
         with state_lock(directory, wait=wait):
-            state = load_state(directory)
-            files = pending_files(directory, state)
-            total = sum(pf.size - pf.cursor for pf in files)
-            victims: list[str] = []
-            # The flush owns the segment it uploads; after a crashed flush nobody does.
-            owned = state.inflight if flush_running(directory) else None
-            sealed = [pf for pf in files if pf.sealed]
-            for pf in sealed[:-1]:
-                if total <= cap:
-                    break
-                if pf.name == owned:
-                    continue
-                data = read_file(directory / pf.name, pf.cursor)
-                state.drop("spool_full", count_lines(data))
-                state.cursors[pf.name] = pf.size
-                total -= pf.size - pf.cursor
-                victims.append(pf.name)
-            if victims:
-                remove_segments(directory, state, victims)
+            enforce_cap_locked(directory, cap)
     except Busy:
         return
+
+
+def enforce_cap_locked(directory: Path, cap: int) -> None:
+    """``enforce_cap`` for a caller that holds ``state.lock`` already (a flush's commit).
+
+    A flush enforces the cap at every commit because it is the usual reason an
+    appender found ``state.lock`` busy and skipped its own check.
+    """
+    # Appenders that found the lock busy skipped their check, and may have sealed new
+    # segments since our listing: list again until a pass finds nothing to drop.
+    for _pass in range(8):
+        if not _drop_over_cap(directory, cap):
+            return
+
+
+def _drop_over_cap(directory: Path, cap: int) -> bool:
+    """One pass of ``enforce_cap_locked``; True when it dropped something."""
+    state = load_state(directory)
+    files = pending_files(directory, state)
+    total = sum(pf.size - pf.cursor for pf in files)
+    if total <= cap:
+        return False
+    # The flush owns the segment it uploads; after a crashed flush nobody does.
+    owned = state.inflight if flush_running(directory) else None
+    newest = files[-1].name if files else None
+    consumed: list[str] = []
+    dropped = 0
+    for pf in files:
+        if total <= cap:
+            break
+        if not pf.sealed or pf.name == owned:
+            continue
+        lines = list(split_lines(read_file(directory / pf.name, pf.cursor), pf.cursor))
+        if pf.name == newest:
+            lines = lines[:-1]  # never the newest record
+        cursor = pf.cursor
+        for line in lines:
+            if total <= cap:
+                break
+            total -= line.end - cursor
+            cursor = line.end
+            dropped += 1
+        state.cursors[pf.name] = cursor
+        if cursor >= pf.size:
+            consumed.append(pf.name)
+    if dropped:
+        state.drop("spool_full", dropped)
+        remove_segments(directory, state, consumed)
+    return dropped > 0
 
 
 # --- quarantine -------------------------------------------------------------------------
@@ -524,7 +603,7 @@ def add_to_quarantine(directory: Path, entries: list[bytes], state: State, cap: 
     if not entries:
         return
     data = b"".join(entries)
-    fd = os.open(directory / QUARANTINE, _APPEND_FLAGS, 0o600)
+    fd = private_open(directory / QUARANTINE, _APPEND_FLAGS)
     try:
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":

@@ -1,0 +1,239 @@
+"""Air-gapped transfer (SPEC section 10): ``export FILE`` and ``import FILE``, end to end."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import spool
+from spool.receiver import Receiver
+
+Cli = Callable[..., Any]
+WRITE_KEY = "test-write-key"
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def status(cli: Cli, *where: str) -> dict[str, Any]:
+    result = cli(*where, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def accounted(st: dict[str, Any]) -> int:
+    assert st["dropped"]["events"] == sum(st["dropped"]["by_reason"].values())
+    return (
+        st["delivered"]["events"]
+        + st["pending"]["events"]
+        + st["quarantined"]["events"]
+        + st["dropped"]["events"]
+        + st["removed"]["purged"]
+        + st["removed"]["exported"]
+    )
+
+
+def show_lines(cli: Cli, *where: str) -> list[str]:
+    result = cli(*where, "show", "--json")
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.splitlines() if line]
+
+
+def append_many(count: int, pad: int = 0) -> None:
+    for i in range(count):
+        properties = {"commit_id": f"{i:06d}-" + "x" * pad, "db_backend": "postgres"}
+        assert spool.append("server_start", properties) is True
+
+
+def read_bundle(path: Path) -> tuple[dict[str, Any], list[bytes]]:
+    raw = path.read_bytes()
+    assert raw[:2] == b"\x1f\x8b", "a bundle is a gzip file"
+    head, _, body = gzip.decompress(raw).partition(b"\n")
+    return json.loads(head), body.splitlines(keepends=True)
+
+
+@pytest.fixture
+def other(tmp_path: Path) -> tuple[str, str]:
+    """Global options naming a second spool, e.g. the connected machine's."""
+    return ("--spool-dir", str(tmp_path / "other-spool"))
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+def test_export_writes_a_verified_bundle_and_moves_the_events_out(cli: Cli, tmp_path: Path) -> None:
+    n = 25
+    append_many(n)
+    before = show_lines(cli)
+    target = tmp_path / "out.rsbundle"
+
+    result = cli("export", str(target))
+    assert result.returncode == 0, result.stderr
+
+    manifest, lines = read_bundle(target)
+    assert manifest["count"] == n
+    assert manifest["sha256"] == hashlib.sha256(b"".join(lines)).hexdigest()
+    created = datetime.fromisoformat(str(manifest["created"]).replace("Z", "+00:00"))
+    assert created.tzinfo is not None
+    assert [line.decode().rstrip("\n") for line in lines] == before
+
+    st = status(cli)
+    assert st["pending"]["events"] == 0
+    assert st["removed"]["exported"] == n
+    assert accounted(st) == n
+    assert show_lines(cli) == []
+
+
+def test_export_keep_leaves_the_spool_as_it_was(cli: Cli, tmp_path: Path) -> None:
+    n = 7
+    append_many(n)
+    before = show_lines(cli)
+    target = tmp_path / "kept.rsbundle"
+
+    result = cli("export", "--keep", str(target))
+    assert result.returncode == 0, result.stderr
+
+    manifest, lines = read_bundle(target)
+    assert manifest["count"] == n
+    assert [line.decode().rstrip("\n") for line in lines] == before
+    st = status(cli)
+    assert st["pending"]["events"] == n
+    assert st["removed"]["exported"] == 0
+    assert accounted(st) == n
+    assert show_lines(cli) == before
+
+
+# --- import -------------------------------------------------------------------------------
+
+
+def test_import_adds_identical_events_once(
+    cli: Cli, tmp_path: Path, other: tuple[str, str]
+) -> None:
+    n = 12
+    append_many(n)
+    before = show_lines(cli)
+    target = tmp_path / "b.rsbundle"
+    assert cli("export", str(target)).returncode == 0
+
+    result = cli(*other, "import", str(target))
+    assert result.returncode == 0, result.stderr
+    # Byte for byte: messageId and timestamp travel unchanged.
+    assert show_lines(cli, *other) == before
+
+    result = cli(*other, "import", str(target))
+    assert result.returncode == 0, result.stderr
+    assert show_lines(cli, *other) == before
+    st = status(cli, *other)
+    assert st["pending"]["events"] == n
+    assert accounted(st) == n
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+
+
+def _alter_an_event(path: Path) -> None:
+    head, _, body = gzip.decompress(path.read_bytes()).partition(b"\n")
+    lines = body.splitlines(keepends=True)
+    lines[1] = lines[1].replace(b'"postgres"', b'"mysql"')
+    assert lines[1] != body.splitlines(keepends=True)[1]
+    path.write_bytes(gzip.compress(head + b"\n" + b"".join(lines)))
+
+
+@pytest.mark.parametrize("damage", [_flip_a_byte, _truncate, _alter_an_event])
+def test_a_damaged_bundle_is_refused_and_adds_nothing(
+    cli: Cli, tmp_path: Path, other: tuple[str, str], damage: Callable[[Path], None]
+) -> None:
+    append_many(40, pad=200)
+    good = tmp_path / "good.rsbundle"
+    assert cli("export", str(good)).returncode == 0
+    bad = tmp_path / "bad.rsbundle"
+    bad.write_bytes(good.read_bytes())
+    damage(bad)
+
+    result = cli(*other, "import", str(bad))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip(), "a refused import must say why"
+    assert "Traceback" not in result.stderr
+    assert show_lines(cli, *other) == []
+    assert status(cli, *other)["pending"]["events"] == 0
+
+    # The refusal did not mark anything as imported: the good bundle goes in whole.
+    result = cli(*other, "import", str(good))
+    assert result.returncode == 0, result.stderr
+    assert status(cli, *other)["pending"]["events"] == 40
+
+
+def test_import_respects_the_cap_of_the_receiving_spool(
+    cli: Cli, tmp_path: Path, other: tuple[str, str]
+) -> None:
+    n = 300
+    append_many(n, pad=900)
+    before = show_lines(cli)
+    target = tmp_path / "big.rsbundle"
+    assert cli("export", str(target)).returncode == 0
+
+    cap = 60_000
+    result = cli(*other, "import", str(target), env={"RS_TELEMETRY_MAX_BYTES": str(cap)})
+    assert result.returncode == 0, result.stderr
+
+    st = status(cli, *other)
+    assert st["pending"]["bytes"] <= 1.5 * cap
+    assert st["dropped"]["by_reason"].get("spool_full", 0) > 0
+    assert accounted(st) == n
+    kept = show_lines(cli, *other)
+    assert kept == before[len(before) - len(kept) :], "the newest imported events are kept"
+
+
+# --- the whole trip -----------------------------------------------------------------------
+
+
+def test_round_trip_delivers_exactly_the_exported_events(
+    cli: Cli, tmp_path: Path, other: tuple[str, str], receiver: Receiver
+) -> None:
+    n = 30
+    append_many(n)
+    target = tmp_path / "trip.rsbundle"
+    assert cli("export", str(target)).returncode == 0
+    _manifest, lines = read_bundle(target)
+    exported = [json.loads(line) for line in lines]
+
+    assert cli(*other, "import", str(target)).returncode == 0
+    result = cli(
+        *other,
+        "flush",
+        "--endpoint",
+        receiver.url,
+        "--json",
+        env={"RS_SEGMENT_WRITE_KEY": WRITE_KEY},
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["sent"] == n
+
+    received = {e["messageId"]: e for e in receiver.events}
+    assert len(receiver.events) == n
+    assert set(received) == {e["messageId"] for e in exported}
+    for event in exported:
+        assert received[event["messageId"]]["timestamp"] == event["timestamp"]
+        assert received[event["messageId"]]["properties"] == event["properties"]
+
+    st = status(cli, *other)
+    assert st["pending"]["events"] == 0
+    assert st["delivered"]["events"] == n
+    assert accounted(st) == n
+    # The source spool accounts for the same events as exported.
+    assert status(cli)["removed"]["exported"] == n

@@ -1,0 +1,261 @@
+"""A full disk (SPEC section 8): append says False (CLI exit 1) and harms nothing already
+spooled; flush and purge still work, since removing data needs no free space.
+
+The spool lives on a small tmpfs mounted for each test (root only); where mounting is not
+permitted the tests are skipped, saying why.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from scripted_server import Respond, ScriptedServer
+
+import spool
+from spool.receiver import Receiver
+
+Cli = Callable[..., Any]
+WRITE_KEY = "test-write-key"
+DISK_SIZE = "1m"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A 1 MiB tmpfs holding this test's spool directory (``RS_TELEMETRY_DIR`` points there)."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("cannot mount tmpfs: no mount command")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {result.stderr.strip() or result.returncode}")
+    try:
+        directory = mount_point / "spool"
+        monkeypatch.setenv("RS_TELEMETRY_DIR", str(directory))
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def status(cli: Cli) -> dict[str, Any]:
+    result = cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def accounted(st: dict[str, Any]) -> int:
+    assert st["dropped"]["events"] == sum(st["dropped"]["by_reason"].values())
+    return (
+        st["delivered"]["events"]
+        + st["pending"]["events"]
+        + st["quarantined"]["events"]
+        + st["dropped"]["events"]
+        + st["removed"]["purged"]
+        + st["removed"]["exported"]
+    )
+
+
+def show_lines(cli: Cli, *extra: str) -> list[str]:
+    result = cli("show", "--json", *extra)
+    assert result.returncode == 0, result.stderr
+    return [line for line in result.stdout.splitlines() if line]
+
+
+def tag_of(line: str) -> str:
+    return str(json.loads(line)["properties"]["commit_id"]).split("-")[0]
+
+
+def fill_with_appends(start: int = 0) -> list[str]:
+    """Append events of varying sizes until the disk refuses; the tags of those spooled.
+
+    Sizes vary so that the last write is likely short (part of a record fits).
+    """
+    spooled: list[str] = []
+    refusals = 0
+    for i in range(start, start + 5000):
+        tag = f"{i:06d}"
+        value = tag + "-" + "x" * (2000 + (i * 7919) % 9000)
+        if spool.append("server_start", {"commit_id": value}):
+            spooled.append(tag)
+        else:
+            refusals += 1
+            if refusals >= 5:
+                break
+    assert refusals, "the disk never filled up"
+    assert spooled, "nothing could be spooled at all"
+    return spooled
+
+
+def fill_to_the_brim(directory: Path) -> list[str]:
+    """Take every byte left on the file system; the tags of small events that still fit.
+
+    A file outside the spool takes every free block; then small appends fill the slack at
+    the end of the spool's last page, until they are refused too.
+    """
+    fd = os.open(directory.parent / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for chunk in (b"\0" * 65536, b"\0" * 4096, b"\0"):
+            while True:
+                try:
+                    os.write(fd, chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+    assert os.statvfs(directory).f_bavail == 0
+    spooled: list[str] = []
+    for i in range(500):
+        tag = f"s{i:05d}"
+        if not spool.append("server_start", {"commit_id": tag}):
+            break
+        spooled.append(tag)
+    else:
+        pytest.fail("small appends never stopped fitting on a full disk")
+    return spooled
+
+
+def check_all_valid(lines: list[str]) -> None:
+    for line in lines:
+        message = json.loads(line)
+        assert message["type"] == "track"
+        assert message["event"] == "server_start"
+
+
+# --- append -------------------------------------------------------------------------------
+
+
+def test_append_on_a_full_disk_returns_false_and_harms_nothing(cli: Cli, small_disk: Path) -> None:
+    reserve = small_disk.parent / "reserve"
+    reserve.write_bytes(b"\0" * 65536)  # freed at the end, to append again
+    spooled = fill_with_appends()
+    before = show_lines(cli)
+    check_all_valid(before)
+    assert [tag_of(line) for line in before] == spooled
+
+    # More refused appends, small and large, then a truly full disk.
+    more = fill_with_appends(10_000) if os.statvfs(small_disk).f_bavail else []
+    more += fill_to_the_brim(small_disk)
+    for value in ("small", "y" * 20_000):
+        assert spool.append("server_start", {"commit_id": value}) is False
+
+    after = show_lines(cli)
+    check_all_valid(after)
+    assert after[: len(before)] == before, "an event already spooled was changed"
+    assert [tag_of(line) for line in after] == spooled + more
+    st = status(cli)
+    assert st["pending"]["events"] == len(spooled) + len(more)
+    assert accounted(st) == len(spooled) + len(more)
+
+    # Space again: the next record must not be glued to, nor reveal, a fragment of a
+    # refused one (a short write is cut back; the next record starts a line of its own).
+    reserve.unlink()
+    assert spool.append("server_start", {"commit_id": "999999-after"}) is True
+    final = show_lines(cli)
+    check_all_valid(final)
+    assert final[: len(after)] == after
+    assert [tag_of(line) for line in final] == [*spooled, *more, "999999"]
+    st = status(cli)
+    assert st["pending"]["events"] == len(final), "a fragment of a refused append is pending"
+    assert accounted(st) == len(final)
+
+
+def test_cli_append_on_a_full_disk_exits_1_and_harms_nothing(cli: Cli, small_disk: Path) -> None:
+    for i in range(3):
+        assert spool.append("server_start", {"commit_id": f"{i:06d}"}) is True
+    topped = fill_to_the_brim(small_disk)
+    before = show_lines(cli)
+    assert len(before) == 3 + len(topped)
+
+    result = cli("append", "server_start", "-p", "commit_id=" + "z" * 3000)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.strip(), "a failed append must say why"
+    assert "Traceback" not in result.stderr
+
+    assert show_lines(cli) == before
+    assert status(cli)["pending"]["events"] == len(before)
+
+
+# --- flush and purge need no free space ---------------------------------------------------
+
+
+@pytest.mark.parametrize("cap", [None, "2000000"], ids=["default-cap", "2MB-cap"])
+def test_flush_on_a_full_disk_delivers_everything(
+    cli: Cli,
+    small_disk: Path,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    cap: str | None,
+) -> None:
+    if cap is not None:
+        monkeypatch.setenv("RS_TELEMETRY_MAX_BYTES", cap)
+    spooled = fill_with_appends()
+    spooled += fill_to_the_brim(small_disk)
+    pending = show_lines(cli)
+    assert [tag_of(line) for line in pending] == spooled
+
+    result = cli(
+        "flush", "--endpoint", receiver.url, "--json", env={"RS_SEGMENT_WRITE_KEY": WRITE_KEY}
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["sent"] == len(spooled)
+
+    received = [json.dumps(event, separators=(",", ":")) for event in receiver.events]
+    assert sorted(tag_of(line) for line in received) == sorted(spooled)
+    assert {json.loads(line)["messageId"] for line in pending} == {
+        event["messageId"] for event in receiver.events
+    }
+    st = status(cli)
+    assert st["pending"]["events"] == 0
+    assert st["delivered"]["events"] == len(spooled)
+    assert accounted(st) == len(spooled)
+
+
+def test_purge_on_a_full_disk(cli: Cli, small_disk: Path, scripted_server: ScriptedServer) -> None:
+    for i in range(4):
+        assert spool.append("server_start", {"commit_id": f"q{i:05d}"}) is True
+    scripted_server.default = Respond(400, json={"success": False})
+    result = cli(
+        "flush", "--endpoint", scripted_server.url, env={"RS_SEGMENT_WRITE_KEY": WRITE_KEY}
+    )
+    assert result.returncode == 65, result.stderr
+
+    spooled = fill_with_appends()
+    spooled += fill_to_the_brim(small_disk)
+    total = 4 + len(spooled)
+    st = status(cli)
+    assert (st["pending"]["events"], st["quarantined"]["events"]) == (len(spooled), 4)
+
+    result = cli("purge", "--quarantine", "--yes")
+    assert result.returncode == 0, result.stderr
+    st = status(cli)
+    assert st["quarantined"]["events"] == 0
+    assert st["removed"]["purged"] == 4
+    assert accounted(st) == total
+
+    spooled += fill_to_the_brim(small_disk)
+    total = 4 + len(spooled)
+    result = cli("purge", "--yes")
+    assert result.returncode == 0, result.stderr
+    st = status(cli)
+    assert st["pending"]["events"] == 0
+    assert st["removed"]["purged"] == total
+    assert accounted(st) == total
+    assert show_lines(cli) == []

@@ -1,0 +1,143 @@
+"""``rs-telemetry timer install|uninstall`` through the real command line (SPEC section 9).
+
+``systemctl`` is always a fake found first on PATH, so that no test ever touches the user
+manager of the machine running it: one that works (and logs its arguments), one that
+answers like a host without a user bus, or none at all.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+Cli = Callable[..., Any]
+SERVICE = "rs-telemetry-flush.service"
+TIMER = "rs-telemetry-flush.timer"
+NO_BUS = "Failed to connect to bus: No medium found"
+
+
+def fake_systemctl(tmp_path: Path, kind: str) -> tuple[dict[str, str], Path]:
+    """An environment whose PATH finds a fake ``systemctl`` of ``kind`` first; its call log.
+
+    ``ok`` succeeds, ``no-bus`` fails like a container without a user bus, ``missing``
+    leaves only a PATH where no systemctl exists.
+    """
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = tmp_path / "systemctl.log"
+    if kind == "missing":
+        return {"PATH": str(bin_dir)}, log
+    body = f'printf "%s\\n" "$*" >> {shlex.quote(str(log))}\n'
+    if kind == "no-bus":
+        body += f'echo "{NO_BUS}" >&2\nexit 1\n'
+    script = bin_dir / "systemctl"
+    script.write_text("#!/bin/sh\n" + body)
+    script.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}, log
+
+
+def calls(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def exec_start(unit: Path) -> str:
+    """The executable of the service's ExecStart=, e.g. ``/opt/rs/bin/rs-telemetry``."""
+    for line in unit.read_text().splitlines():
+        if line.startswith("ExecStart="):
+            return shlex.split(line[len("ExecStart=") :])[0]
+    raise AssertionError(f"no ExecStart= in {unit}")
+
+
+def test_install_no_enable_writes_both_units_with_the_installed_executable(
+    cli: Cli, tmp_path: Path
+) -> None:
+    env, log = fake_systemctl(tmp_path, "ok")
+    unit_dir = tmp_path / "units"
+    result = cli("timer", "install", "--unit-dir", str(unit_dir), "--no-enable", env=env)
+    assert result.returncode == 0, result.stderr
+
+    assert (unit_dir / SERVICE).is_file()
+    assert (unit_dir / TIMER).is_file()
+    assert "[Timer]" in (unit_dir / TIMER).read_text()
+    assert "[Service]" in (unit_dir / SERVICE).read_text()
+    executable = exec_start(unit_dir / SERVICE)
+    assert os.path.isabs(executable)
+    assert os.path.isfile(executable)
+    assert os.access(executable, os.X_OK)
+    assert os.path.basename(executable) == "rs-telemetry"
+    # It is the real console script: it runs and knows its version.
+    version = subprocess.run(
+        [executable, "--version"], capture_output=True, text=True, check=False, timeout=30
+    )
+    assert version.returncode == 0, version.stderr
+    assert "rs-telemetry" in version.stdout
+    assert not any("enable" in call for call in calls(log)), "--no-enable must not enable"
+
+
+def test_install_enables_the_timer_through_systemctl(cli: Cli, tmp_path: Path) -> None:
+    env, log = fake_systemctl(tmp_path, "ok")
+    unit_dir = tmp_path / "units"
+    result = cli("timer", "install", "--unit-dir", str(unit_dir), env=env)
+    assert result.returncode == 0, result.stderr
+    assert (unit_dir / SERVICE).is_file()
+    assert (unit_dir / TIMER).is_file()
+    made = calls(log)
+    assert all(call.startswith("--user") for call in made), made
+    enables = [call for call in made if " enable" in f" {call}"]
+    assert enables, made
+    assert TIMER in enables[-1]
+
+
+@pytest.mark.parametrize("kind", ["no-bus", "missing"])
+def test_install_without_a_user_bus_exits_1_explains_and_keeps_the_files(
+    cli: Cli, tmp_path: Path, kind: str
+) -> None:
+    env, _log = fake_systemctl(tmp_path, kind)
+    unit_dir = tmp_path / "units"
+    result = cli("timer", "install", "--unit-dir", str(unit_dir), env=env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    explanation = result.stderr.lower()
+    assert "enable" in explanation
+    assert "systemctl" in explanation
+    if kind == "no-bus":
+        assert NO_BUS.lower() in explanation
+    assert (unit_dir / SERVICE).is_file()
+    assert (unit_dir / TIMER).is_file()
+    assert os.path.isabs(exec_start(unit_dir / SERVICE))
+
+
+@pytest.mark.parametrize("kind", ["ok", "no-bus", "missing"])
+def test_uninstall_removes_both_units_even_without_a_user_bus(
+    cli: Cli, tmp_path: Path, kind: str
+) -> None:
+    unit_dir = tmp_path / "units"
+    written = cli(
+        "timer", "install", "--unit-dir", str(unit_dir), "--no-enable",
+        env=fake_systemctl(tmp_path, "ok")[0],
+    )  # fmt: skip
+    assert written.returncode == 0, written.stderr
+    (tmp_path / "systemctl.log").unlink(missing_ok=True)
+
+    env, log = fake_systemctl(tmp_path, kind)
+    result = cli("timer", "uninstall", "--unit-dir", str(unit_dir), env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (unit_dir / SERVICE).exists()
+    assert not (unit_dir / TIMER).exists()
+    if kind == "ok":
+        disables = [call for call in calls(log) if "disable" in call]
+        assert disables, calls(log)
+        assert TIMER in disables[0]
+
+
+def test_uninstall_when_nothing_is_installed_succeeds(cli: Cli, tmp_path: Path) -> None:
+    env, _log = fake_systemctl(tmp_path, "no-bus")
+    result = cli("timer", "uninstall", "--unit-dir", str(tmp_path / "nothing-here"), env=env)
+    assert result.returncode == 0, result.stderr
