@@ -34,7 +34,9 @@ _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 
 def escape(text: str) -> str:
     """Control characters made visible, e.g. ``"a\\x1b[2J"`` -> ``"a\\\\x1b[2J"``."""
-    return text.translate(_CONTROL)
+    text = text.translate(_CONTROL)
+    # A lone surrogate (valid JSON "\\udc80", not text) cannot reach a UTF-8 terminal raw.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _say(message: str) -> None:
@@ -189,7 +191,7 @@ def show(
                 continue
             shown += 1
             if as_json:
-                click.echo(json.dumps(entry, ensure_ascii=False, separators=(",", ":")))
+                click.echo(store.json_line(entry))
             else:
                 info = entry["_quarantine"]
                 what = entry.get("event") or f"raw={entry.get('raw', '')[:120]!r}"

@@ -288,7 +288,7 @@ def _flush_segment(run: _Run, name: str) -> None:
             size = path.lstat().st_size
         except FileNotFoundError:
             return  # dropped by the cap since we listed it (and counted there)
-        cursor = state.cursors.get(name, 0)
+        cursor = store.valid_cursor(path, state.cursors.get(name, 0), size)
         if cursor >= size:
             store.remove_segments(directory, state, [name])
             return
@@ -298,6 +298,15 @@ def _flush_segment(run: _Run, name: str) -> None:
     data = store.read_file(path, cursor)
     oldest_allowed = time.time() - run.conf.max_age_seconds
     items = [_parse(line, oldest_allowed) for line in store.split_lines(data, cursor)]
+    if not items:
+        _commit(run, name, size, [], [])  # only blank lines: consume the segment
+        return
+    last = items[-1]
+    if last.line.end < size:
+        # Trailing blank lines belong to the last range, so the segment is consumed whole.
+        items[-1] = _Item(
+            store.Line(last.line.start, size, last.line.raw), last.valid, last.reason, last.too_old
+        )
     for batch in _batches(items):
         _resolve(run, name, size, batch)
 
@@ -401,7 +410,7 @@ def _commit(
         run.progress(len(items))
     if run.uploader is None:
         return  # dry run: nothing changes
-    end = items[-1].line.end
+    end = items[-1].line.end if items else size
     with state_lock(run.directory):
         state = store.load_state(run.directory)
         # Quarantine first and durably: if we crash after it, the range is resent and

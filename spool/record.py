@@ -129,12 +129,12 @@ def check_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     except ValueError:
         return None, "not JSON"
     problem = check(message)
-    if problem is None and b"\\u" in raw:
+    if problem is not None:
+        return None, f"not a valid record: {problem}"
+    if b"\\u" in raw:
         # A JSON escape can smuggle in a lone surrogate, which no UTF-8 output can carry.
         try:
-            _escape(json.dumps(message, ensure_ascii=False)).encode("utf-8")
+            json.dumps(message, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
-            problem = "contains a lone surrogate (not valid Unicode text)"
-    if problem is not None:
-        return None, problem
+            return None, "not a valid record: a lone surrogate is not Unicode text"
     return message, ""

@@ -322,7 +322,7 @@ def pending_files(directory: Path, state: State) -> list[PendingFile]:
             size = os.stat(directory / name, follow_symlinks=False).st_size
         except FileNotFoundError:
             continue
-        cursor = min(state.cursors.get(name, 0), size)
+        cursor = valid_cursor(directory / name, state.cursors.get(name, 0), size)
         if cursor < size:
             out.append(PendingFile(name, cursor, size, sealed=True))
     try:
@@ -332,6 +332,26 @@ def pending_files(directory: Path, state: State) -> list[PendingFile]:
     except FileNotFoundError:
         pass
     return out
+
+
+def valid_cursor(path: Path, cursor: int, size: int) -> int:
+    """The cursor, or 0 when it cannot be right (past the end, or not after a newline).
+
+    Only a state damaged from outside gives such a cursor; starting the segment over
+    sends some events again, which is harmless, where trusting it could lose them.
+    """
+    if cursor in (0, size):
+        return cursor
+    if cursor > size:
+        return 0
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return cursor
+    try:
+        return cursor if os.pread(fd, 1, cursor - 1) == b"\n" else 0
+    finally:
+        os.close(fd)
 
 
 def iter_pending(directory: Path, state: State) -> Iterator[tuple[PendingFile, Line]]:
@@ -483,11 +503,9 @@ def remove_consumed(directory: Path, state: State) -> None:
     _sweep_temp_files(directory)
     done = []
     for name in segments(directory):
-        cursor = state.cursors.get(name)
-        if (
-            cursor is not None
-            and cursor >= os.stat(directory / name, follow_symlinks=False).st_size
-        ):
+        size = os.stat(directory / name, follow_symlinks=False).st_size
+        cursor = valid_cursor(directory / name, state.cursors.get(name, 0), size)
+        if size == 0 or cursor >= size:  # an empty segment is never written by us: garbage
             done.append(name)
     if done:
         remove_segments(directory, state, done)
@@ -584,7 +602,17 @@ def quarantine_entry(
         entry = {"_quarantine": info, **decoded}
     else:
         entry = {"_quarantine": info, "raw": raw.decode("utf-8", "backslashreplace")}
-    return json.dumps(entry, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+    return json_line(entry).encode() + b"\n"
+
+
+def json_line(value: object) -> str:
+    """Compact JSON that always encodes to UTF-8: lone surrogates stay ``\\uXXXX`` escapes."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+    return text
 
 
 def _iso_now() -> str:

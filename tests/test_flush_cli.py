@@ -191,9 +191,11 @@ def test_mode_off_or_local_sends_nothing(
     fill(4)
     before = shown()
     assert cli("mode", mode).returncode == 0
-    result, _ = flush(cli, scripted_server.url, "--max-time", "5")
+    result, _ = flush(cli, scripted_server.url, "--json", "--max-time", "5")
     assert result.returncode == 0, result.stderr
     assert mode in result.stderr, "flush does not say why it sent nothing"
+    report = only_json_object(result.stdout)
+    assert (report["exit_code"], report["sent"], report["batches"]) == (0, 0, 0)
     assert scripted_server.requests == []
     assert_untouched(before)
     # And back on, the same events go.

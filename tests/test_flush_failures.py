@@ -181,7 +181,8 @@ def test_refused_events_are_quarantined_alone(
 
 def test_every_event_refused_is_quarantined(scripted_server: ScriptedServer) -> None:
     fill(5)
-    scripted_server.default = Respond(400, json=REFUSAL)
+    answer = b"refused: " + b"x" * 100_000
+    scripted_server.default = Respond(400, body=answer)
     report = flush(scripted_server)
     assert (report.exit_code, report.sent, report.quarantined, report.left_pending) == (
         65,
@@ -189,7 +190,12 @@ def test_every_event_refused_is_quarantined(scripted_server: ScriptedServer) -> 
         5,
         0,
     )
-    assert [q["_quarantine"]["status"] for q in shown("--quarantine")] == [400] * 5
+    quarantined = shown("--quarantine")
+    assert [q["_quarantine"]["status"] for q in quarantined] == [400] * 5
+    for entry in quarantined:
+        body = entry["_quarantine"]["body"]
+        assert body.startswith("refused: x")
+        assert len(body) < len(answer), "the whole answer was kept, not its start"
     assert assert_accounted(5)["quarantined"]["events"] == 5
 
 
@@ -486,6 +492,8 @@ def test_max_time_bounds_the_whole_run(scripted_server: ScriptedServer, cli: Cli
     assert (report["sent"], report["left_pending"]) == (0, 30)
     assert elapsed < 4
     assert len(scripted_server.requests) >= 2, "a 503 was not retried"
+    # Exponential backoff from 0.5 s: a handful of attempts in 2 s, not a hammering loop.
+    assert len(scripted_server.requests) <= 12, "no backoff between attempts"
     assert_all_kept(before)
     # Only the server's own Retry-After is remembered: the next flush tries at once.
     assert status()["retry_not_before"] is None
@@ -579,6 +587,7 @@ def test_retry_after_zero_is_not_a_deadline(scripted_server: ScriptedServer) -> 
     assert flush(scripted_server, max_time=1).exit_code == 75
     tried = len(scripted_server.requests)
     assert tried >= 2, "Retry-After: 0 was not retried"
+    assert tried <= 10, "Retry-After: 0 must not disable the backoff"
     assert status()["retry_not_before"] is None
     scripted_server.default = OK
     assert flush(scripted_server, max_time=5).exit_code == 0  # no --force needed
