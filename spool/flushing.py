@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from spool import exitcodes, record, settings, store
-from spool.errors import ConfigError
+from spool.errors import ConfigError, TelemetryError
 from spool.locking import Busy, flush_lock, state_lock
 from spool.upload import (
     ENVELOPE_BYTES,
@@ -110,24 +110,47 @@ def flush(
 ) -> FlushReport:
     """Upload what is pending, oldest first; return a report whose ``exit_code`` is flush's.
 
-    Raises ``ConfigError`` (exit 1) for a missing write key or a refused endpoint, and
-    ``SpoolUnusable`` for a spool directory that must not be used. ``progress`` is called
-    with (events done, events taken on); ``out`` receives ``--dry-run`` batches.
+    Configuration trouble (no write key, a refused endpoint, a spool directory that must
+    not be used) is reported, not raised: ``exit_code`` 1 and the reason in ``message``.
+    ``progress`` is called with (events done, events taken on); ``out`` receives
+    ``--dry-run`` batches.
     """
     started = time.monotonic()
     report = FlushReport()
+    try:
+        _flush(spool_dir, endpoint, max_time, timeout, gzip, dry_run, force, progress, out, report)
+    except TelemetryError as exc:
+        report.exit_code = exc.exit_code
+        report.message = str(exc)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _flush(
+    spool_dir: str | Path | None,
+    endpoint: str | None,
+    max_time: float,
+    timeout: float,
+    gzip: bool,
+    dry_run: bool,
+    force: bool,
+    progress: Callable[[int, int], None] | None,
+    out: IO[str] | None,
+    report: FlushReport,
+) -> None:
+    started = time.monotonic()
     directory = settings.spool_dir(spool_dir)
     opted = settings.opted_out_by()
     if opted is not None:
         report.message = f"telemetry is off in this process ({opted} is set): nothing sent"
-        return report
+        return
     if not store.check_dir(directory, create=False):
         report.message = "nothing pending"
-        return report
+        return
     mode = store.read_mode(directory)
     if mode != "on":
         report.message = f"mode is {mode!r}: nothing is sent (rs-telemetry enable turns it on)"
-        return report
+        return
     conf = settings.FlushSettings.resolve(endpoint, max_time, timeout, gzip, dry_run, force)
     batch_url = settings.check_endpoint(conf.endpoint)
     if not conf.write_key and not dry_run:
@@ -141,8 +164,6 @@ def flush(
     except Busy:
         report.exit_code = exitcodes.TEMPFAIL
         report.message = "another flush is running on this spool; try again later"
-    report.seconds = time.monotonic() - started
-    return report
 
 
 def _locked_flush(

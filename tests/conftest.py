@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +31,7 @@ VARIABLES = (
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]:
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     """No telemetry variable leaks in; RS_TELEMETRY_DIR points at this test's own spool."""
     for name in VARIABLES:
         monkeypatch.delenv(name, raising=False)
@@ -40,7 +39,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]
     monkeypatch.setenv("RS_TELEMETRY_DIR", str(spool))
     # Loopback must never go through a proxy of the machine.
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost,::1")
-    yield spool
+    return spool
 
 
 @pytest.fixture
