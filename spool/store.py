@@ -151,7 +151,7 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
     """
     path = os.path.join(directory, ACTIVE)
     for _attempt in range(16):
-        fd = os.open(path, _APPEND_FLAGS, 0o600)
+        fd = _open_spool_file(path, _APPEND_FLAGS)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             st = os.fstat(fd)
@@ -219,7 +219,7 @@ def write_segment(directory: Path, data: bytes) -> str:
 def seal(directory: Path) -> None:
     """Seal the active file if it holds anything; appenders wait at most for this rename."""
     try:
-        fd = os.open(directory / ACTIVE, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = _open_spool_file(directory / ACTIVE, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     try:
@@ -256,9 +256,27 @@ def segments(directory: Path) -> list[str]:
     )
 
 
+def _open_spool_file(path: StrPath, flags: int) -> int:
+    """``os.open`` that refuses, with the reason and the fix, a symbolic link in the spool.
+
+    Like ssh with a loose ``~/.ssh``, we stop and say so rather than repair silently:
+    only the owner or root can have put the link there.
+    """
+    try:
+        return os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise SpoolUnusable(
+            "a symbolic link stands where a spool file belongs; it is never followed",
+            os.fspath(path),
+            f"look at it, then remove it: rm {os.fspath(path)}",
+        ) from exc
+
+
 def read_file(path: Path, offset: int = 0) -> bytes:
     """The bytes of a spool file from ``offset``; never through a symbolic link."""
-    fd = os.open(path, _READ_FLAGS)
+    fd = _open_spool_file(path, _READ_FLAGS)
     try:
         if offset:
             os.lseek(fd, offset, os.SEEK_SET)
