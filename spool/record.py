@@ -28,12 +28,30 @@ _CONTEXT_TAIL = '","context":' + json.dumps({"library": LIBRARY}, separators=(",
 _second_cache: tuple[int, str] = (-1, "")
 
 
+_random_hex = ""
+_random_pos = 0
+
+
+def _forget_random_pool() -> None:
+    global _random_hex  # noqa: PLW0603
+    _random_hex = ""  # a forked child must never hand out its parent's next UUIDs
+
+
+os.register_at_fork(after_in_child=_forget_random_pool)
+
+
 def new_uuid4() -> str:
     """A random (version 4) UUID string, e.g. ``"3f2a5c1e-8d4b-4c6a-9e1f-0a2b3c4d5e6f"``.
 
     The same as ``str(uuid.uuid4())`` at a quarter of its cost.
     """
-    h = os.urandom(16).hex()
+    global _random_hex, _random_pos  # noqa: PLW0603 - a per-process pool, reset at fork
+    pos = _random_pos
+    if pos + 32 > len(_random_hex):
+        # One getrandom() per 128 UUIDs instead of one per UUID (a syscall each).
+        _random_hex, pos = os.urandom(2048).hex(), 0
+    h = _random_hex[pos : pos + 32]
+    _random_pos = pos + 32
     variant = "89ab"[int(h[16], 16) & 3]
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
 

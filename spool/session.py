@@ -72,8 +72,8 @@ class Session:
             self.spool_dir or settings.env("RS_TELEMETRY_DIR") or settings.default_spool_dir()
         )
         try:
-            store.check_dir(directory, create=True)
-            if store.read_mode(directory) == "off":
+            dir_stat = store.check_dir(directory, create=True)
+            if store.read_mode(directory, dir_stat) == "off":
                 return OFF, "telemetry is disabled (rs-telemetry enable turns it on)"
             store.append_line(
                 directory, line, fsync=settings.flag("RS_TELEMETRY_FSYNC"), cap=settings.max_bytes()

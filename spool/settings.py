@@ -86,13 +86,22 @@ def _number(name: str, default: float) -> float:
     return value
 
 
+_max_bytes_memo: tuple[str | None, int] = (None, DEFAULT_MAX_BYTES)
+
+
 def max_bytes() -> int:
     """The pending-data cap in bytes, e.g. 67108864 (``RS_TELEMETRY_MAX_BYTES``, 64 MiB)."""
+    global _max_bytes_memo  # noqa: PLW0603 - the parse of the last value seen
+    raw = env("RS_TELEMETRY_MAX_BYTES")
+    if raw == _max_bytes_memo[0]:
+        return _max_bytes_memo[1]
     try:
-        return int(_number("RS_TELEMETRY_MAX_BYTES", DEFAULT_MAX_BYTES))
+        value = int(_number("RS_TELEMETRY_MAX_BYTES", DEFAULT_MAX_BYTES))
     except ConfigError:
         # A bad value must not stop the host's telemetry; fall back to the default.
-        return DEFAULT_MAX_BYTES
+        value = DEFAULT_MAX_BYTES
+    _max_bytes_memo = (raw, value)
+    return value
 
 
 def max_age_seconds() -> float:

@@ -60,8 +60,19 @@ def segment_bytes(cap: int) -> int:
 # --- the directory ----------------------------------------------------------------------
 
 
-def check_dir(directory: StrPath, create: bool) -> bool:
-    """Refuse a directory we do not own or others can write; False when absent and not created.
+_cached_euid = -1
+
+
+def _euid(refresh: bool = False) -> int:
+    """The effective uid, remembered: a host that drops privileges is seen at the next miss."""
+    global _cached_euid  # noqa: PLW0603
+    if refresh or _cached_euid < 0:
+        _cached_euid = os.geteuid()
+    return _cached_euid
+
+
+def check_dir(directory: StrPath, create: bool) -> os.stat_result | None:
+    """Refuse a directory we do not own or others can write; its stat, or None when absent.
 
     Raises ``SpoolUnusable`` with the reason and the fix, e.g. ``chmod 700 DIR``.
     """
@@ -69,14 +80,14 @@ def check_dir(directory: StrPath, create: bool) -> bool:
         st = os.stat(directory)
     except FileNotFoundError:
         if not create:
-            return False
+            return None
         make_dir(Path(directory))
         st = os.stat(directory)
     except OSError as exc:
         raise SpoolUnusable(f"cannot use spool directory ({exc.strerror})", str(directory)) from exc
     if not stat.S_ISDIR(st.st_mode):
         raise SpoolUnusable("spool path is not a directory", str(directory))
-    if st.st_uid != os.geteuid():
+    if st.st_uid != _euid() and st.st_uid != _euid(refresh=True):
         raise SpoolUnusable(
             f"spool directory is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})",
             str(directory),
@@ -88,7 +99,7 @@ def check_dir(directory: StrPath, create: bool) -> bool:
             str(directory),
             f"run: chmod 700 {directory}",
         )
-    return True
+    return st
 
 
 def make_dir(directory: Path) -> None:
@@ -685,27 +696,37 @@ def quarantine_cap(cap: int) -> int:
 
 # --- mode -------------------------------------------------------------------------------
 
-_mode_cache: dict[str, tuple[tuple[int, int, int], str]] = {}
+_mode_cache: dict[str, tuple[tuple[int, int], str, float]] = {}
 
 
-def read_mode(directory: StrPath) -> str:
-    """The stored mode, e.g. ``"on"`` (the default when no mode was ever set)."""
+def read_mode(directory: StrPath, dir_stat: os.stat_result | None = None) -> str:
+    """The stored mode, e.g. ``"on"`` (the default when no mode was ever set).
+
+    With ``dir_stat`` (from ``check_dir``) the answer is remembered while the directory
+    is unchanged: ``write_mode`` renames a file into it, which changes its mtime. The
+    memory also lapses after a second, which bounds how long a change could go unseen
+    where the file system stamps times coarsely (kernels before 6.13).
+    """
     path = os.path.join(directory, MODE)
-    try:
-        st = os.stat(path, follow_symlinks=False)
-    except FileNotFoundError:
-        return "on"
-    key = (st.st_ino, st.st_mtime_ns, st.st_size)
+    now = time.monotonic()
+    key = (dir_stat.st_ino, dir_stat.st_mtime_ns) if dir_stat is not None else None
     cached = _mode_cache.get(path)
-    if cached is not None and cached[0] == key:
+    if key is not None and cached is not None and cached[0] == key and now - cached[2] < 1.0:
         return cached[1]
+    mode = _read_mode_file(path)
+    if key is not None:
+        _mode_cache[path] = (key, mode, now)
+    return mode
+
+
+def _read_mode_file(path: str) -> str:
+    if not os.access(path, os.F_OK, follow_symlinks=False):
+        return "on"  # the common case, answered without raising (an exception costs ~2 us)
     try:
         text = read_file(Path(path)).decode("ascii", "replace").strip()
     except OSError:
-        text = "on"
-    mode = text if text in ("on", "off", "local") else "on"
-    _mode_cache[path] = (key, mode)
-    return mode
+        return "on"
+    return text if text in ("on", "off", "local") else "on"
 
 
 def write_mode(directory: Path, mode: str) -> None:
