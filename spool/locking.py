@@ -9,8 +9,10 @@
 - ``flush.lock`` (filelock): one flush, export or purge per spool at a time. Held for
   the whole run, network included; appenders never touch it.
 
-``flock`` locks belong to the open file description, so every holder opens its own
-descriptor and closes it when done: nothing is cached that a forked child could share.
+``flock`` locks belong to the open file description. ``state.lock`` and ``flush.lock``
+holders open their own descriptor and close it when done. The append path keeps the
+active file's descriptor between calls (see ``store``) but never holds its lock between
+them, serializes its own threads with a process lock, and a forked child forgets it.
 """
 
 from __future__ import annotations

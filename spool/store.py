@@ -19,6 +19,7 @@ line is durable; the file that held it is unlinked after that.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import fcntl
 import itertools
@@ -154,28 +155,86 @@ class _suppress_os:
 # --- append -----------------------------------------------------------------------------
 
 
+# The active file stays open between appends (open + close + a stat cost ~5 us of a
+# ~20 us budget). The lock is never held between calls, a forked child forgets the
+# descriptor, and each use checks that the descriptor still names the inode we opened.
+# Sealing stamps the file's mtime with SEALED_MTIME_NS before the rename, under the
+# file's flock, so a holder of an old descriptor sees at once that it must reopen.
+SEALED_MTIME_NS = 0
+_active: tuple[str, int, int, int] | None = None  # (path, fd, st_dev, st_ino)
+_active_lock = _thread.allocate_lock()  # threads share the descriptor, and flock does not
+# exclude two users of one open file description
+
+
+def _forget_active(close: bool = True) -> None:
+    global _active  # noqa: PLW0603
+    if _active is not None and close:
+        with _suppress_os():
+            os.close(_active[1])
+    _active = None
+
+
+def _forget_active_in_child() -> None:
+    global _active_lock  # noqa: PLW0603
+    _forget_active()  # closing the child's copy leaves the parent's lock, if any, alone
+    _active_lock = _thread.allocate_lock()  # another thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_forget_active_in_child)
+
+
 def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> None:
     """Append one record with a single ``write()``; raise ``OSError`` on any trouble.
 
-    Concurrent appends are serialized by ``flock`` on the active file. Nothing already
-    spooled is harmed by a failure: a short write is truncated back to where it began.
+    Concurrent appends are serialized by ``flock`` on the active file (and, within one
+    process, by a lock around its shared descriptor). Nothing already spooled is harmed
+    by a failure: a short write is truncated back to where it began.
     """
     path = os.path.join(directory, ACTIVE)
+    with _active_lock:
+        sealed = _append_locked(directory, path, line, fsync, cap)
+    if sealed:
+        with _suppress_os():
+            enforce_cap(Path(directory), cap, wait=False)
+
+
+def _open_active(path: str) -> tuple[str, int, int, int]:
+    global _active  # noqa: PLW0603
+    _forget_active()
+    fd = _open_spool_file(path, _APPEND_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o777 != 0o600:
+            os.fchmod(fd, 0o600)  # created under a restrictive umask
+    except OSError:
+        os.close(fd)
+        raise
+    _active = (path, fd, st.st_dev, st.st_ino)
+    return _active
+
+
+def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap: int) -> bool:
+    """The body of ``append_line``; True when this append sealed the active file."""
     for _attempt in range(16):
-        fd = _open_spool_file(path, _APPEND_FLAGS)
+        active = _active if _active is not None and _active[0] == path else _open_active(path)
+        fd = active[1]
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            _forget_active(close=False)  # the host closed our descriptor: not ours to close
+            continue
+        try:
             st = os.fstat(fd)
-            # Rotation race: a flush (or another appender) may have sealed the file between
-            # our open() and our flock(); then the path names another inode, or none.
-            try:
-                current = os.stat(path, follow_symlinks=False)
-            except FileNotFoundError:
+            if (st.st_dev, st.st_ino) != active[2:]:
+                # The host closed our descriptor and its number now names one of its files.
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                _forget_active(close=False)
                 continue
-            if current.st_ino != st.st_ino or current.st_dev != st.st_dev:
+            # Rotation race: a flush (or another appender) sealed the file, or something
+            # removed it, since we opened it; then the path names another inode, or none.
+            if st.st_mtime_ns == SEALED_MTIME_NS or st.st_nlink == 0:
+                _forget_active()  # closing releases our flock
                 continue
-            if st.st_mode & 0o777 != 0o600:
-                os.fchmod(fd, 0o600)  # created under a restrictive umask
             size = st.st_size
             data = line
             # A writer killed mid-write() leaves a line without its newline: never glue to it.
@@ -194,16 +253,16 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
                 raise
             # The record is spooled from here on: trouble while rotating or enforcing the
             # cap (a full disk refusing the state write) must not report it as lost.
-            sealed = False
-            if size + len(data) >= segment_bytes(cap):
-                with _suppress_os():
-                    sealed = _seal_locked(directory)
-        finally:
-            os.close(fd)
-        if sealed:
+            if size + len(data) < segment_bytes(cap):
+                return False
             with _suppress_os():
-                enforce_cap(Path(directory), cap, wait=False)
-        return
+                _seal_locked(directory, fd)
+                _forget_active()
+                return True
+            return False
+        finally:
+            if _active is not None and _active[1] == fd:
+                fcntl.flock(fd, fcntl.LOCK_UN)
     raise OSError(errno.EAGAIN, "the active spool file kept being replaced")
 
 
@@ -214,9 +273,18 @@ def _segment_name() -> str:
     )
 
 
-def _seal_locked(directory: StrPath) -> bool:
-    """Rename the active file to a new segment; the caller holds its ``flock``."""
-    os.rename(os.path.join(directory, ACTIVE), os.path.join(directory, _segment_name()))
+def _seal_locked(directory: StrPath, fd: int) -> bool:
+    """Rename the active file to a new segment; the caller holds its ``flock`` through ``fd``.
+
+    The mtime stamp comes first: an appender holding an old descriptor to this inode
+    sees it after taking the lock, and reopens the path instead of writing here.
+    """
+    os.utime(fd, ns=(SEALED_MTIME_NS, SEALED_MTIME_NS))
+    try:
+        os.rename(os.path.join(directory, ACTIVE), os.path.join(directory, _segment_name()))
+    except OSError:
+        os.utime(fd)  # not sealed after all: unstamp it, or no appender could use it again
+        raise
     return True
 
 
@@ -240,8 +308,9 @@ def seal(directory: Path) -> None:
             current = os.stat(directory / ACTIVE, follow_symlinks=False)
         except FileNotFoundError:
             return
-        if st.st_size and (current.st_ino, current.st_dev) == (st.st_ino, st.st_dev):
-            _seal_locked(directory)
+        same = (current.st_ino, current.st_dev) == (st.st_ino, st.st_dev)
+        if st.st_size and same and st.st_mtime_ns != SEALED_MTIME_NS:
+            _seal_locked(directory, fd)
     finally:
         os.close(fd)
 
@@ -508,9 +577,27 @@ def remove_segments(directory: Path, state: State, names: list[str]) -> None:
         saved = False
     for name in names:
         with _suppress_os():
-            os.unlink(directory / name)
+            _discard(directory / name)
     if not saved:
         save_state(directory, state)
+
+
+def _discard(path: Path) -> None:
+    """Empty, stamp and unlink a consumed segment, under its flock.
+
+    An appender may still hold a descriptor to it from when it was the active file, and
+    an open file's blocks outlive its unlink: emptying it first frees them at once (a
+    full disk needs that space back). The sealed stamp, set again after the truncation
+    changed the mtime, sends that appender to the new active file.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.utime(fd, ns=(SEALED_MTIME_NS, SEALED_MTIME_NS))
+        os.unlink(path)
+    finally:
+        os.close(fd)
 
 
 def _sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:

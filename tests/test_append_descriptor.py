@@ -1,0 +1,77 @@
+"""The append path keeps the active file open between calls; these are the ways that can go
+wrong, each forced on purpose: a host that closes every descriptor and reuses the number, a
+flush in another process sealing the file under us, and a consumed segment whose blocks an
+idle appender would otherwise pin on a full disk."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import spool
+from spool import store
+
+
+def _records(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_bytes().splitlines() if line]
+
+
+def test_a_host_that_closes_our_descriptor_and_reuses_its_number_is_never_written(
+    spool_dir: Path, tmp_path: Path
+) -> None:
+    assert spool.append("server_start", {"commit_id": "before"})
+    assert store._active is not None
+    fd = store._active[1]
+    os.close(fd)  # what a daemonizing host does with os.closerange()
+    host_file = tmp_path / "host-owned.log"
+    reused = os.open(host_file, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        if reused != fd:
+            os.dup2(reused, fd)
+        os.write(fd, b"host data\n")
+        assert spool.append("server_start", {"commit_id": "after"})
+        assert host_file.read_bytes() == b"host data\n"
+        os.write(fd, b"more host data\n")  # the host's descriptor is still its own
+        assert host_file.read_bytes() == b"host data\nmore host data\n"
+    finally:
+        os.close(reused)
+        if reused != fd:
+            os.close(fd)
+    tags = [r["properties"]["commit_id"] for r in _records(spool_dir / store.ACTIVE)]  # type: ignore[index]
+    assert tags == ["before", "after"]
+
+
+def test_a_seal_by_another_process_sends_the_next_append_to_a_new_file(
+    spool_dir: Path, cli: object
+) -> None:
+    assert spool.append("server_start", {"commit_id": "one"})
+    held = store._active
+    assert held is not None
+    store.seal(spool_dir)  # as a flush would, through its own descriptor
+    assert spool.append("server_start", {"commit_id": "two"})
+    assert store._active is not None
+    assert store._active[3] != held[3]
+    (segment,) = store.segments(spool_dir)
+    assert [r["properties"]["commit_id"] for r in _records(spool_dir / segment)] == ["one"]  # type: ignore[index]
+    assert [r["properties"]["commit_id"] for r in _records(spool_dir / store.ACTIVE)] == ["two"]  # type: ignore[index]
+
+
+def test_a_discarded_segment_frees_its_blocks_even_while_an_appender_holds_it(
+    spool_dir: Path,
+) -> None:
+    for i in range(200):
+        assert spool.append("server_start", {"commit_id": f"c{i:04d}"})
+    held = store._active
+    assert held is not None
+    store.seal(spool_dir)
+    (segment,) = store.segments(spool_dir)
+    with store.state_lock(spool_dir):
+        state = store.load_state(spool_dir)
+        state.cursors[segment] = (spool_dir / segment).stat().st_size
+        store.remove_segments(spool_dir, state, [segment])
+    # Our descriptor still names the unlinked inode, and it holds nothing any more.
+    assert os.fstat(held[1]).st_size == 0
+    assert os.fstat(held[1]).st_nlink == 0
+    assert spool.append("server_start", {"commit_id": "next"})
+    assert [r["properties"]["commit_id"] for r in _records(spool_dir / store.ACTIVE)] == ["next"]  # type: ignore[index]
