@@ -70,7 +70,6 @@ def export(directory: Path, target: Path, keep: bool = False) -> ExportResult:
                 for pf in files:
                     state.cursors[pf.name] = pf.size
                 state.exported += len(lines)
-                state.inflight = None
                 store.remove_segments(directory, state, [pf.name for pf in files])
     return ExportResult(len(lines), target)
 

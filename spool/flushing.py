@@ -12,6 +12,7 @@ nothing, and at most the range in flight is sent again (with the same messageIds
 from __future__ import annotations
 
 import errno
+import os
 import random
 import time
 from collections.abc import Callable
@@ -33,6 +34,10 @@ from spool.upload import (
     retry_after,
 )
 
+CAP_CHECK_INTERVAL = 0.5
+"""Seconds between cap checks during a flush: appenders that found ``state.lock`` busy
+skipped theirs, so the flush checks for them, but listing every segment at every
+commit would cost a large backlog more than its upload."""
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 
@@ -72,14 +77,16 @@ class _Stop(Exception):
         self.message = message
 
 
-@dataclass
 class _Item:
     """One line of a segment and what to do with it."""
 
-    line: store.Line
-    valid: bool
-    reason: str = ""  # why it is quarantined (unreadable) or dropped (too old)
-    too_old: bool = False
+    __slots__ = ("line", "reason", "too_old", "valid")
+
+    def __init__(self, line: store.Line, valid: bool, reason: str = "", too_old: bool = False):
+        self.line = line
+        self.valid = valid
+        self.reason = reason  # why it is quarantined (unreadable) or dropped (too old)
+        self.too_old = too_old
 
 
 @dataclass
@@ -94,6 +101,8 @@ class _Run:
     server_asked_until: float | None = None
     acknowledged: bool = False
     unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
+    claim: int | None = None  # descriptor holding the claim on the segment being sent
+    cap_checked: float = 0.0
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -249,7 +258,6 @@ def _finish(run: _Run) -> None:
                 state.retry_not_before = run.server_asked_until
             elif run.acknowledged:
                 state.retry_not_before = None
-            state.inflight = None
             store.save_state(run.directory, state)
     except OSError as exc:
         store.log_warning("could not record the flush summary: %s", exc)
@@ -269,8 +277,15 @@ def _count_left(directory: Path, names: list[str]) -> int:
     return left
 
 
-def _parse(line: store.Line, oldest_allowed: float) -> _Item:
+def _parse(line: store.Line, oldest_allowed: float, oldest_stamp: bytes) -> _Item:
     """Decide what one spooled line is: a record to send, unreadable, or too old."""
+    stamp = record.canonical_timestamp(line.raw)
+    if stamp is not None:  # the fast path: fixed-width timestamps compare as text
+        return (
+            _Item(line, False, "too_old", too_old=True)
+            if stamp < oldest_stamp
+            else _Item(line, True)
+        )
     message, problem = record.check_line(line.raw)
     if message is None:
         return _Item(line, False, problem)
@@ -313,12 +328,25 @@ def _flush_segment(run: _Run, name: str) -> None:
         if cursor >= size:
             store.remove_segments(directory, state, [name])
             return
-        if not run.conf.dry_run and state.inflight != name:
-            state.inflight = name  # the cap never drops what a flush is uploading
-            _save_tolerant(directory, state)
-    data = store.read_file(path, cursor)
+        # The claim is taken under state.lock, where the cap looks for it.
+        run.claim = store.claim(path)
+    try:
+        data = store.read_file(path, cursor)
+        _send_segment(run, name, size, cursor, data)
+    finally:
+        _release(run)
+
+
+def _release(run: _Run) -> None:
+    if run.claim is not None:
+        os.close(run.claim)
+        run.claim = None
+
+
+def _send_segment(run: _Run, name: str, size: int, cursor: int, data: bytes) -> None:
     oldest_allowed = time.time() - run.conf.max_age_seconds
-    items = [_parse(line, oldest_allowed) for line in store.split_lines(data, cursor)]
+    oldest_stamp = record.iso_timestamp(oldest_allowed).encode()
+    items = [_parse(line, oldest_allowed, oldest_stamp) for line in store.split_lines(data, cursor)]
     if not items:
         _commit(run, name, size, [], [])  # only blank lines: consume the segment
         return
@@ -454,7 +482,7 @@ def _commit(
         _apply(unsaved, state)
         try:
             if end >= size:
-                state.inflight = None
+                _release(run)  # our own claim would block the discard (another descriptor)
                 store.remove_segments(run.directory, state, [name])
             else:
                 store.save_state(run.directory, state)
@@ -466,7 +494,10 @@ def _commit(
             store.log_warning("spool disk full: progress kept in memory (%s)", exc)
         else:
             run.unsaved = store.State()
-            store.enforce_cap_locked(run.directory, run.conf.max_bytes)
+            now = time.monotonic()
+            if now - run.cap_checked >= CAP_CHECK_INTERVAL:
+                run.cap_checked = now
+                store.enforce_cap_locked(run.directory, run.conf.max_bytes)
 
 
 def _apply(unsaved: store.State, state: store.State) -> None:
@@ -475,13 +506,3 @@ def _apply(unsaved: store.State, state: store.State) -> None:
     for reason, count in unsaved.dropped.items():
         state.drop(reason, count)
     state.cursors.update(unsaved.cursors)
-
-
-def _save_tolerant(directory: Path, state: store.State) -> None:
-    """Save a claim; on a full disk carry on (the range may be sent again, harmlessly)."""
-    try:
-        store.save_state(directory, state)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        store.log_warning("spool disk full: progress not recorded (%s)", exc)

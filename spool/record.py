@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -156,3 +157,60 @@ def check_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         except UnicodeEncodeError:
             return None, "not a valid record: a lone surrogate is not Unicode text"
     return message, ""
+
+
+def _canonical_pattern() -> re.Pattern[bytes]:
+    """The exact shape ``build`` writes, as one regular expression over the line's bytes.
+
+    Built from the catalogue, so a new event or property needs no change here. Strings
+    are ASCII without ``\\u`` escapes: anything else takes the full check.
+    """
+    plain = rb'[^"\\\x00-\x1f\x7f-\xff]*'  # "unrolled": no alternation per character
+    string = b'"' + plain + rb'(?:\\["\\/bfnrt]' + plain + b')*"'
+    events = b"|".join(re.escape(e.encode()) for e in sorted(catalogue.EVENTS))
+    props = []
+    for key, allowed in sorted(catalogue.PROPERTIES.items()):
+        if allowed is None:
+            value = string
+        else:
+            value = b'"(?:' + b"|".join(re.escape(v.encode()) for v in sorted(allowed)) + b')"'
+        props.append(b'"' + re.escape(key.encode()) + b'":' + value)
+    prop = b"(?:" + b"|".join(props) + b")"
+    timestamp = (
+        rb"(\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
+        rb"T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z)"
+    )
+    return re.compile(
+        rb'\{"type":"track","event":"(?:'
+        + events
+        + rb')","anonymousId":'
+        + string
+        + rb'(?:,"userId":'
+        + string
+        + rb")?"
+        + rb',"properties":\{(?:'
+        + prop
+        + rb"(?:,"
+        + prop
+        + rb")*)?\}"
+        + rb',"timestamp":"'
+        + timestamp
+        + rb'","messageId":'
+        + string
+        + rb',"context":\{"library":\{"name":"rs-telemetry","version":'
+        + string
+        + rb"\}\}\}"
+    )
+
+
+_CANONICAL = _canonical_pattern()
+
+
+def canonical_timestamp(raw: bytes) -> bytes | None:
+    """The timestamp of a line in exactly the shape ``build`` writes, else None.
+
+    A flush checks each line this way first (a few microseconds less than decoding it);
+    a line in any other shape, or with escapes, gets the full ``check_line``.
+    """
+    match = _CANONICAL.fullmatch(raw)
+    return match.group(1) if match is not None else None

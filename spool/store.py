@@ -5,8 +5,10 @@ Layout of a spool directory (0700, every file 0600):
 - ``active.jsonl``: where appenders write, one record per line, under ``flock``.
 - ``seg-<ns>-<pid>-<n>.jsonl``: sealed segments, immutable, oldest name first. An appender
   seals the active file when it passes ``segment_bytes(cap)``; a flush seals it when it starts.
-- ``state.json``: counters, per-segment cursors (bytes already resolved), the segment a
-  flush is working on, the last flush and the retry deadline. Replaced atomically.
+- ``state.json``: counters, per-segment cursors (bytes already resolved), the last
+  flush and the retry deadline. Replaced atomically.
+- A flush *claims* the segment it uploads with a shared ``flock`` on it (taken under
+  ``state.lock``); the cap never drops a claimed segment.
 - ``quarantine.jsonl``: lines that cannot or may not be sent, each with its reason.
 - ``mode``: ``on``, ``off`` or ``local``; absent means ``on``.
 - ``state.lock``, ``flush.lock``: see ``spool.locking``.
@@ -30,10 +32,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from spool.errors import SpoolUnusable
-from spool.locking import Busy, flush_running, private_open, state_lock
+from spool.locking import Busy, private_open, state_lock
 
 ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine.jsonl"
@@ -41,8 +43,10 @@ STATE = "state.json"
 MODE = "mode"
 SEGMENT_PREFIX = "seg-"
 SEGMENT_SUFFIX = ".jsonl"
-SEGMENT_MAX_BYTES = 1024 * 1024
-"""Upper bound of a segment (plus one record), e.g. 1 MiB: a few upload batches."""
+SEGMENT_MAX_BYTES = 440_000
+"""Size at which a segment is sealed (it may pass it by one record): one upload batch,
+so that a flush commits each segment with one state write. 440,000 + 32,000 bytes
+of a last record stays under the 475,000-byte request limit."""
 
 _APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -393,8 +397,7 @@ def count_lines(data: bytes) -> int:
     return n
 
 
-@dataclass(frozen=True)
-class Line:
+class Line(NamedTuple):
     """One line of a spool file: bytes ``[start, end)`` including its newline, and its text."""
 
     start: int
@@ -476,7 +479,6 @@ class State:
     exported: int = 0
     imported: int = 0
     cursors: dict[str, int] = field(default_factory=dict)
-    inflight: str | None = None
     last_flush: dict[str, Any] | None = None
     retry_not_before: float | None = None
     imports: list[str] = field(default_factory=list)
@@ -527,8 +529,7 @@ def _check_state(state: State) -> None:
         for m in (state.dropped, state.cursors)
     )
     others_ok = (
-        (state.inflight is None or isinstance(state.inflight, str))
-        and (state.last_flush is None or isinstance(state.last_flush, dict))
+        (state.last_flush is None or isinstance(state.last_flush, dict))
         and (
             state.retry_not_before is None
             or (
@@ -663,6 +664,37 @@ def enforce_cap_locked(directory: Path, cap: int) -> None:
             return
 
 
+def claim(path: Path) -> int:
+    """Open a segment and hold a shared ``flock`` on it: the flush uploading it owns it.
+
+    The caller holds ``state.lock`` while claiming, so the cap (which checks claims under
+    the same lock) never drops events a flush is sending. A killed flush's claim goes
+    with its process. Returns the descriptor; closing it ends the claim.
+    """
+    fd = _open_spool_file(path, _READ_FLAGS)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+def is_claimed(path: Path) -> bool:
+    """True when a flush holds a claim on this segment (probed without waiting)."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
 def _drop_over_cap(directory: Path, cap: int) -> bool:
     """One pass of ``enforce_cap_locked``; True when it dropped something."""
     state = load_state(directory)
@@ -670,16 +702,14 @@ def _drop_over_cap(directory: Path, cap: int) -> bool:
     total = sum(pf.size - pf.cursor for pf in files)
     if total <= cap:
         return False
-    # The flush owns the segment it uploads; after a crashed flush nobody does.
-    owned = state.inflight if flush_running(directory) else None
     newest = files[-1].name if files else None
     consumed: list[str] = []
     dropped = 0
     for pf in files:
         if total <= cap:
             break
-        if not pf.sealed or pf.name == owned:
-            continue
+        if not pf.sealed or is_claimed(directory / pf.name):
+            continue  # a running flush owns the segment it uploads
         lines = list(split_lines(read_file(directory / pf.name, pf.cursor), pf.cursor))
         if pf.name == newest:
             lines = lines[:-1]  # never the newest record
@@ -841,7 +871,6 @@ def purge_pending(directory: Path) -> int:
             state.cursors[pf.name] = pf.size
             names.append(pf.name)
         state.purged += removed
-        state.inflight = None
         remove_segments(directory, state, names)
     return removed
 
