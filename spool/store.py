@@ -55,7 +55,7 @@ StrPath = str | os.PathLike[str]  # the append path passes plain strings: pathli
 
 
 def segment_bytes(cap: int) -> int:
-    """Size at which the active file is sealed, e.g. 1 MiB for the 64 MiB default cap.
+    """Size at which the active file is sealed, e.g. 440,000 bytes for the 64 MiB default cap.
 
     A quarter of the cap keeps the spool under 1.25x the cap between two rotations.
     """
