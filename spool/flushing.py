@@ -101,7 +101,7 @@ class _Run:
     server_asked_until: float | None = None
     acknowledged: bool = False
     unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
-    claim: int | None = None  # descriptor holding the claim on the segment being sent
+    claims: dict[str, int] = field(default_factory=dict)  # segment -> claiming descriptor
     cap_checked: float = 0.0
     rng: random.Random = field(default_factory=random.Random)
 
@@ -215,8 +215,7 @@ def _locked_flush(
     uploader = None if conf.dry_run else Uploader(batch_url, conf.write_key, conf.gzip)
     run = _Run(directory, conf, uploader, started + conf.max_time, report, done_callback, out)
     try:
-        for name in names:
-            _flush_segment(run, name)
+        _pipeline(run, names)
     except _Stop as stop:
         report.exit_code = stop.exit_code
         report.message = stop.message
@@ -315,58 +314,152 @@ def _batches(items: list[_Item]) -> list[list[_Item]]:
     return batches
 
 
-def _flush_segment(run: _Run, name: str) -> None:
+@dataclass
+class _Prepared:
+    """A segment ready to send: claimed, read, checked, cut, and compressed."""
+
+    name: str
+    size: int
+    claim: int
+    batches: list[tuple[list[_Item] | None, Body]]  # None: the whole segment, all valid
+    data: bytes
+    cursor: int
+
+
+def _pipeline(run: _Run, names: list[str]) -> None:
+    """Send segments in order while a worker prepares the next one.
+
+    Preparing (checking lines, compressing) and sending (waiting on the network and on
+    fsync, both of which release the GIL) overlap; the order of commits is unchanged.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415 - flush only
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rs-telemetry-prepare") as pool:
+        ahead: list[Future[_Prepared | None]] = []
+        queue = iter(names)
+        try:
+            for name in queue:
+                ahead.append(pool.submit(_prepare, run, name))
+                if len(ahead) < 2:
+                    continue
+                _send_prepared(run, ahead.pop(0).result())
+            while ahead:
+                _send_prepared(run, ahead.pop(0).result())
+        finally:
+            for future in ahead:  # stopped early: give back the claims taken ahead
+                if not future.cancel():
+                    prepared = future.exception() is None and future.result()
+                    if prepared:
+                        os.close(prepared.claim)
+
+
+def _prepare(run: _Run, name: str) -> _Prepared | None:
+    """Claim a segment (under ``state.lock``, where the cap looks for claims) and read it."""
     directory = run.directory
+    path = directory / name
     with state_lock(directory):
         state = store.load_state(directory)
-        path = directory / name
         try:
             size = path.lstat().st_size
         except FileNotFoundError:
-            return  # dropped by the cap since we listed it (and counted there)
+            return None  # dropped by the cap since we listed it (and counted there)
         cursor = store.valid_cursor(path, state.cursors.get(name, 0), size)
         if cursor >= size:
             store.remove_segments(directory, state, [name])
-            return
-        # The claim is taken under state.lock, where the cap looks for it.
-        run.claim = store.claim(path)
+            return None
+        claim = store.claim(path)
     try:
         data = store.read_file(path, cursor)
-        _send_segment(run, name, size, cursor, data)
-    finally:
-        _release(run)
+        batches: list[tuple[list[_Item] | None, Body]]
+        oldest = record.canonical_block_oldest(data)
+        count = data.count(b"\n")
+        if (
+            oldest is not None
+            and oldest >= _oldest_stamp(run)
+            and count <= MAX_BATCH_EVENTS
+            and ENVELOPE_BYTES + len(data) - 1 <= MAX_BODY_BYTES
+        ):
+            # The common case: lines append wrote, none too old, one batch. Joined in
+            # one pass, with no object per line (a split on 400 makes them after all).
+            batches = [
+                (None, Body((), run.conf.gzip, joined=data[:-1].replace(b"\n", b","), count=count))
+            ]
+        else:
+            batches = [
+                (batch, Body([it.line.raw for it in batch if it.valid], run.conf.gzip))
+                for batch in _batches(_items(run, data, cursor, size))
+            ]
+    except BaseException:
+        os.close(claim)
+        raise
+    return _Prepared(name, size, claim, batches, data, cursor)
 
 
-def _release(run: _Run) -> None:
-    if run.claim is not None:
-        os.close(run.claim)
-        run.claim = None
+def _oldest_stamp(run: _Run) -> bytes:
+    return record.iso_timestamp(time.time() - run.conf.max_age_seconds).encode()
 
 
-def _send_segment(run: _Run, name: str, size: int, cursor: int, data: bytes) -> None:
+def _items(run: _Run, data: bytes, cursor: int, size: int) -> list[_Item]:
+    """Each line of a segment's pending bytes, checked one by one."""
     oldest_allowed = time.time() - run.conf.max_age_seconds
     oldest_stamp = record.iso_timestamp(oldest_allowed).encode()
     items = [_parse(line, oldest_allowed, oldest_stamp) for line in store.split_lines(data, cursor)]
-    if not items:
-        _commit(run, name, size, [], [])  # only blank lines: consume the segment
-        return
-    last = items[-1]
-    if last.line.end < size:
+    if items and items[-1].line.end < size:
         # Trailing blank lines belong to the last range, so the segment is consumed whole.
+        last = items[-1]
         items[-1] = _Item(
             store.Line(last.line.start, size, last.line.raw), last.valid, last.reason, last.too_old
         )
-    for batch in _batches(items):
-        _resolve(run, name, size, batch)
+    return items
 
 
-def _resolve(run: _Run, name: str, size: int, items: list[_Item]) -> None:
-    """Deliver a range; on 400/413 split it in halves until each refused event is alone."""
+def _send_prepared(run: _Run, prepared: _Prepared | None) -> None:
+    if prepared is None:
+        return
+    name, size = prepared.name, prepared.size
+    run.claims[name] = prepared.claim
+    try:
+        if not prepared.batches:
+            _commit(run, name, size, [], [])  # only blank lines
+        for items, body in prepared.batches:
+            if items is not None:
+                _resolve(run, name, size, items, body)
+                continue
+            # The whole segment in one batch, every line valid (see _prepare).
+            answer = _send(run, [], body)
+            if answer is None or answer.verdict is Verdict.ACK:
+                _account(run, name, size, size, body.count, 0, [])
+            else:  # refused events inside: only now look at each line, and split
+                every = _items(run, prepared.data, prepared.cursor, size)
+                _resolve(run, name, size, every, answer=answer)
+    finally:
+        _release(run, name)
+
+
+def _release(run: _Run, name: str) -> None:
+    claim = run.claims.pop(name, None)
+    if claim is not None:
+        os.close(claim)
+
+
+def _resolve(
+    run: _Run,
+    name: str,
+    size: int,
+    items: list[_Item],
+    body: Body | None = None,
+    answer: Answer | None = None,
+) -> None:
+    """Deliver a range; on 400/413 split it in halves until each refused event is alone.
+
+    ``answer``: what the server already said to this whole range (a split is due).
+    """
     valid = [it for it in items if it.valid]
     if not valid:
         _commit(run, name, size, items, [])
         return
-    answer = _send(run, valid)
+    if answer is None:
+        answer = _send(run, valid, body)
     if answer is None or answer.verdict is Verdict.ACK:
         _commit(run, name, size, items, [])
         return
@@ -379,12 +472,13 @@ def _resolve(run: _Run, name: str, size: int, items: list[_Item]) -> None:
     _resolve(run, name, size, items[cut:])
 
 
-def _send(run: _Run, valid: list[_Item]) -> Answer | None:
+def _send(run: _Run, valid: list[_Item], body: Body | None = None) -> Answer | None:
     """Send one batch, retrying within the time limit; None in a dry run.
 
     Returns an ACK or SPLIT answer; raises ``_Stop`` for the rest.
     """
-    body = Body([it.line.raw for it in valid], run.conf.gzip)
+    if body is None:
+        body = Body([it.line.raw for it in valid], run.conf.gzip)
     run.report.batches += 1
     if run.uploader is None:
         if run.out is not None:
@@ -439,7 +533,6 @@ def _commit(
     refused: list[tuple[_Item, Answer]],
 ) -> None:
     """Account for a resolved range: quarantine durable, then state, then maybe unlink."""
-    report = run.report
     refused_ids = {id(it) for it, _ in refused}
     sent = sum(1 for it in items if it.valid and id(it) not in refused_ids)
     old = sum(1 for it in items if it.too_old)
@@ -452,14 +545,24 @@ def _commit(
         store.quarantine_entry(it.line.raw, "refused by the server", answer.status, answer.body)
         for it, answer in refused
     ]
+    end = items[-1].line.end if items else size
+    _account(run, name, size, end, sent, old, entries)
+
+
+def _account(
+    run: _Run, name: str, size: int, end: int, sent: int, old: int, entries: list[bytes]
+) -> None:
+    """Commit ``[cursor, end)`` of a segment: ``sent`` delivered, ``old`` dropped, ``entries``
+    quarantined (durably first), then one state write, then the unlink of a consumed file.
+    """
+    report = run.report
     report.sent += sent
     report.quarantined += len(entries)
     report.dropped += old
     if run.progress is not None:
-        run.progress(len(items))
+        run.progress(sent + old + len(entries))
     if run.uploader is None:
         return  # dry run: nothing changes
-    end = items[-1].line.end if items else size
     with state_lock(run.directory):
         state = store.load_state(run.directory)
         # Quarantine first and durably: if we crash after it, the range is resent and
@@ -482,7 +585,7 @@ def _commit(
         _apply(unsaved, state)
         try:
             if end >= size:
-                _release(run)  # our own claim would block the discard (another descriptor)
+                _release(run, name)  # our own claim would block the discard
                 store.remove_segments(run.directory, state, [name])
             else:
                 store.save_state(run.directory, state)

@@ -204,6 +204,21 @@ def _canonical_pattern() -> re.Pattern[bytes]:
 
 
 _CANONICAL = _canonical_pattern()
+_CANONICAL_LINES = re.compile(b"(?:" + _CANONICAL.pattern + b"\n)+")
+_TIMESTAMPS = re.compile(rb'"timestamp":"([^"]*)"')
+
+
+def canonical_block_oldest(data: bytes) -> bytes | None:
+    """The oldest timestamp of a block of whole lines all in ``build``'s exact shape, else None.
+
+    One regular-expression pass over a whole segment, for the common case where every
+    line is one ``append`` wrote; a flush then sends the block without splitting it.
+    Property values are escaped, so each line holds exactly one ``"timestamp":"``.
+    """
+    if _CANONICAL_LINES.fullmatch(data) is None:
+        return None
+    stamps: list[bytes] = _TIMESTAMPS.findall(data)
+    return min(stamps)
 
 
 def canonical_timestamp(raw: bytes) -> bytes | None:

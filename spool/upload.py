@@ -99,9 +99,12 @@ class Body:
     the few bytes of its own ``sentAt``.
     """
 
-    def __init__(self, lines: Sequence[bytes], gzip: bool) -> None:
-        self.count = len(lines)
-        self._head = BODY_START + b",".join(lines) + b'],"sentAt":"'
+    def __init__(
+        self, lines: Sequence[bytes], gzip: bool, joined: bytes | None = None, count: int = 0
+    ) -> None:
+        """``joined``: ``count`` lines already joined by commas (a whole segment at once)."""
+        self.count = len(lines) if joined is None else count
+        self._head = BODY_START + (b",".join(lines) if joined is None else joined) + b'],"sentAt":"'
         self._gzip = gzip
         self._compressor = None
         if gzip:
