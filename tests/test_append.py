@@ -153,7 +153,8 @@ def test_sessions_without_arguments_get_distinct_uuid4(spool_dir: Path) -> None:
         assert uuid.UUID(session.anonymous_id).version == 4
         assert session.append("server_start") is True
     assert {m["anonymousId"] for m in records(spool_dir)} == {
-        first.anonymous_id, second.anonymous_id
+        first.anonymous_id,
+        second.anonymous_id,
     }
 
 
@@ -199,7 +200,10 @@ def test_session_id_variable_is_shared_across_processes(cli: Any, spool_dir: Pat
     assert result.returncode == 0, result.stderr
     got = records(spool_dir)
     assert [m["event"] for m in got] == [
-        "installer_run", "deployment_started", "deployment_finished", "installer_finished",
+        "installer_run",
+        "deployment_started",
+        "deployment_finished",
+        "installer_finished",
     ]
     assert {m["anonymousId"] for m in got} == {shared}
 
@@ -367,8 +371,11 @@ def test_debug_echoes_the_record_to_stderr(spool_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
     [line] = [
-        raw for p in spool_dir.rglob("*") if p.is_file()
-        for raw in p.read_text("utf-8").splitlines() if '"messageId"' in raw
+        raw
+        for p in spool_dir.rglob("*")
+        if p.is_file()
+        for raw in p.read_text("utf-8").splitlines()
+        if '"messageId"' in raw
     ]
     assert line in result.stderr
     quiet = run_py("import spool; assert spool.append('server_stop')")
@@ -390,7 +397,11 @@ def test_directory_0700_and_files_0600_whatever_the_umask(umask: int, spool_dir:
     def run_cli_masked(*args: str) -> None:
         result = subprocess.run(
             [sys.executable, "-m", "spool", *args],
-            capture_output=True, text=True, check=False, timeout=60, umask=umask,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+            umask=umask,
         )
         assert result.returncode == 0, result.stderr
 
@@ -410,7 +421,8 @@ def test_directory_0700_and_files_0600_whatever_the_umask(umask: int, spool_dir:
     }
     assert len(modes) >= 3, modes
     wrong = {
-        name: mode for name, mode in modes.items()
+        name: mode
+        for name, mode in modes.items()
         if mode != (oct(0o700) if (spool_dir / name).is_dir() else oct(0o600))
     }
     assert wrong == {}, f"umask {umask:04o}: {wrong}"
@@ -488,9 +500,7 @@ def test_spool_path_that_is_a_regular_file_is_refused(cli: Any, spool_dir: Path)
     assert spool_dir.read_bytes() == b"not a directory\n"
 
 
-def test_active_file_symlink_is_never_followed(
-    cli: Any, spool_dir: Path, tmp_path: Path
-) -> None:
+def test_active_file_symlink_is_never_followed(cli: Any, spool_dir: Path, tmp_path: Path) -> None:
     assert spool.append("server_start") is True
     active = spool_dir / "active.jsonl"
     assert active.is_file()
@@ -569,7 +579,11 @@ def test_short_write_in_cli_exits_1_and_harms_nothing(spool_dir: Path) -> None:
 
     result = subprocess.run(
         [sys.executable, "-m", "spool", "append", "server_stop", "-p", "commit_id=" + "y" * 300],
-        capture_output=True, text=True, check=False, timeout=60, preexec_fn=restrict,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        preexec_fn=restrict,
     )
     assert result.returncode == 1, result.stderr
     one_line(result.stderr)
@@ -579,11 +593,7 @@ def test_short_write_in_cli_exits_1_and_harms_nothing(spool_dir: Path) -> None:
 def test_trouble_is_logged_once(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
-    code = (
-        "import spool\n"
-        "for _ in range(5):\n"
-        "    assert spool.append('server_start') is False\n"
-    )
+    code = "import spool\nfor _ in range(5):\n    assert spool.append('server_start') is False\n"
     result = run_py(code, env={"RS_TELEMETRY_DIR": str(blocker / "spool")})
     assert result.returncode == 0, result.stderr
     assert len([ln for ln in result.stderr.splitlines() if ln.strip()]) == 1, result.stderr
@@ -638,8 +648,9 @@ def test_appends_after_a_torn_tail_keep_going(spool_dir: Path) -> None:
     for n in range(10):
         assert spool.append("server_stop", {"commit_id": str(n)}) is True
     shown = invoke("show", "--json")
-    commits = [json.loads(ln).get("properties", {}).get("commit_id") for ln in
-               shown.stdout.splitlines()]
+    commits = [
+        json.loads(ln).get("properties", {}).get("commit_id") for ln in shown.stdout.splitlines()
+    ]
     assert commits == [None] + [str(n) for n in range(10)]
 
 
@@ -672,7 +683,8 @@ def test_fork_after_append_child_appends_land_correctly(spool_dir: Path) -> None
     assert report == ""
     assert os.waitstatus_to_exitcode(status) == 0
     raw = b"".join(
-        p.read_bytes() for p in spool_dir.rglob("*")
+        p.read_bytes()
+        for p in spool_dir.rglob("*")
         if p.is_file() and b'"messageId"' in p.read_bytes()
     )
     assert raw.endswith(b"\n")

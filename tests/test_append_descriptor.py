@@ -8,9 +8,12 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import spool
 from spool import store
+from spool.locking import state_lock
+from spool.store import _append
 
 
 def _records(path: Path) -> list[dict[str, object]]:
@@ -21,8 +24,8 @@ def test_a_host_that_closes_our_descriptor_and_reuses_its_number_is_never_writte
     spool_dir: Path, tmp_path: Path
 ) -> None:
     assert spool.append("server_start", {"commit_id": "before"})
-    assert store._active is not None
-    fd = store._active[1]
+    assert _append._active is not None
+    fd = _append._active[1]
     os.close(fd)  # what a daemonizing host does with os.closerange()
     host_file = tmp_path / "host-owned.log"
     reused = os.open(host_file, os.O_RDWR | os.O_CREAT, 0o600)
@@ -46,12 +49,12 @@ def test_a_seal_by_another_process_sends_the_next_append_to_a_new_file(
     spool_dir: Path, cli: object
 ) -> None:
     assert spool.append("server_start", {"commit_id": "one"})
-    held = store._active
+    held = _append._active
     assert held is not None
     store.seal(spool_dir)  # as a flush would, through its own descriptor
     assert spool.append("server_start", {"commit_id": "two"})
-    assert store._active is not None
-    assert store._active[3] != held[3]
+    assert _append._active is not None
+    assert _append._active[3] != held[3]
     (segment,) = store.segments(spool_dir)
     assert [r["properties"]["commit_id"] for r in _records(spool_dir / segment)] == ["one"]  # type: ignore[index]
     assert [r["properties"]["commit_id"] for r in _records(spool_dir / store.ACTIVE)] == ["two"]  # type: ignore[index]
@@ -62,11 +65,11 @@ def test_a_discarded_segment_frees_its_blocks_even_while_an_appender_holds_it(
 ) -> None:
     for i in range(200):
         assert spool.append("server_start", {"commit_id": f"c{i:04d}"})
-    held = store._active
+    held = _append._active
     assert held is not None
     store.seal(spool_dir)
     (segment,) = store.segments(spool_dir)
-    with store.state_lock(spool_dir):
+    with state_lock(spool_dir):
         state = store.load_state(spool_dir)
         state.cursors[segment] = (spool_dir / segment).stat().st_size
         store.remove_segments(spool_dir, state, [segment])
@@ -75,3 +78,18 @@ def test_a_discarded_segment_frees_its_blocks_even_while_an_appender_holds_it(
     assert os.fstat(held[1]).st_nlink == 0
     assert spool.append("server_start", {"commit_id": "next"})
     assert [r["properties"]["commit_id"] for r in _records(spool_dir / store.ACTIVE)] == ["next"]  # type: ignore[index]
+
+
+def test_a_sealer_killed_between_its_stamp_and_its_rename_blocks_nothing(
+    spool_dir: Path, cli: Any
+) -> None:
+    assert spool.append("server_start", {"commit_id": "stamped"})
+    active = spool_dir / store.ACTIVE
+    os.utime(active, ns=(store.SEALED_MTIME_NS, store.SEALED_MTIME_NS))  # ...then SIGKILL
+    result = cli("append", "server_stop", "-p", "commit_id=next-process")
+    assert result.returncode == 0, result.stderr
+    assert spool.append("server_stop", {"commit_id": "this-process"})
+    shown = cli("show", "--json")
+    assert shown.returncode == 0, shown.stderr
+    tags = [json.loads(line)["properties"]["commit_id"] for line in shown.stdout.splitlines()]
+    assert tags == ["stamped", "next-process", "this-process"]

@@ -168,9 +168,7 @@ INVALID: list[tuple[object, object]] = [
 
 
 @pytest.mark.parametrize(("event", "props"), INVALID, ids=[repr(c)[:60] for c in INVALID])
-def test_invalid_event_raises_and_writes_nothing(
-    event: Any, props: Any, spool_dir: Path
-) -> None:
+def test_invalid_event_raises_and_writes_nothing(event: Any, props: Any, spool_dir: Path) -> None:
     with pytest.raises(spool.InvalidEvent) as caught:
         spool.append(event, props)
     assert isinstance(caught.value, ValueError)

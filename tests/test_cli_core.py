@@ -42,8 +42,19 @@ COMMANDS = [
     ("receive",),
 ]
 STATUS_KEYS = {
-    "version", "mode", "opted_out_by", "spool_dir", "pending", "delivered", "quarantined",
-    "dropped", "removed", "last_flush", "retry_not_before", "endpoint", "write_key_source",
+    "version",
+    "mode",
+    "opted_out_by",
+    "spool_dir",
+    "pending",
+    "delivered",
+    "quarantined",
+    "dropped",
+    "removed",
+    "last_flush",
+    "retry_not_before",
+    "endpoint",
+    "write_key_source",
 }
 
 
@@ -54,7 +65,10 @@ def run_bytes(*args: str, env: dict[str, str] | None = None) -> subprocess.Compl
     """Like the ``cli`` fixture, but stdout and stderr as raw bytes."""
     return subprocess.run(
         [sys.executable, "-m", "spool", *args],
-        capture_output=True, env={**os.environ, **(env or {})}, timeout=60, check=False,
+        capture_output=True,
+        env={**os.environ, **(env or {})},
+        timeout=60,
+        check=False,
         stdin=subprocess.DEVNULL,
     )
 
@@ -87,7 +101,8 @@ def status_json(cli: Any, *args: str, env: dict[str, str] | None = None) -> dict
 def spooled_bytes(directory: Path) -> bytes:
     """The pending records exactly as written (one data file: no rotation in these tests)."""
     holders = [
-        p for p in sorted(directory.rglob("*"))
+        p
+        for p in sorted(directory.rglob("*"))
         if p.is_file() and not p.is_symlink() and b'"messageId"' in p.read_bytes()
     ]
     assert len(holders) == 1, holders
@@ -191,8 +206,14 @@ def test_python_m_spool_runs_the_command_line(cli: Any, spool_dir: Path) -> None
 
 def test_append_spools_and_exits_0(cli: Any, spool_dir: Path) -> None:
     result = cli(
-        "append", "server_start", "-p", "db_backend=postgres", "-p", "server_version=1.9.0",
-        "--property", "commit_id=abc=def",
+        "append",
+        "server_start",
+        "-p",
+        "db_backend=postgres",
+        "-p",
+        "server_version=1.9.0",
+        "--property",
+        "commit_id=abc=def",
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
@@ -200,7 +221,9 @@ def test_append_spools_and_exits_0(cli: Any, spool_dir: Path) -> None:
     message = json.loads(line)
     assert message["event"] == "server_start"
     assert message["properties"] == {
-        "db_backend": "postgres", "server_version": "1.9.0", "commit_id": "abc=def",
+        "db_backend": "postgres",
+        "server_version": "1.9.0",
+        "commit_id": "abc=def",
     }
 
 
@@ -341,14 +364,17 @@ def test_show_human_view_escapes_control_characters(cli: Any, spool_dir: Path) -
 
 def test_show_human_view_has_one_line_per_event(rs: Any, spool_dir: Path) -> None:
     _append_many(
-        ("server_start", {"commit_id": "a\nb"}), ("server_stop", {}), ("adapter_start", {}),
+        ("server_start", {"commit_id": "a\nb"}),
+        ("server_stop", {}),
+        ("adapter_start", {}),
     )
     result = rs("show")
     assert result.returncode == 0
     lines = result.stdout.splitlines()
     assert len(lines) == 3
-    assert [e for line in lines for e in ("server_start", "server_stop", "adapter_start")
-            if e in line] == ["server_start", "server_stop", "adapter_start"]
+    assert [
+        e for line in lines for e in ("server_start", "server_stop", "adapter_start") if e in line
+    ] == ["server_start", "server_stop", "adapter_start"]
 
 
 def test_show_event_filter(rs: Any, spool_dir: Path) -> None:
@@ -362,7 +388,9 @@ def test_show_event_filter(rs: Any, spool_dir: Path) -> None:
     result = rs("show", "--json", "--event", "server_start")
     assert result.returncode == 0
     assert [json.loads(ln)["properties"]["commit_id"] for ln in result.stdout.splitlines()] == [
-        "1", "3", "5",
+        "1",
+        "3",
+        "5",
     ]
     human = rs("show", "--event", "adapter_start")
     assert len(human.stdout.splitlines()) == 1
@@ -486,9 +514,7 @@ def test_mode_defaults_to_on(rs: Any, spool_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("new_mode", ["on", "off", "local"])
-def test_mode_is_persisted_and_effective(
-    new_mode: str, cli: Any, rs: Any, spool_dir: Path
-) -> None:
+def test_mode_is_persisted_and_effective(new_mode: str, cli: Any, rs: Any, spool_dir: Path) -> None:
     result = cli("mode", new_mode)  # another process: the mode is on disk
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
@@ -615,7 +641,9 @@ def test_purge_without_yes_and_no_tty_is_a_usage_error(
 
 
 def test_purge_in_click_runner_without_yes_is_a_usage_error(rs: Any, spool_dir: Path) -> None:
-    _append_many(("server_start", {}),)
+    _append_many(
+        ("server_start", {}),
+    )
     result = rs("purge", input="y\n")  # stdin is not a terminal: never prompt
     assert result.returncode == 2
     assert status_json(rs)["pending"]["events"] == 1
@@ -627,7 +655,9 @@ def test_purge_quarantine_yes_removes_and_counts_it(
     _append_many(("server_start", {"commit_id": "good"}), ("server_stop", {}))
     with open(spool_dir / "active.jsonl", "ab") as handle:
         handle.write(b"this line is not JSON\n")
-    _append_many(("adapter_start", {}),)
+    _append_many(
+        ("adapter_start", {}),
+    )
     env = {"RS_SEGMENT_ENDPOINT": scripted_server.url, "RS_SEGMENT_WRITE_KEY": "test-key"}
     flushed = cli("flush", env=env)
     assert flushed.returncode == 65, flushed.stderr
@@ -635,7 +665,9 @@ def test_purge_quarantine_yes_removes_and_counts_it(
     check_status_shape(data)
     assert data["last_flush"] is not None
     assert {k: data["last_flush"][k] for k in ("exit_code", "sent", "quarantined")} == {
-        "exit_code": 65, "sent": 3, "quarantined": 1,
+        "exit_code": 65,
+        "sent": 3,
+        "quarantined": 1,
     }
     assert data["last_flush"]["left_pending"] == 0
     assert data["quarantined"] == {"events": 1}

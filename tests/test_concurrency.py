@@ -99,8 +99,11 @@ def run_workers(jobs: list[tuple[str, int, int]], env: dict[str, str]) -> int:
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WORKER, tag, str(threads), str(per_thread)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=full_env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=full_env,
         )
         for tag, threads, per_thread in jobs
     ]
@@ -128,8 +131,10 @@ def run_workers(jobs: list[tuple[str, int, int]], env: dict[str, str]) -> int:
 
 def expected_commits(jobs: list[tuple[str, int, int]]) -> set[str]:
     return {
-        f"{tag}-{k}-{i}" for tag, threads, per_thread in jobs
-        for k in range(threads) for i in range(per_thread)
+        f"{tag}-{k}-{i}"
+        for tag, threads, per_thread in jobs
+        for k in range(threads)
+        for i in range(per_thread)
     }
 
 
@@ -162,8 +167,8 @@ def test_processes_and_threads_lose_nothing_across_rotations(spool_dir: Path) ->
     for tag, threads, per_thread in JOBS:
         for k in range(threads):
             mine = [
-                int(c.rsplit("-", 1)[1]) for c in
-                (json.loads(ln)["properties"]["commit_id"] for ln in lines)
+                int(c.rsplit("-", 1)[1])
+                for c in (json.loads(ln)["properties"]["commit_id"] for ln in lines)
                 if c.startswith(f"{tag}-{k}-")
             ]
             assert mine == list(range(per_thread))
@@ -192,7 +197,8 @@ def test_with_a_small_cap_every_event_is_pending_or_counted_dropped(spool_dir: P
     for tag, threads, per_thread in JOBS:
         for k in range(threads):
             survivors = sorted(
-                int(m["properties"]["commit_id"].rsplit("-", 1)[1]) for m in pending
+                int(m["properties"]["commit_id"].rsplit("-", 1)[1])
+                for m in pending
                 if m["properties"]["commit_id"].startswith(f"{tag}-{k}-")
             )
             assert survivors == list(range(per_thread - len(survivors), per_thread))
@@ -252,7 +258,9 @@ def test_threads_racing_on_the_first_append_share_one_default_session(tmp_path: 
         subprocess.Popen(
             [sys.executable, "-c", FIRST_APPEND_RACE],
             env={**os.environ, "RS_TELEMETRY_DIR": str(d)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for d in dirs
     ]
@@ -318,7 +326,8 @@ def read_then_kill(proc: subprocess.Popen[str], wanted: int) -> int:
 
 def indices_by_tag(messages: list[dict[str, Any]], tag: str) -> list[int]:
     return sorted(
-        int(m["properties"]["commit_id"].rsplit("-", 1)[1]) for m in messages
+        int(m["properties"]["commit_id"].rsplit("-", 1)[1])
+        for m in messages
         if m["properties"]["commit_id"].startswith(f"{tag}-")
     )
 
@@ -332,7 +341,9 @@ def test_kill_9_at_random_moments_leaves_at_most_a_fragment_per_kill(spool_dir: 
         tag = f"k{round_no}"
         proc = subprocess.Popen(
             [sys.executable, "-c", LOOPER, tag],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         printed[tag] = read_then_kill(proc, rng.randint(1, 400))
     _valid, other, _ = data_lines(spool_dir)
@@ -342,7 +353,9 @@ def test_kill_9_at_random_moments_leaves_at_most_a_fragment_per_kill(spool_dir: 
     for tag, count in printed.items():
         # Every append that returned True is there; at most one more was written unreported.
         assert indices_by_tag(pending, tag) in (list(range(count)), list(range(count + 1))), (
-            seed, tag, count,
+            seed,
+            tag,
+            count,
         )
     report = status(spool_dir)
     assert report["dropped"]["events"] == 0
@@ -373,7 +386,10 @@ def test_kill_9_with_a_small_cap_keeps_the_accounting(
         procs = {
             f"c{round_no}-{w}": subprocess.Popen(
                 [sys.executable, "-c", LOOPER, f"c{round_no}-{w}"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env=env,
             )
             for w in range(2)
         }

@@ -66,9 +66,7 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
 }
 # RFC 3339 section 5.6 date-time, as JSON Schema's "date-time" format defines it.
-RFC3339 = re.compile(
-    r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)$"
-)
+RFC3339 = re.compile(r"^(\d{4})-(\d\d)-(\d\d)[Tt](\d\d):(\d\d):(\d\d)(\.\d+)?([Zz]|[+-]\d\d:\d\d)$")
 
 
 def _is_date_time(text: str) -> bool:
@@ -126,13 +124,21 @@ def assert_track_body(message: Any) -> None:
         ({"anonymousId": "a", "event": "server_start", "timestamp": "yesterday"}, "RFC"),
         ({"anonymousId": "a", "event": "server_start", "timestamp": 1795817110}, "string"),
         (
-            {"anonymousId": "a", "event": "server_start", "timestamp": "2026-11-27T22:05:10Z",
-             "properties": {"db_backend": "oracle"}},
+            {
+                "anonymousId": "a",
+                "event": "server_start",
+                "timestamp": "2026-11-27T22:05:10Z",
+                "properties": {"db_backend": "oracle"},
+            },
             "enum",
         ),
         (
-            {"anonymousId": "a", "event": "server_start", "timestamp": "2026-11-27T22:05:10Z",
-             "userId": 5},
+            {
+                "anonymousId": "a",
+                "event": "server_start",
+                "timestamp": "2026-11-27T22:05:10Z",
+                "userId": 5,
+            },
             "userId",
         ),
         ([], "object"),
@@ -145,9 +151,13 @@ def test_the_validator_itself_rejects_bad_bodies(bad: Any, fragment: str) -> Non
 
 def test_the_validator_accepts_the_spec_example() -> None:
     example = {
-        "type": "track", "event": "server_start", "anonymousId": str(uuid.uuid4()),
-        "userId": "key", "properties": {"db_backend": "postgres", "server_version": "1.9.0"},
-        "timestamp": "2026-11-27T22:05:10.123Z", "messageId": str(uuid.uuid4()),
+        "type": "track",
+        "event": "server_start",
+        "anonymousId": str(uuid.uuid4()),
+        "userId": "key",
+        "properties": {"db_backend": "postgres", "server_version": "1.9.0"},
+        "timestamp": "2026-11-27T22:05:10.123Z",
+        "messageId": str(uuid.uuid4()),
         "context": {"library": {"name": "rs-telemetry", "version": "0.1.0"}},
     }
     assert_track_body(example)
@@ -223,13 +233,17 @@ def test_exact_key_set_with_properties_and_user(
     assert spool.append("server_start", {"db_backend": "postgres"}) is True
     _raw, message = only_record(spool_dir)
     assert set(message) == {
-        "type", "event", "anonymousId", "userId", "properties", "timestamp", "messageId",
+        "type",
+        "event",
+        "anonymousId",
+        "userId",
+        "properties",
+        "timestamp",
+        "messageId",
         "context",
     }
     assert message["properties"] == {"db_backend": "postgres"}
-    assert message["context"] == {
-        "library": {"name": "rs-telemetry", "version": spool.__version__}
-    }
+    assert message["context"] == {"library": {"name": "rs-telemetry", "version": spool.__version__}}
 
 
 def test_exact_key_set_without_user_or_properties(spool_dir: Path) -> None:
@@ -264,9 +278,7 @@ def test_line_is_compact_json_newline_terminated(spool_dir: Path) -> None:
 def test_every_spool_file_holding_records_ends_with_a_newline(spool_dir: Path) -> None:
     for n in range(5):
         assert spool.append("server_start", {"commit_id": str(n)}) is True
-    holders = [
-        p for p in spool_dir.rglob("*") if p.is_file() and b'"messageId"' in p.read_bytes()
-    ]
+    holders = [p for p in spool_dir.rglob("*") if p.is_file() and b'"messageId"' in p.read_bytes()]
     assert holders
     for path in holders:
         assert path.read_bytes().endswith(b"\n")

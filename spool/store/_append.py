@@ -1,0 +1,211 @@
+"""The active file: appending records under its flock, and sealing it into segments."""
+
+from __future__ import annotations
+
+import _thread
+import errno
+import fcntl
+import itertools
+import os
+import time
+from pathlib import Path
+
+from spool.store._files import (
+    ACTIVE,
+    APPEND_FLAGS,
+    SEALED_MTIME_NS,
+    SEGMENT_PREFIX,
+    SEGMENT_SUFFIX,
+    StrPath,
+    atomic_write,
+    open_spool_file,
+    suppress_os,
+)
+from spool.store._limits import enforce_cap
+
+SEGMENT_MAX_BYTES = 440_000
+"""Size at which a segment is sealed (it may pass it by one record): one upload batch,
+so that a flush commits each segment with one state write. 440,000 + 32,000 bytes
+of a last record stays under the 475,000-byte request limit."""
+_seal_counter = itertools.count()
+
+
+def segment_bytes(cap: int) -> int:
+    """Size at which the active file is sealed, e.g. 440,000 bytes for the 64 MiB default cap.
+
+    A quarter of the cap keeps the spool under 1.25x the cap between two rotations.
+    """
+    return max(1, min(SEGMENT_MAX_BYTES, cap // 4))
+
+
+# The active file stays open between appends (open + close + a stat cost ~5 us of a
+# ~20 us budget). The lock is never held between calls, a forked child forgets the
+# descriptor, and each use checks that the descriptor still names the inode we opened.
+# Sealing stamps the file's mtime with SEALED_MTIME_NS before the rename, under the
+# file's flock, so a holder of an old descriptor sees at once that it must reopen.
+_active: tuple[str, int, int, int] | None = None  # (path, fd, st_dev, st_ino)
+_active_lock = _thread.allocate_lock()  # threads share the descriptor, and flock does not
+# exclude two users of one open file description
+
+
+def _forget_active(close: bool = True) -> None:
+    global _active  # noqa: PLW0603
+    if _active is not None and close:
+        with suppress_os():
+            os.close(_active[1])
+    _active = None
+
+
+def _forget_active_in_child() -> None:
+    global _active_lock  # noqa: PLW0603
+    _forget_active()  # closing the child's copy leaves the parent's lock, if any, alone
+    _active_lock = _thread.allocate_lock()  # another thread may have held it at fork time
+
+
+os.register_at_fork(after_in_child=_forget_active_in_child)
+
+
+def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> None:
+    """Append one record with a single ``write()``; raise ``OSError`` on any trouble.
+
+    Concurrent appends are serialized by ``flock`` on the active file (and, within one
+    process, by a lock around its shared descriptor). Nothing already spooled is harmed
+    by a failure: a short write is truncated back to where it began.
+    """
+    path = os.path.join(directory, ACTIVE)
+    with _active_lock:
+        sealed = _append_locked(directory, path, line, fsync, cap)
+    if sealed:
+        with suppress_os():
+            enforce_cap(Path(directory), cap, wait=False)
+
+
+def _open_active(path: str) -> tuple[str, int, int, int]:
+    global _active  # noqa: PLW0603
+    _forget_active()
+    fd = open_spool_file(path, APPEND_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if st.st_mode & 0o777 != 0o600:
+            os.fchmod(fd, 0o600)  # created under a restrictive umask
+    except OSError:
+        os.close(fd)
+        raise
+    _active = (path, fd, st.st_dev, st.st_ino)
+    return _active
+
+
+def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap: int) -> bool:
+    """The body of ``append_line``; True when this append sealed the active file."""
+    for _attempt in range(16):
+        active = _active if _active is not None and _active[0] == path else _open_active(path)
+        fd = active[1]
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            _forget_active(close=False)  # the host closed our descriptor: not ours to close
+            continue
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != active[2:]:
+                # The host closed our descriptor and its number now names one of its files.
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                _forget_active(close=False)
+                continue
+            # Rotation race: a flush (or another appender) sealed the file, or something
+            # removed it, since we opened it; then the path names another inode, or none.
+            if st.st_mtime_ns == SEALED_MTIME_NS or st.st_nlink == 0:
+                if st.st_nlink and _still_at(path, st):
+                    # Stamped but never renamed: its sealer was killed in between.
+                    # Finish the seal (we hold the flock) so the path frees up.
+                    with suppress_os():
+                        _seal_locked(directory, fd)
+                _forget_active()  # closing releases our flock
+                continue
+            size = st.st_size
+            data = line
+            # A writer killed mid-write() leaves a line without its newline: never glue to it.
+            # (Remembering where our own last write ended, to skip this pread, is unsafe:
+            # a recycled inode number can meet a fragment of exactly that size.)
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                data = b"\n" + line
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write to the spool")
+                if fsync:
+                    os.fsync(fd)
+            except OSError:
+                with suppress_os():
+                    os.ftruncate(fd, size)  # needs no free space
+                raise
+            # The record is spooled from here on: trouble while rotating or enforcing the
+            # cap (a full disk refusing the state write) must not report it as lost.
+            if size + len(data) < segment_bytes(cap):
+                return False
+            with suppress_os():
+                _seal_locked(directory, fd)
+                _forget_active()
+                return True
+            return False
+        finally:
+            if _active is not None and _active[1] == fd:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+    raise OSError(errno.EAGAIN, "the active spool file kept being replaced")
+
+
+def _segment_name() -> str:
+    """A new segment name that sorts after older ones, e.g. ``seg-0179...-4242-0.jsonl``."""
+    return (
+        f"{SEGMENT_PREFIX}{time.time_ns():020d}-{os.getpid()}-{next(_seal_counter)}{SEGMENT_SUFFIX}"
+    )
+
+
+def _seal_locked(directory: StrPath, fd: int) -> bool:
+    """Rename the active file to a new segment; the caller holds its ``flock`` through ``fd``.
+
+    The mtime stamp comes first: an appender holding an old descriptor to this inode
+    sees it after taking the lock, and reopens the path instead of writing here.
+    """
+    os.utime(fd, ns=(SEALED_MTIME_NS, SEALED_MTIME_NS))
+    try:
+        os.rename(os.path.join(directory, ACTIVE), os.path.join(directory, _segment_name()))
+    except OSError:
+        os.utime(fd)  # not sealed after all: unstamp it, or no appender could use it again
+        raise
+    return True
+
+
+def write_segment(directory: Path, data: bytes) -> str:
+    """Add a sealed segment holding ``data`` (whole lines), durably; returns its name."""
+    name = _segment_name()
+    atomic_write(directory, name, data)
+    return name
+
+
+def _still_at(path: str, st: os.stat_result) -> bool:
+    """True when ``path`` still names the inode of ``st``."""
+    try:
+        current = os.stat(path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    return (current.st_dev, current.st_ino) == (st.st_dev, st.st_ino)
+
+
+def seal(directory: Path) -> None:
+    """Seal the active file if it holds anything; appenders wait at most for this rename."""
+    try:
+        fd = open_spool_file(directory / ACTIVE, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        st = os.fstat(fd)
+        try:
+            current = os.stat(directory / ACTIVE, follow_symlinks=False)
+        except FileNotFoundError:
+            return
+        same = (current.st_ino, current.st_dev) == (st.st_ino, st.st_dev)
+        if st.st_size and same:  # stamped already: a killed sealer's work, finished here
+            _seal_locked(directory, fd)
+    finally:
+        os.close(fd)

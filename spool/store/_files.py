@@ -1,0 +1,158 @@
+"""Spool directory checks, file names, and the low-level file operations every part shares."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import time
+from pathlib import Path
+
+from spool.errors import SpoolUnusable
+from spool.locking import private_open
+
+ACTIVE = "active.jsonl"
+QUARANTINE = "quarantine.jsonl"
+STATE = "state.json"
+MODE = "mode"
+SEGMENT_PREFIX = "seg-"
+SEGMENT_SUFFIX = ".jsonl"
+
+APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+StrPath = str | os.PathLike[str]  # the append path passes plain strings: pathlib costs microseconds
+
+
+_cached_euid = -1
+
+
+def _euid(refresh: bool = False) -> int:
+    """The effective uid, remembered: a host that drops privileges is seen at the next miss."""
+    global _cached_euid  # noqa: PLW0603
+    if refresh or _cached_euid < 0:
+        _cached_euid = os.geteuid()
+    return _cached_euid
+
+
+def check_dir(directory: StrPath, create: bool) -> os.stat_result | None:
+    """Refuse a directory we do not own or others can write; its stat, or None when absent.
+
+    Raises ``SpoolUnusable`` with the reason and the fix, e.g. ``chmod 700 DIR``.
+    """
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        if not create:
+            return None
+        make_dir(Path(directory))
+        st = os.stat(directory)
+    except OSError as exc:
+        raise SpoolUnusable(f"cannot use spool directory ({exc.strerror})", str(directory)) from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise SpoolUnusable("spool path is not a directory", str(directory))
+    if st.st_uid != _euid() and st.st_uid != _euid(refresh=True):
+        raise SpoolUnusable(
+            f"spool directory is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})",
+            str(directory),
+            "use a spool directory of your own with --spool-dir or RS_TELEMETRY_DIR",
+        )
+    if st.st_mode & 0o022:
+        raise SpoolUnusable(
+            f"spool directory is writable by group or others (mode {st.st_mode & 0o777:04o})",
+            str(directory),
+            f"run: chmod 700 {directory}",
+        )
+    return st
+
+
+def make_dir(directory: Path) -> None:
+    """Create the spool directory 0700 whatever the umask (parents as ``mkdir -p`` would)."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.mkdir(directory, 0o700)
+    except FileExistsError:
+        return  # another process won the race; check_dir() judges what it made
+    os.chmod(directory, 0o700)  # the umask may have removed bits we need... or kept none
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(directory: Path, name: str, data: bytes) -> None:
+    """Replace ``directory/name`` with ``data``: temp file, fsync, rename, fsync directory.
+
+    Operation is atomic: a reader sees the old file or the new one, never a mix.
+    """
+    tmp = directory / f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    fd = private_open(tmp, os.O_WRONLY | os.O_EXCL)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, directory / name)
+    except BaseException:
+        with suppress_os():
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)  # the rename itself is durable only once the directory is
+
+
+class suppress_os:  # named like contextlib.suppress, whose module costs an import
+    """``with suppress_os():`` ignores an ``OSError``, e.g. unlinking a file already gone."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
+        return kind is not None and issubclass(kind, OSError)
+
+
+SEALED_MTIME_NS = 0
+"""The mtime stamped on a file that stopped being the active one (see ``_append``)."""
+
+
+def open_spool_file(path: StrPath, flags: int) -> int:
+    """``os.open`` that refuses, with the reason and the fix, a symbolic link in the spool.
+
+    Like ssh with a loose ``~/.ssh``, we stop and say so rather than repair silently:
+    only the owner or root can have put the link there.
+    """
+    try:
+        return os.open(path, flags, 0o600)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise SpoolUnusable(
+            "a symbolic link stands where a spool file belongs; it is never followed",
+            os.fspath(path),
+            f"look at it, then remove it: rm {os.fspath(path)}",
+        ) from exc
+
+
+def read_file(path: Path, offset: int = 0) -> bytes:
+    """The bytes of a spool file from ``offset``; never through a symbolic link."""
+    fd = open_spool_file(path, READ_FLAGS)
+    try:
+        if offset:
+            os.lseek(fd, offset, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def log_warning(msg: str, *args: object) -> None:
+    import logging  # noqa: PLC0415 - the error path only; keeps `import spool` lean
+
+    logging.getLogger("spool").warning(msg, *args)

@@ -1,0 +1,46 @@
+"""The stored mode (``on``, ``off``, ``local``), read cheaply on the append path."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from spool.store._files import MODE, StrPath, atomic_write, read_file
+
+_mode_cache: dict[str, tuple[tuple[int, int], str, float]] = {}
+
+
+def read_mode(directory: StrPath, dir_stat: os.stat_result | None = None) -> str:
+    """The stored mode, e.g. ``"on"`` (the default when no mode was ever set).
+
+    With ``dir_stat`` (from ``check_dir``) the answer is remembered while the directory
+    is unchanged: ``write_mode`` renames a file into it, which changes its mtime. The
+    memory also lapses after a second, which bounds how long a change could go unseen
+    where the file system stamps times coarsely (kernels before 6.13).
+    """
+    path = os.path.join(directory, MODE)
+    now = time.monotonic()
+    key = (dir_stat.st_ino, dir_stat.st_mtime_ns) if dir_stat is not None else None
+    cached = _mode_cache.get(path)
+    if key is not None and cached is not None and cached[0] == key and now - cached[2] < 1.0:
+        return cached[1]
+    mode = _read_mode_file(path)
+    if key is not None:
+        _mode_cache[path] = (key, mode, now)
+    return mode
+
+
+def _read_mode_file(path: str) -> str:
+    if not os.access(path, os.F_OK, follow_symlinks=False):
+        return "on"  # the common case, answered without raising (an exception costs ~2 us)
+    try:
+        text = read_file(Path(path)).decode("ascii", "replace").strip()
+    except OSError:
+        return "on"
+    return text if text in ("on", "off", "local") else "on"
+
+
+def write_mode(directory: Path, mode: str) -> None:
+    """Persist the mode atomically, e.g. ``write_mode(d, "local")``."""
+    atomic_write(directory, MODE, f"{mode}\n".encode())

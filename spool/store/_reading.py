@@ -1,0 +1,141 @@
+"""Reading spool files: segments oldest first, their lines, what is pending."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from spool.store._state import State
+from spool.store._files import (
+    ACTIVE,
+    QUARANTINE,
+    READ_FLAGS,
+    SEGMENT_PREFIX,
+    SEGMENT_SUFFIX,
+    read_file,
+)
+
+
+def segments(directory: Path) -> list[str]:
+    """Names of sealed segments, oldest first, e.g. ``["seg-0001...-42-0.jsonl"]``.
+
+    Symbolic links and anything else that is not a regular file are never listed.
+    """
+    try:
+        entries = list(os.scandir(directory))
+    except FileNotFoundError:
+        return []
+    return sorted(
+        e.name
+        for e in entries
+        if e.name.startswith(SEGMENT_PREFIX)
+        and e.name.endswith(SEGMENT_SUFFIX)
+        and e.is_file(follow_symlinks=False)
+    )
+
+
+def split_lines(data: bytes, base: int = 0, complete_only: bool = False) -> Iterator[Line]:
+    """Non-empty lines with their byte range in the file; ``complete_only`` skips a torn tail."""
+    pos = 0
+    end = len(data)
+    while pos < end:
+        nl = data.find(b"\n", pos)
+        if nl < 0:
+            if not complete_only:
+                yield Line(base + pos, base + end, data[pos:end])
+            return
+        if nl > pos:
+            yield Line(base + pos, base + nl + 1, data[pos:nl])
+        pos = nl + 1
+
+
+def count_lines(data: bytes) -> int:
+    """Non-empty lines in ``data``, e.g. 2 for ``b'{..}\\n{..}'`` (a torn tail counts)."""
+    n = data.count(b"\n")
+    if data and not data.endswith(b"\n"):
+        n += 1
+    if data.startswith(b"\n") or b"\n\n" in data:
+        n = sum(1 for _ in split_lines(data))
+    return n
+
+
+class Line(NamedTuple):
+    """One line of a spool file: bytes ``[start, end)`` including its newline, and its text."""
+
+    start: int
+    end: int
+    raw: bytes
+
+
+@dataclass(frozen=True)
+class PendingFile:
+    """A file holding pending lines, e.g. ``seg-...jsonl`` from cursor 4096 to size 9000."""
+
+    name: str
+    cursor: int
+    size: int
+    sealed: bool
+
+
+def pending_files(directory: Path, state: State) -> list[PendingFile]:
+    """Sealed segments (from their cursors) then the active file, oldest first."""
+    out = []
+    for name in segments(directory):
+        try:
+            size = os.stat(directory / name, follow_symlinks=False).st_size
+        except FileNotFoundError:
+            continue
+        cursor = valid_cursor(directory / name, state.cursors.get(name, 0), size)
+        if cursor < size:
+            out.append(PendingFile(name, cursor, size, sealed=True))
+    try:
+        st = os.stat(directory / ACTIVE, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode) and st.st_size:
+            out.append(PendingFile(ACTIVE, 0, st.st_size, sealed=False))
+    except FileNotFoundError:
+        pass
+    return out
+
+
+def valid_cursor(path: Path, cursor: int, size: int) -> int:
+    """The cursor, or 0 when it cannot be right (past the end, or not after a newline).
+
+    Only a state damaged from outside gives such a cursor; starting the segment over
+    sends some events again, which is harmless, where trusting it could lose them.
+    """
+    if cursor in (0, size):
+        return cursor
+    if cursor > size:
+        return 0
+    try:
+        fd = os.open(path, READ_FLAGS)
+    except OSError:
+        return cursor
+    try:
+        return cursor if os.pread(fd, 1, cursor - 1) == b"\n" else 0
+    finally:
+        os.close(fd)
+
+
+def iter_pending(directory: Path, state: State) -> Iterator[tuple[PendingFile, Line]]:
+    """Every pending line, oldest first; the active file's unfinished last line is skipped."""
+    for pf in pending_files(directory, state):
+        try:
+            data = read_file(directory / pf.name, pf.cursor)
+        except FileNotFoundError:
+            continue  # sealed, flushed or dropped since we listed it
+        for line in split_lines(data, pf.cursor, complete_only=not pf.sealed):
+            yield pf, line
+
+
+def quarantine_lines(directory: Path) -> list[Line]:
+    """Every line of the quarantine file, oldest first."""
+    try:
+        return list(split_lines(read_file(directory / QUARANTINE)))
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,177 @@
+"""``state.json``: counters and cursors, written atomically; removing consumed segments."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spool.store._files import (
+    SEALED_MTIME_NS,
+    STATE,
+    atomic_write,
+    log_warning,
+    read_file,
+    suppress_os,
+)
+from spool.store._reading import pending_files, segments, valid_cursor
+
+
+@dataclass
+class State:
+    """Everything a spool remembers besides its data, e.g. ``State(delivered=12, ...)``."""
+
+    delivered: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    purged: int = 0
+    exported: int = 0
+    imported: int = 0
+    cursors: dict[str, int] = field(default_factory=dict)
+    last_flush: dict[str, Any] | None = None
+    retry_not_before: float | None = None
+    imports: list[str] = field(default_factory=list)
+
+    def drop(self, reason: str, count: int) -> None:
+        """Count ``count`` events dropped for ``reason``, e.g. ``drop("spool_full", 3)``."""
+        if count:
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+
+_STATE_FIELDS = frozenset(State.__dataclass_fields__)
+
+
+def load_state(directory: Path) -> State:
+    """Read ``state.json``; a missing one is a fresh state, a damaged one is set aside."""
+    try:
+        raw = read_file(directory / STATE)
+    except FileNotFoundError:
+        return State()
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("version") != 1:
+            raise ValueError("unknown state version")
+        data.pop("version")
+        state = State(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
+        _check_state(state)
+    except (ValueError, TypeError) as exc:
+        # Damaged from outside (we only ever rename complete files into place). Keep a copy
+        # for the operator and carry on: at worst a partly delivered segment is sent again.
+        with suppress_os():
+            os.rename(directory / STATE, directory / f"{STATE}.damaged-{time.time_ns()}")
+        log_warning("state file %s was damaged (%s); starting from a fresh one", directory, exc)
+        return State()
+    return state
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_state(state: State) -> None:
+    """Raise ``ValueError`` unless every field has the type it was written with."""
+    counts_ok = all(
+        _is_count(v) for v in (state.delivered, state.purged, state.exported, state.imported)
+    )
+    maps_ok = all(
+        isinstance(m, dict) and all(isinstance(k, str) and _is_count(v) for k, v in m.items())
+        for m in (state.dropped, state.cursors)
+    )
+    others_ok = (
+        (state.last_flush is None or isinstance(state.last_flush, dict))
+        and (
+            state.retry_not_before is None
+            or (
+                isinstance(state.retry_not_before, (int, float))
+                and not isinstance(state.retry_not_before, bool)
+            )
+        )
+        and isinstance(state.imports, list)
+        and all(isinstance(i, str) for i in state.imports)
+    )
+    if not (counts_ok and maps_ok and others_ok):
+        raise ValueError("a field has the wrong type")
+
+
+def save_state(directory: Path, state: State) -> None:
+    """Write ``state.json`` atomically; cursors of segments that are gone are forgotten."""
+    live = set(segments(directory))
+    state.cursors = {k: v for k, v in state.cursors.items() if k in live}
+    payload = {"version": 1, **state.__dict__}
+    atomic_write(directory, STATE, json.dumps(payload, sort_keys=True).encode())
+
+
+def remove_segments(directory: Path, state: State, names: list[str]) -> None:
+    """Save ``state`` (which accounts for ``names``), then unlink them.
+
+    The caller holds ``state.lock`` and has set each cursor to the segment's end. The
+    state is durable before any unlink, so a crash in between leaves a segment that is
+    fully consumed, not one that is counted twice. On a full disk the state write can
+    fail: the segments are unlinked anyway (freeing space) and the write is tried again.
+    """
+    try:
+        save_state(directory, state)
+        saved = True
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        saved = False
+    for name in names:
+        with suppress_os():
+            _discard(directory / name)
+    if not saved:
+        save_state(directory, state)
+
+
+def _discard(path: Path) -> None:
+    """Empty, stamp and unlink a consumed segment, under its flock.
+
+    An appender may still hold a descriptor to it from when it was the active file, and
+    an open file's blocks outlive its unlink: emptying it first frees them at once (a
+    full disk needs that space back). The sealed stamp, set again after the truncation
+    changed the mtime, sends that appender to the new active file.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.utime(fd, ns=(SEALED_MTIME_NS, SEALED_MTIME_NS))
+        os.unlink(path)
+    finally:
+        os.close(fd)
+
+
+def _sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:
+    """Remove temp files of writers killed before their rename (an hour old: never live)."""
+    limit = time.time() - older_than
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                with suppress_os():
+                    if entry.stat(follow_symlinks=False).st_mtime < limit:
+                        os.unlink(entry.path)
+
+
+def remove_consumed(directory: Path, state: State) -> None:
+    """Unlink segments whose cursor reached their end (a crash came between state and unlink).
+
+    The caller holds ``state.lock``.
+    """
+    _sweep_temp_files(directory)
+    done = []
+    for name in segments(directory):
+        size = os.stat(directory / name, follow_symlinks=False).st_size
+        cursor = valid_cursor(directory / name, state.cursors.get(name, 0), size)
+        if size == 0 or cursor >= size:  # an empty segment is never written by us: garbage
+            done.append(name)
+    if done:
+        remove_segments(directory, state, done)
+
+
+def pending_bytes(directory: Path, state: State) -> int:
+    """Bytes of pending data, e.g. 1048576."""
+    return sum(pf.size - pf.cursor for pf in pending_files(directory, state))
