@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -332,6 +333,17 @@ def _pipeline(run: _Run, names: list[str]) -> None:
     Preparing (checking lines, compressing) and sending (waiting on the network and on
     fsync, both of which release the GIL) overlap; the order of commits is unchanged.
     """
+    # The sender wakes from network and disk waits needing the GIL back; with the default
+    # 5 ms switch interval it would wait that long behind the worker at every request.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(0.0005)
+    try:
+        _run_pipeline(run, names)
+    finally:
+        sys.setswitchinterval(switch)
+
+
+def _run_pipeline(run: _Run, names: list[str]) -> None:
     from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415 - flush only
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rs-telemetry-prepare") as pool:

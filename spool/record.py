@@ -206,6 +206,7 @@ def _canonical_pattern() -> re.Pattern[bytes]:
 _CANONICAL = _canonical_pattern()
 _CANONICAL_LINES = re.compile(b"(?:" + _CANONICAL.pattern + b"\n)+")
 _TIMESTAMPS = re.compile(rb'"timestamp":"([^"]*)"')
+_PIECE = 64 * 1024
 
 
 def canonical_block_oldest(data: bytes) -> bytes | None:
@@ -215,10 +216,20 @@ def canonical_block_oldest(data: bytes) -> bytes | None:
     line is one ``append`` wrote; a flush then sends the block without splitting it.
     Property values are escaped, so each line holds exactly one ``"timestamp":"``.
     """
-    if _CANONICAL_LINES.fullmatch(data) is None:
-        return None
-    stamps: list[bytes] = _TIMESTAMPS.findall(data)
-    return min(stamps)
+    oldest: bytes | None = None
+    start = 0
+    while start < len(data):
+        # Pieces of ~64 KB (at line ends): a regex holds the GIL for as long as it runs,
+        # and a flush's sender thread needs it back as soon as its request is answered.
+        end = data.find(b"\n", start + _PIECE)
+        end = len(data) if end < 0 else end + 1
+        if _CANONICAL_LINES.fullmatch(data, start, end) is None:
+            return None
+        stamps: list[bytes] = _TIMESTAMPS.findall(data, start, end)
+        least = min(stamps)
+        oldest = least if oldest is None or least < oldest else oldest
+        start = end
+    return oldest
 
 
 def canonical_timestamp(raw: bytes) -> bytes | None:

@@ -155,6 +155,13 @@ class Uploader:
         self.url = batch_url
         self.gzip = gzip
         self.session = requests.Session()
+        # HTTPS_PROXY, NO_PROXY and REQUESTS_CA_BUNDLE are read once per run, as requests
+        # reads them, instead of at every request (with ~/.netrc, which could even replace
+        # our Authorization header with a password of its own).
+        settings = self.session.merge_environment_settings(batch_url, {}, None, True, None)
+        self.session.trust_env = False
+        self._proxies = dict(settings["proxies"])
+        self._verify: bool | str = settings["verify"] or True  # True or a CA bundle path
         token = base64.b64encode(f"{write_key}:".encode()).decode("ascii")
         # Some endpoints echo request headers in an error body, which we keep in the
         # quarantine; the key must never reach the disk that way.
@@ -182,7 +189,8 @@ class Uploader:
                 headers=self.headers,
                 timeout=timeout,
                 allow_redirects=False,  # a redirect is a misconfigured endpoint, not a hop
-                verify=True,
+                verify=self._verify,
+                proxies=self._proxies,
             )
             try:
                 body = self.redact(response.content.decode("utf-8", "replace"))[:BODY_EXCERPT]
