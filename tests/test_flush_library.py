@@ -36,3 +36,23 @@ def test_a_loose_spool_directory_is_refused_in_the_report(
     report = spool.flush(endpoint="http://127.0.0.1:9")
     assert report.exit_code == 1
     assert "chmod 700" in report.message
+
+
+def test_a_netrc_entry_never_replaces_the_write_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: object, scripted_server: object
+) -> None:
+    """requests applies ~/.netrc to a request without auth of its own: not to ours."""
+    import base64
+    from pathlib import Path
+
+    netrc = Path(str(tmp_path)) / "netrc"
+    netrc.write_text("machine 127.0.0.1 login someone password other-secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", "k-netrc")
+    assert spool.append("server_start") is True
+    report = spool.flush(endpoint=scripted_server.url)  # type: ignore[attr-defined]
+    assert report.exit_code == 0, report.message
+    (request,) = scripted_server.requests  # type: ignore[attr-defined]
+    expected = "Basic " + base64.b64encode(b"k-netrc:").decode()
+    assert request.headers["Authorization"] == expected
