@@ -73,16 +73,25 @@ def flush_lock(directory: Path) -> Iterator[None]:
         lock.release()
 
 
-def flush_running(directory: Path) -> bool:
-    """True when some process holds ``flush.lock`` right now (probe without waiting)."""
+def held(path: str | os.PathLike[str], shared_ok: bool = False) -> bool:
+    """True when another open file holds a ``flock`` on ``path`` that ours would wait for.
+
+    Probes without waiting. With ``shared_ok`` only an exclusive holder counts (we probe
+    for a shared lock); otherwise any holder does. A missing file is not held.
+    """
     try:
-        fd = os.open(directory / FLUSH_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared_ok else fcntl.LOCK_EX) | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
     finally:
         os.close(fd)
     return False
+
+
+def flush_running(directory: Path) -> bool:
+    """True when some process holds ``flush.lock`` right now (probe without waiting)."""
+    return held(directory / FLUSH_LOCK, shared_ok=True)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import accounted
 
 import spool
 from spool.receiver import Receiver
@@ -26,18 +27,6 @@ def status(cli: Cli, *where: str) -> dict[str, Any]:
     result = cli(*where, "status", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def accounted(st: dict[str, Any]) -> int:
-    assert st["dropped"]["events"] == sum(st["dropped"]["by_reason"].values())
-    return (
-        st["delivered"]["events"]
-        + st["pending"]["events"]
-        + st["quarantined"]["events"]
-        + st["dropped"]["events"]
-        + st["removed"]["purged"]
-        + st["removed"]["exported"]
-    )
 
 
 def show_lines(cli: Cli, *where: str) -> list[str]:

@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from kit import assert_accounted, view
 from scripted_server import OK, Respond, ScriptedServer, Stall, closed_port_url
 
 import spool
-from spool.cli import main as rs_telemetry
 from spool.receiver import Receiver
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -48,37 +47,8 @@ def fill(n: int) -> None:
         assert session.append("deployment_started", {"db_backend": "mysql"})
 
 
-def view(*args: str) -> str:
-    """stdout of a read-only command (show, status), run in this process with CliRunner.
-
-    Flush runs both here (``spool.flush``) and as a real process (``cli``); views only read.
-    """
-    result = CliRunner().invoke(rs_telemetry, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.stderr
-    return result.stdout
-
-
 def shown() -> list[str]:
     return view("show", "--json").splitlines()
-
-
-def status() -> dict[str, Any]:
-    return json.loads(view("status", "--json"))  # type: ignore[no-any-return]
-
-
-def assert_accounted(appended: int) -> dict[str, Any]:
-    """Every event ever appended is delivered, pending, quarantined or dropped (SPEC 5, 8)."""
-    s = status()
-    total = (
-        s["delivered"]["events"]
-        + s["pending"]["events"]
-        + s["quarantined"]["events"]
-        + s["dropped"]["events"]
-        + s["removed"]["purged"]
-        + s["removed"]["exported"]
-    )
-    assert total == appended, s
-    return s
 
 
 def assert_untouched(before: list[str]) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from kit import assert_accounted, status, view
 from scripted_server import (
     OK,
     Action,
@@ -43,7 +43,6 @@ from scripted_server import (
 )
 
 import spool
-from spool.cli import main as rs_telemetry
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -62,37 +61,8 @@ def fill(n: int, **properties: str) -> None:
         assert session.append("server_start", properties or None)
 
 
-def view(*args: str) -> str:
-    """stdout of a read-only command (show, status), run in this process with CliRunner.
-
-    Flush runs both here (``spool.flush``) and as a real process (``cli``); views only read.
-    """
-    result = CliRunner().invoke(rs_telemetry, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.stderr
-    return result.stdout
-
-
 def shown(*extra: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in view("show", "--json", *extra).splitlines()]
-
-
-def status() -> dict[str, Any]:
-    return json.loads(view("status", "--json"))  # type: ignore[no-any-return]
-
-
-def assert_accounted(appended: int) -> dict[str, Any]:
-    """Every event ever appended is delivered, pending, quarantined or dropped (SPEC 5, 8)."""
-    s = status()
-    total = (
-        s["delivered"]["events"]
-        + s["pending"]["events"]
-        + s["quarantined"]["events"]
-        + s["dropped"]["events"]
-        + s["removed"]["purged"]
-        + s["removed"]["exported"]
-    )
-    assert total == appended, s
-    return s
 
 
 def assert_all_kept(before: list[dict[str, Any]]) -> None:

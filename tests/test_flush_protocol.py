@@ -18,14 +18,12 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import pytest
-from click.testing import CliRunner
+from kit import assert_accounted, status, view
 from scripted_server import OK, Recorded, Respond, ScriptedServer
 
 import spool
-from spool.cli import main as rs_telemetry
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -47,38 +45,9 @@ def fill(n: int, session: spool.Session | None = None, **properties: str) -> Non
         assert session.append("server_start", properties or None)
 
 
-def view(*args: str) -> str:
-    """stdout of a read-only command (show, status), run in this process with CliRunner.
-
-    Flush runs both here (``spool.flush``) and as a real process (``cli``); views only read.
-    """
-    result = CliRunner().invoke(rs_telemetry, list(args), catch_exceptions=False)
-    assert result.exit_code == 0, result.stderr
-    return result.stdout
-
-
 def shown() -> list[str]:
     """The pending records as ``show --json`` prints them, oldest first."""
     return view("show", "--json").splitlines()
-
-
-def status() -> dict[str, Any]:
-    return json.loads(view("status", "--json"))  # type: ignore[no-any-return]
-
-
-def assert_accounted(appended: int) -> dict[str, Any]:
-    """Every event ever appended is delivered, pending, quarantined or dropped (SPEC 5, 8)."""
-    s = status()
-    total = (
-        s["delivered"]["events"]
-        + s["pending"]["events"]
-        + s["quarantined"]["events"]
-        + s["dropped"]["events"]
-        + s["removed"]["purged"]
-        + s["removed"]["exported"]
-    )
-    assert total == appended, s
-    return s
 
 
 def ids_of(lines: list[str]) -> list[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import accounted
 from scripted_server import Respond, ScriptedServer
 
 import spool
@@ -57,18 +58,6 @@ def status(cli: Cli) -> dict[str, Any]:
     result = cli("status", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def accounted(st: dict[str, Any]) -> int:
-    assert st["dropped"]["events"] == sum(st["dropped"]["by_reason"].values())
-    return (
-        st["delivered"]["events"]
-        + st["pending"]["events"]
-        + st["quarantined"]["events"]
-        + st["dropped"]["events"]
-        + st["removed"]["purged"]
-        + st["removed"]["exported"]
-    )
 
 
 def show_lines(cli: Cli, *extra: str) -> list[str]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import accounted
 from scripted_server import Respond, ScriptedServer, closed_port_url
 
 import spool
@@ -31,19 +32,6 @@ def status(cli: Cli) -> dict[str, Any]:
     result = cli("status", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
-
-
-def accounted(st: dict[str, Any]) -> int:
-    """delivered + pending + quarantined + dropped + purged + exported."""
-    assert st["dropped"]["events"] == sum(st["dropped"]["by_reason"].values())
-    return (
-        st["delivered"]["events"]
-        + st["pending"]["events"]
-        + st["quarantined"]["events"]
-        + st["dropped"]["events"]
-        + st["removed"]["purged"]
-        + st["removed"]["exported"]
-    )
 
 
 def show(cli: Cli, *extra: str) -> list[dict[str, Any]]:

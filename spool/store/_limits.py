@@ -6,7 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from spool.locking import Busy, state_lock
+from spool.locking import Busy, held, state_lock
 from spool.store._files import READ_FLAGS, open_spool_file, read_file
 from spool.store._reading import pending_files, split_lines
 from spool.store._state import load_state, remove_segments
@@ -61,17 +61,7 @@ def claim(path: Path) -> int:
 
 def is_claimed(path: Path) -> bool:
     """True when a flush holds a claim on this segment (probed without waiting)."""
-    try:
-        fd = os.open(path, READ_FLAGS)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+    return held(path)
 
 
 def _drop_over_cap(directory: Path, cap: int) -> bool:

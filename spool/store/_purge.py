@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -10,7 +9,7 @@ from spool.locking import state_lock
 from spool.store._append import seal
 from spool.store._files import QUARANTINE, read_file
 from spool.store._reading import count_lines, pending_files, quarantine_lines
-from spool.store._state import load_state, remove_segments, save_state
+from spool.store._state import load_state, remove_segments, save_then_remove
 
 
 def purge_pending(directory: Path) -> int:
@@ -42,14 +41,5 @@ def purge_quarantine(directory: Path) -> int:
         if not removed:
             return 0
         state.purged += removed
-        try:
-            save_state(directory, state)
-            saved = True
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-                raise
-            saved = False  # deleting frees the space the count needs; write it after
-        os.unlink(directory / QUARANTINE)
-        if not saved:
-            save_state(directory, state)
+        save_then_remove(directory, state, [directory / QUARANTINE], os.unlink)
     return removed

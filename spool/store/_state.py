@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,18 @@ def remove_segments(directory: Path, state: State, names: list[str]) -> None:
     fully consumed, not one that is counted twice. On a full disk the state write can
     fail: the segments are unlinked anyway (freeing space) and the write is tried again.
     """
+    save_then_remove(directory, state, [directory / name for name in names], _discard)
+
+
+def save_then_remove(
+    directory: Path, state: State, paths: list[Path], remove: Callable[[Path], None]
+) -> None:
+    """Save ``state``, which accounts for ``paths``; then remove them.
+
+    On a full disk the state write can fail: the files are removed anyway, which needs no
+    space and frees some, and the write is tried again. (A crash in between loses the
+    counts of what was removed, not data: it was delivered, dropped or purged already.)
+    """
     try:
         save_state(directory, state)
         saved = True
@@ -120,9 +133,9 @@ def remove_segments(directory: Path, state: State, names: list[str]) -> None:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
         saved = False
-    for name in names:
+    for path in paths:
         with suppress_os():
-            _discard(directory / name)
+            remove(path)
     if not saved:
         save_state(directory, state)
 
