@@ -355,6 +355,12 @@ def flush(
     """
     from spool.flushing import flush as run_flush  # noqa: PLC0415 - loads requests
 
+    # This process is ours: its sender thread wakes from network and disk waits needing
+    # the GIL back, and with the default 5 ms switch interval it would wait that long
+    # behind the thread preparing the next batch at every request (a library caller's
+    # process keeps its own setting).
+    sys.setswitchinterval(0.0005)
+
     progress = None
     if not quiet and not as_json and not dry_run and sys.stderr.isatty():
         progress = _Progress()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,7 +54,6 @@ class FlushReport:
     exit_code: int = exitcodes.OK
     seconds: float = 0.0
     message: str = ""
-    taken_on: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """The stable ``flush --json`` object (``version`` 1)."""
@@ -333,17 +331,6 @@ def _pipeline(run: _Run, names: list[str]) -> None:
     Preparing (checking lines, compressing) and sending (waiting on the network and on
     fsync, both of which release the GIL) overlap; the order of commits is unchanged.
     """
-    # The sender wakes from network and disk waits needing the GIL back; with the default
-    # 5 ms switch interval it would wait that long behind the worker at every request.
-    switch = sys.getswitchinterval()
-    sys.setswitchinterval(0.0005)
-    try:
-        _run_pipeline(run, names)
-    finally:
-        sys.setswitchinterval(switch)
-
-
-def _run_pipeline(run: _Run, names: list[str]) -> None:
     from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415 - flush only
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rs-telemetry-prepare") as pool:
