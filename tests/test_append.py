@@ -84,6 +84,11 @@ def run_py(
 
 def in_child(body: Callable[[], None]) -> str:
     """Run ``body`` in a forked child; return its traceback text, or "" when it succeeded."""
+    return wait_child(*fork_child(body))
+
+
+def fork_child(body: Callable[[], None]) -> tuple[int, int]:
+    """Start ``body`` in a forked child; ``wait_child`` collects it."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
@@ -98,6 +103,11 @@ def in_child(body: Callable[[], None]) -> str:
             os.close(write_end)
             os._exit(code)
     os.close(write_end)
+    return pid, read_end
+
+
+def wait_child(pid: int, read_end: int) -> str:
+    """The child's traceback text, or "" when it succeeded."""
     with os.fdopen(read_end, "rb") as pipe:
         report = pipe.read().decode()
     _, status = os.waitpid(pid, 0)
@@ -661,27 +671,10 @@ def test_fork_after_append_child_appends_land_correctly(spool_dir: Path) -> None
         for n in range(100):
             assert spool.append("adapter_start", {"commit_id": f"child-{n}"}) is True
 
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        os.close(read_end)
-        code = 0
-        try:
-            child()
-        except BaseException:
-            os.write(write_end, traceback.format_exc().encode())
-            code = 1
-        finally:
-            os.close(write_end)
-            os._exit(code)
-    os.close(write_end)
+    started = fork_child(child)
     for n in range(100):  # concurrently with the child
         assert spool.append("server_stop", {"commit_id": f"parent-{n}"}) is True
-    with os.fdopen(read_end, "rb") as pipe:
-        report = pipe.read().decode()
-    _, status = os.waitpid(pid, 0)
-    assert report == ""
-    assert os.waitstatus_to_exitcode(status) == 0
+    assert wait_child(*started) == ""
     raw = b"".join(
         p.read_bytes()
         for p in spool_dir.rglob("*")
