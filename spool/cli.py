@@ -394,7 +394,8 @@ def flush(
             f"left pending {report.left_pending} ({report.seconds:.1f} s)"
         )
         if report.message:
-            summary = f"{report.message}. {summary}" if report.batches else report.message
+            partial = report.batches and not dry_run  # a run that sent some, then stopped
+            summary = f"{report.message}. {summary}" if partial else report.message
         _say(("error: " if failed else "") + summary)
     sys.exit(report.exit_code)
 
