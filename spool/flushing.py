@@ -34,6 +34,9 @@ from spool.upload import (
     retry_after,
 )
 
+SETTLE_INTERVAL = 0.25
+"""Seconds between fsyncs of the state during a flush (group commit): two fsyncs per
+request were the largest cost of a drain after compression."""
 CAP_CHECK_INTERVAL = 0.5
 """Seconds between cap checks during a flush: appenders that found ``state.lock`` busy
 skipped theirs, so the flush checks for them, but listing every segment at every
@@ -102,6 +105,8 @@ class _Run:
     unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
     claims: dict[str, int] = field(default_factory=dict)  # segment -> claiming descriptor
     cap_checked: float = 0.0
+    consumed: list[str] = field(default_factory=list)  # acknowledged, unlinked at _settle
+    settled: float = field(default_factory=time.monotonic)
     rng: random.Random = field(default_factory=random.Random)
 
 
@@ -256,8 +261,11 @@ def _finish(run: _Run) -> None:
                 state.retry_not_before = run.server_asked_until
             elif run.acknowledged:
                 state.retry_not_before = None
-            store.save_state(run.directory, state)
+            store.save_state(run.directory, state)  # durable: now the consumed can go
+            store.discard_segments(run.directory, run.consumed)
+            run.consumed.clear()
     except OSError as exc:
+        # The consumed segments stay until the next flush removes them (remove_consumed).
         store.log_warning("could not record the flush summary: %s", exc)
 
 
@@ -585,14 +593,22 @@ def _account(
         try:
             if end >= size:
                 _release(run, name)  # our own claim would block the discard
-                store.remove_segments(run.directory, state, [name])
+                # Group commit: the state write survives any process death at once; the
+                # fsyncs that make it survive a power loss come every SETTLE_INTERVAL,
+                # and only then are the segments it accounts for unlinked.
+                run.consumed.append(name)
+                store.save_state(run.directory, state, durable=False)
+                if time.monotonic() - run.settled >= SETTLE_INTERVAL:
+                    _settle(run)
             else:
                 store.save_state(run.directory, state)
         except OSError as exc:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            # Full disk: keep the counts in memory and add them to the next state write
-            # (unlinking acknowledged segments frees the space it needs).
+            # Full disk: keep the counts in memory and add them to the next state write;
+            # unlink what was acknowledged now, which frees the space that write needs.
+            store.discard_segments(run.directory, run.consumed)
+            run.consumed.clear()
             store.log_warning("spool disk full: progress kept in memory (%s)", exc)
         else:
             run.unsaved = store.State()
@@ -600,6 +616,19 @@ def _account(
             if now - run.cap_checked >= CAP_CHECK_INTERVAL:
                 run.cap_checked = now
                 store.enforce_cap_locked(run.directory, run.conf.max_bytes)
+
+
+def _settle(run: _Run) -> None:
+    """Make the state durable, then unlink the segments it marks consumed.
+
+    The caller holds ``state.lock``. A crash before this point can only send those
+    segments again (same messageIds), never lose one.
+    """
+    if run.consumed:
+        store.sync_state(run.directory)
+        store.discard_segments(run.directory, run.consumed)
+        run.consumed.clear()
+    run.settled = time.monotonic()
 
 
 def _apply(unsaved: store.State, state: store.State) -> None:

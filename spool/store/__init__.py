@@ -81,11 +81,13 @@ from spool.store._reading import (
 )
 from spool.store._state import (
     State,
+    discard_segments,
     load_state,
     pending_bytes,
     remove_consumed,
     remove_segments,
     save_state,
+    sync_state,
 )
 
 __all__ = [
@@ -107,6 +109,7 @@ __all__ = [
     "check_dir",
     "claim",
     "count_lines",
+    "discard_segments",
     "enforce_cap",
     "enforce_cap_locked",
     "is_claimed",
@@ -131,6 +134,7 @@ __all__ = [
     "segment_bytes",
     "segments",
     "split_lines",
+    "sync_state",
     "valid_cursor",
     "write_mode",
     "write_segment",

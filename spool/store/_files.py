@@ -83,10 +83,12 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(directory: Path, name: str, data: bytes) -> None:
+def atomic_write(directory: Path, name: str, data: bytes, durable: bool = True) -> None:
     """Replace ``directory/name`` with ``data``: temp file, fsync, rename, fsync directory.
 
-    Operation is atomic: a reader sees the old file or the new one, never a mix.
+    Operation is atomic: a reader sees the old file or the new one, never a mix. With
+    ``durable=False`` the two fsyncs are left to a later ``sync_file``: the new file
+    survives the death of any process at once, a power loss only once synced.
     """
     tmp = directory / f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
     fd = private_open(tmp, os.O_WRONLY | os.O_EXCL)
@@ -95,7 +97,8 @@ def atomic_write(directory: Path, name: str, data: bytes) -> None:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.rename(tmp, directory / name)
@@ -103,7 +106,18 @@ def atomic_write(directory: Path, name: str, data: bytes) -> None:
         with suppress_os():
             os.unlink(tmp)
         raise
-    _fsync_dir(directory)  # the rename itself is durable only once the directory is
+    if durable:
+        _fsync_dir(directory)  # the rename itself is durable only once the directory is
+
+
+def sync_file(directory: Path, name: str) -> None:
+    """Make a file written with ``atomic_write(durable=False)`` durable, rename included."""
+    fd = os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    _fsync_dir(directory)
 
 
 class suppress_os:  # named like contextlib.suppress, whose module costs an import

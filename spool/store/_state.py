@@ -19,6 +19,7 @@ from spool.store._files import (
     log_warning,
     read_file,
     suppress_os,
+    sync_file,
 )
 from spool.store._reading import pending_files, segments, valid_cursor
 
@@ -98,12 +99,19 @@ def _check_state(state: State) -> None:
         raise ValueError("a field has the wrong type")
 
 
-def save_state(directory: Path, state: State) -> None:
-    """Write ``state.json`` atomically; cursors of segments that are gone are forgotten."""
-    live = set(segments(directory))
-    state.cursors = {k: v for k, v in state.cursors.items() if k in live}
+def save_state(directory: Path, state: State, durable: bool = True) -> None:
+    """Write ``state.json`` atomically; cursors of segments that are gone are forgotten.
+
+    ``durable=False``: see ``atomic_write``; ``sync_state`` finishes the job.
+    """
+    state.cursors = {k: v for k, v in state.cursors.items() if os.path.lexists(directory / k)}
     payload = {"version": 1, **state.__dict__}
-    atomic_write(directory, STATE, json.dumps(payload, sort_keys=True).encode())
+    atomic_write(directory, STATE, json.dumps(payload, sort_keys=True).encode(), durable)
+
+
+def sync_state(directory: Path) -> None:
+    """Make the last ``save_state(durable=False)`` durable."""
+    sync_file(directory, STATE)
 
 
 def remove_segments(directory: Path, state: State, names: list[str]) -> None:
@@ -138,6 +146,13 @@ def save_then_remove(
             remove(path)
     if not saved:
         save_state(directory, state)
+
+
+def discard_segments(directory: Path, names: list[str]) -> None:
+    """Remove consumed segments whose accounting state is durable already."""
+    for name in names:
+        with suppress_os():
+            _discard(directory / name)
 
 
 def _discard(path: Path) -> None:
