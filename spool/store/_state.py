@@ -21,7 +21,7 @@ from spool.store._files import (
     suppress_os,
     sync_file,
 )
-from spool.store._reading import pending_files, segments, valid_cursor
+from spool.store._reading import segments, valid_cursor
 
 
 @dataclass
@@ -198,8 +198,3 @@ def remove_consumed(directory: Path, state: State) -> None:
             done.append(name)
     if done:
         remove_segments(directory, state, done)
-
-
-def pending_bytes(directory: Path, state: State) -> int:
-    """Bytes of pending data, e.g. 1048576."""
-    return sum(pf.size - pf.cursor for pf in pending_files(directory, state))
