@@ -1,14 +1,32 @@
-"""Shared by the tests: read-only views run in this process, and the accounting identity
-of SPEC 5 and 8 (every event delivered, pending, quarantined, dropped, purged or exported)."""
+"""Shared by the tests: the seed's catalogue as the tests read it, every record found in a
+spool, read-only views run in this process, and the accounting identity of SPEC 5 and 8
+(every event delivered, pending, quarantined, dropped, purged or exported)."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
 
 from spool.cli import main as rs_telemetry
+
+# The seed's TrackBody enum and Properties object (seed/readyset-telemetry-doc.txt), restated
+# here on purpose instead of imported from spool.catalogue: the tests check the package
+# against the seed, not against itself.
+SEED_EVENTS = (
+    "adapter_start",
+    "adapter_stop",
+    "server_start",
+    "server_stop",
+    "installer_run",
+    "deployment_started",
+    "deployment_finished",
+    "deployment_torn_down",
+    "installer_finished",
+)
+SEED_PROPERTIES = ("db_backend", "adapter_version", "server_version", "docker_version", "commit_id")
 
 
 def view(*args: str) -> str:
@@ -43,3 +61,19 @@ def accounted(st: dict[str, Any]) -> int:
         + st["removed"]["purged"]
         + st["removed"]["exported"]
     )
+
+
+def records(directory: Path) -> list[dict[str, Any]]:
+    """Every spooled record, whatever file of the spool holds it."""
+    found = []
+    for path in sorted(directory.rglob("*")):
+        if not path.is_file() or path.is_symlink():
+            continue
+        for raw in path.read_bytes().splitlines():
+            try:
+                message = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(message, dict) and message.get("type") == "track":
+                found.append(message)
+    return found

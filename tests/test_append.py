@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from kit import records
 
 import spool
 from spool.cli import main
@@ -44,22 +45,6 @@ def listing(directory: Path) -> dict[str, Any] | None:
         else:
             out[str(path.relative_to(directory))] = ("file", st.st_mode, path.read_bytes())
     return out
-
-
-def records(directory: Path) -> list[dict[str, Any]]:
-    """Every spooled record, whatever file of the spool holds it."""
-    found = []
-    for path in sorted(directory.rglob("*")):
-        if path.is_symlink() or not path.is_file():
-            continue
-        for raw in path.read_bytes().splitlines():
-            try:
-                message = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(message, dict) and message.get("type") == "track":
-                found.append(message)
-    return found
 
 
 def run_py(

@@ -6,29 +6,16 @@ nothing at all reaches the spool directory, whatever the mode or the opt-out var
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import SEED_EVENTS, SEED_PROPERTIES, records
 
 import spool
 
-# The seed's TrackBody enum and Properties object (seed/readyset-telemetry-doc.txt).
-SEED_EVENTS = (
-    "adapter_start",
-    "adapter_stop",
-    "server_start",
-    "server_stop",
-    "installer_run",
-    "deployment_started",
-    "deployment_finished",
-    "deployment_torn_down",
-    "installer_finished",
-)
-SEED_PROPERTIES = ("db_backend", "adapter_version", "server_version", "docker_version", "commit_id")
 ALL_PROPERTIES = {
     "db_backend": "postgres",
     "adapter_version": "1.9.0",
@@ -46,22 +33,6 @@ def listing(directory: Path) -> dict[str, bytes] | None:
         str(path.relative_to(directory)): (b"<dir>" if path.is_dir() else path.read_bytes())
         for path in sorted(directory.rglob("*"))
     }
-
-
-def records(directory: Path) -> list[dict[str, Any]]:
-    """Every spooled record, whatever file of the spool holds it."""
-    found = []
-    for path in sorted(directory.rglob("*")):
-        if not path.is_file() or path.is_symlink():
-            continue
-        for raw in path.read_bytes().splitlines():
-            try:
-                message = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(message, dict) and message.get("type") == "track":
-                found.append(message)
-    return found
 
 
 # --- what is accepted ---------------------------------------------------------------------

@@ -16,20 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import SEED_EVENTS
 
 import spool
 
-SEED_EVENTS = (
-    "adapter_start",
-    "adapter_stop",
-    "server_start",
-    "server_stop",
-    "installer_run",
-    "deployment_started",
-    "deployment_finished",
-    "deployment_torn_down",
-    "installer_finished",
-)
 ALL_PROPERTIES = {
     "db_backend": "mysql",
     "adapter_version": "1.9.0",
