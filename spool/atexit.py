@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from spool import settings, store
+from spool._launch import import_root
 from spool.locking import flush_running
 
 _registered = False
@@ -54,9 +55,11 @@ def start_detached_flush(max_time: float, spool_dir: Path | None) -> bool:
         return False
     if not _has_pending(directory) or flush_running(directory):
         return False
+    # The child imports the code this process runs, from where it was imported: site-packages
+    # or the rs-telemetry.pyz a host runs from, where `-m spool` would find nothing (issue 9).
     code = (
-        "import signal, sys; signal.alarm(int(sys.argv[1])); "
-        "from spool.cli import main; sys.argv[1:2] = []; main()"
+        "import signal, sys; signal.alarm(int(sys.argv[1])); sys.path.insert(0, sys.argv[2]); "
+        "from spool.cli import main; sys.argv[1:3] = []; main()"
     )
     limit = int(max_time) + HARD_LIMIT_MARGIN
     subprocess.Popen(
@@ -65,6 +68,7 @@ def start_detached_flush(max_time: float, spool_dir: Path | None) -> bool:
             "-c",
             code,
             str(limit),
+            import_root(),
             "--spool-dir",
             str(directory),
             "flush",

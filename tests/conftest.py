@@ -9,6 +9,23 @@ from pathlib import Path
 
 import pytest
 from scripted_server import receiver, scripted_server  # noqa: F401 - fixtures
+from tls_server import tls_server  # noqa: F401 - fixture
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under scripts/test, refuse to test anything but the installed wheel (issue 9)."""
+    if os.environ.get("RS_TELEMETRY_TEST_INSTALLED") != "1":
+        return
+    import spool  # checked only here, after pytest has set up sys.path
+
+    root = Path(os.environ["RS_TELEMETRY_TEST_ROOT"]).resolve()
+    where = Path(spool.__file__ or "").resolve()
+    if where.is_relative_to(root / "spool"):
+        raise pytest.UsageError(
+            f"the tests import spool from the source tree ({where}), not the installed wheel; "
+            "run them through scripts/test"
+        )
+
 
 VARIABLES = (
     "RS_SEGMENT_WRITE_KEY",

@@ -10,18 +10,12 @@ import email.utils
 import gzip
 import json
 import os
-import shutil
 import signal
-import socket
-import socketserver
-import ssl
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +35,7 @@ from scripted_server import (
     Stall,
     closed_port_url,
 )
+from tls_server import TLSServer
 
 import spool
 
@@ -265,95 +260,8 @@ def test_a_redirect_is_not_followed(
     assert_all_kept(before)
 
 
-class _TLSHandler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _TLSServer
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.bodies.append(body)
-        answer = b'{"success":true}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-class _TLSServer(ThreadingHTTPServer):
-    """HTTPS on loopback with a self-signed certificate: what a client must refuse."""
-
-    daemon_threads = True
-
-    def __init__(self, context: ssl.SSLContext) -> None:
-        self.context = context
-        self.bodies: list[bytes] = []
-        super().__init__(("127.0.0.1", 0), _TLSHandler)
-
-    def server_bind(self) -> None:
-        socketserver.TCPServer.server_bind(self)  # no reverse DNS lookup
-        self.server_name, self.server_port = "127.0.0.1", int(self.server_address[1])
-
-    def get_request(self) -> tuple[socket.socket, Any]:
-        sock, address = self.socket.accept()
-        sock.settimeout(5)
-        try:
-            return self.context.wrap_socket(sock, server_side=True), address
-        except OSError:  # the client refused our certificate: what the test expects
-            sock.close()
-            raise
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        pass
-
-
-@pytest.fixture
-def tls_server(tmp_path: Path) -> Iterator[tuple[_TLSServer, Path]]:
-    """A started HTTPS server and the path of its self-signed certificate (PEM)."""
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is needed to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.load_cert_chain(cert, key)
-    server = _TLSServer(context)
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    try:
-        yield server, cert
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
 def test_an_untrusted_certificate_stops_and_keeps_everything(
-    tls_server: tuple[_TLSServer, Path], cli: Cli
+    tls_server: tuple[TLSServer, Path], cli: Cli
 ) -> None:
     server, _cert = tls_server
     fill(3)
@@ -368,7 +276,7 @@ def test_an_untrusted_certificate_stops_and_keeps_everything(
 
 
 def test_requests_ca_bundle_makes_a_certificate_trusted(
-    tls_server: tuple[_TLSServer, Path], cli: Cli
+    tls_server: tuple[TLSServer, Path], cli: Cli
 ) -> None:
     server, cert = tls_server
     fill(3)

@@ -9,7 +9,6 @@ import base64
 import gzip
 import http.client
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -31,8 +30,6 @@ from spool.receiver import (
     parse_listen,
     run,
 )
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def message(n: int = 0, **extra: Any) -> dict[str, Any]:
@@ -346,16 +343,12 @@ def test_run_refuses_a_bad_listen_string() -> None:
 def test_run_serves_until_signalled(tmp_path: Path, signum: int) -> None:
     out = tmp_path / "events.jsonl"
     code = "import sys; from spool.receiver import run; run('127.0.0.1:0', sys.argv[1], 'k', None)"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
-    }
+    # The installed package, as every other test: no PYTHONPATH into the source tree.
     process = subprocess.Popen(
         [sys.executable, "-c", code, str(out)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        env=env,
     )
     try:
         assert process.stdout is not None

@@ -1,0 +1,159 @@
+"""The one-file install for air-gapped hosts (SPEC 1, issue 9): ``dist/rs-telemetry.pyz`` runs
+with ``python3 -S`` (no site-packages can help), appends, shows and flushes over plain http to
+the bundled receiver and over TLS with a private CA, and starts itself again for the exit flush.
+
+scripts/test builds the archive (scripts/build-pyz) and sets RS_TELEMETRY_PYZ; elsewhere these
+tests skip and say how to build it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from tls_server import TLSServer
+
+from spool.receiver import Receiver
+
+PYZ = Path(os.environ.get("RS_TELEMETRY_PYZ", "dist/rs-telemetry.pyz"))
+KEY = "wk-pyz"
+
+pytestmark = pytest.mark.skipif(
+    not PYZ.is_file(), reason=f"{PYZ} is not built: run scripts/build-pyz (scripts/test does)"
+)
+
+
+def _pythons() -> list[str]:
+    """This interpreter, and the oldest supported one (3.10) when this machine has it."""
+    found = [sys.executable]
+    candidates = [
+        shutil.which("python3.10"),
+        *glob.glob("/root/.pyenv/versions/3.10*/bin/python3.10"),
+    ]
+    for candidate in candidates:
+        if candidate and subprocess.run([candidate, "-c", "pass"], check=False).returncode == 0:
+            found.append(candidate)
+            break
+    return found
+
+
+@pytest.fixture(params=_pythons(), ids=lambda path: Path(path).name)
+def python(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def _env(spool_dir: Path, **extra: str) -> dict[str, str]:
+    """The test's environment without anything that could import the package from elsewhere."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTHON")}
+    env.update(RS_TELEMETRY_DIR=str(spool_dir), RS_SEGMENT_WRITE_KEY=KEY, **extra)
+    return env
+
+
+def pyz(
+    python: str, *args: str, spool_dir: Path, cwd: Path, **env: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [python, "-S", str(PYZ.resolve()), *args],
+        capture_output=True,
+        text=True,
+        env=_env(spool_dir, **env),
+        cwd=cwd,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_the_archive_is_pure_python_and_carries_a_ca_bundle() -> None:
+    with zipfile.ZipFile(PYZ) as archive:
+        names = archive.namelist()
+    assert "__main__.py" in names
+    assert "certifi/cacert.pem" in names
+    for package in ("spool", "click", "filelock", "requests", "platformdirs", "urllib3"):
+        assert f"{package}/__init__.py" in names, package
+    assert not [n for n in names if n.endswith((".so", ".pyd"))]
+
+
+def test_append_show_flush_over_http(
+    python: str, spool_dir: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    version = pyz(python, "--version", spool_dir=spool_dir, cwd=tmp_path)
+    assert version.returncode == 0, version.stderr
+    for event in ("installer_run", "server_start"):
+        result = pyz(
+            python, "append", event, "-p", "db_backend=mysql", spool_dir=spool_dir, cwd=tmp_path
+        )
+        assert result.returncode == 0, result.stderr
+    shown = pyz(python, "show", "--json", spool_dir=spool_dir, cwd=tmp_path)
+    assert [json.loads(line)["event"] for line in shown.stdout.splitlines()] == [
+        "installer_run",
+        "server_start",
+    ]
+    flushed = pyz(
+        python, "flush", "--endpoint", receiver.url, "--json", spool_dir=spool_dir, cwd=tmp_path
+    )
+    assert flushed.returncode == 0, flushed.stderr
+    assert json.loads(flushed.stdout)["sent"] == 2
+    assert [e["event"] for e in receiver.events] == ["installer_run", "server_start"]
+
+
+def test_tls_with_a_private_ca_needs_requests_ca_bundle(
+    python: str, spool_dir: Path, tmp_path: Path, tls_server: tuple[TLSServer, Path]
+) -> None:
+    server, cert = tls_server
+    url = f"https://127.0.0.1:{server.server_port}"
+    assert pyz(python, "append", "server_stop", spool_dir=spool_dir, cwd=tmp_path).returncode == 0
+
+    refused = pyz(python, "flush", "--endpoint", url, "--json", spool_dir=spool_dir, cwd=tmp_path)
+    assert refused.returncode == 1, refused.stderr
+    assert server.bodies == [], "data went to a server whose certificate is not trusted"
+
+    trusted = pyz(
+        python,
+        "flush",
+        "--endpoint",
+        url,
+        "--json",
+        spool_dir=spool_dir,
+        cwd=tmp_path,
+        REQUESTS_CA_BUNDLE=str(cert),
+    )
+    assert trusted.returncode == 0, trusted.stderr
+    assert json.loads(trusted.stdout)["sent"] == 1
+    assert len(server.bodies) == 1
+
+
+HOST = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import spool
+assert spool.__file__.startswith(sys.argv[1]), spool.__file__
+assert spool.append("server_start")
+spool.flush_on_exit(max_time=20)
+"""
+
+
+def test_the_exit_flush_of_a_host_running_from_the_archive_starts_the_archive(
+    python: str, spool_dir: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    host = subprocess.run(
+        [python, "-S", "-c", HOST, str(PYZ.resolve())],
+        capture_output=True,
+        text=True,
+        env=_env(spool_dir, RS_SEGMENT_ENDPOINT=receiver.url),
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert host.returncode == 0, host.stderr
+    deadline = time.monotonic() + 30
+    while not receiver.events and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [e["event"] for e in receiver.events] == ["server_start"]
