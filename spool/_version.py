@@ -1,4 +1,4 @@
-"""The package version, e.g. ``0.1.0``; kept in step with pyproject.toml by a test."""
+"""The package version, e.g. ``0.1.0``: the one place it is written (pyproject.toml reads it)."""
 
 from __future__ import annotations
 
