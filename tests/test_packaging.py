@@ -105,3 +105,34 @@ def test_the_sdist_holds_the_sources_the_wheel_is_built_from() -> None:
         names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
     wanted = _tracked("spool") | {"pyproject.toml", "README.md", "LICENSE", "CHANGELOG.md"}
     assert wanted <= names, sorted(wanted - names)
+
+
+@pytest.mark.skipif(not os.environ.get("WHEEL"), reason="WHEEL is set by scripts/test only")
+def test_pipx_installs_a_working_tool(tmp_path: Path) -> None:
+    pipx = Path(sys.executable).with_name("pipx")
+    if not pipx.exists():
+        pytest.skip("pipx is not installed in this environment (the test extras bring it)")
+    env = {
+        **os.environ,
+        "PIPX_HOME": str(tmp_path / "pipx"),
+        "PIPX_BIN_DIR": str(tmp_path / "bin"),
+        "PIPX_MAN_DIR": str(tmp_path / "man"),
+    }
+    installed = subprocess.run(
+        [str(pipx), "install", "--quiet", os.environ["WHEEL"]],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
+    assert installed.returncode == 0, installed.stderr
+    result = subprocess.run(
+        [str(tmp_path / "bin" / "rs-telemetry"), "--version"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert DIST.version in result.stdout
