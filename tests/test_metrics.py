@@ -250,9 +250,7 @@ def test_promtool_accepts_the_output(cli: Cli, scripted_server: ScriptedServer) 
     promtool_check(cli("metrics").stdout)
 
 
-def test_metrics_of_a_refused_spool_directory_exit_1_in_one_line(
-    cli: Cli, spool_dir: Path
-) -> None:
+def test_metrics_of_a_refused_spool_directory_exit_1_in_one_line(cli: Cli, spool_dir: Path) -> None:
     append_many(1)
     spool_dir.chmod(0o777)
     result = cli("metrics")
@@ -366,9 +364,7 @@ def test_stale_temp_files_of_a_killed_writer_are_removed(textfile_dir: Path) -> 
         path.write_text("x")
     os.utime(old, (time.time() - 7200, time.time() - 7200))
     metrics.write_textfile(textfile_dir, "# nothing\n")
-    assert sorted(os.listdir(textfile_dir)) == sorted(
-        [fresh.name, other.name, "rs_telemetry.prom"]
-    )
+    assert sorted(os.listdir(textfile_dir)) == sorted([fresh.name, other.name, "rs_telemetry.prom"])
 
 
 READER = r"""
@@ -536,7 +532,7 @@ def test_a_textfile_that_cannot_be_written_after_the_flush_keeps_its_exit_code(
     )
     assert scripted_server.wait_for(1, timeout=30)
     textfile_dir.rmdir()  # gone while the flush runs
-    out, err = flush.communicate(timeout=60)
+    _out, err = flush.communicate(timeout=60)
     assert flush.returncode == 0, err
     assert "metrics textfile not written" in err
     assert str(textfile_dir) in err
