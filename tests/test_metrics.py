@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
@@ -537,3 +539,83 @@ def test_a_textfile_that_cannot_be_written_after_the_flush_keeps_its_exit_code(
     assert "metrics textfile not written" in err
     assert str(textfile_dir) in err
     assert "Traceback" not in err
+
+
+# --- help, the sample alerts, node_exporter -----------------------------------------------
+
+
+def test_help_shows_an_example_and_flush_documents_the_option(cli: Cli) -> None:
+    result = cli("metrics", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Example" in result.stdout
+    assert "rs-telemetry metrics --textfile" in result.stdout
+    assert "--metrics-textfile DIR" in cli("flush", "--help").stdout
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_the_sample_alerts_are_valid_and_fire_as_documented() -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    for args in (
+        ["check", "rules", str(REPO / "docs" / "metrics-alerts.yml")],
+        ["test", "rules", str(REPO / "tests" / "metrics_alerts_test.yml")],
+    ):
+        result = subprocess.run(
+            [promtool, *args], capture_output=True, text=True, timeout=60, check=False
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_node_exporter_serves_the_textfile(cli: Cli, spool_dir: Path, textfile_dir: Path) -> None:
+    exporter = shutil.which("prometheus-node-exporter") or shutil.which("node_exporter")
+    if exporter is None:
+        pytest.skip("node_exporter is not installed (Debian package prometheus-node-exporter)")
+    append_many(3)
+    assert cli("metrics", "--textfile", str(textfile_dir)).returncode == 0
+    port = _free_port()
+    process = subprocess.Popen(
+        [
+            exporter,
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--collector.disable-defaults",
+            "--collector.textfile",
+            f"--collector.textfile.directory={textfile_dir}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                    served = r.read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+    finally:
+        process.terminate()
+        process.wait(10)
+    found = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(served)
+        for s in family.samples
+    }
+    assert found[("node_textfile_scrape_error", ())] == 0
+    ours = {
+        (name, tuple(sorted((k, v) for k, v in labels if k != "spool_dir"))): value
+        for (name, labels), value in found.items()
+        if name.startswith("rs_telemetry_")
+    }
+    assert ours == expected_from_status(status(cli))
