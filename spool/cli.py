@@ -7,6 +7,7 @@ to stdout; narration and errors go to stderr.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -328,6 +329,15 @@ PROGRESS_THRESHOLD = 10_000
 @click.option("--no-gzip", is_flag=True, help="Send bodies uncompressed.")
 @click.option("--force", is_flag=True, help="Send even before the server's retry deadline.")
 @click.option("--quiet", is_flag=True, help="No summary line (errors still go to stderr).")
+@click.option(
+    "--metrics-textfile",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    expose_value=False,
+    callback=lambda ctx, _param, value: _metrics_after(ctx, value),
+    help="After the run, whatever its exit code, write DIR/rs_telemetry.prom for "
+    "node_exporter's textfile collector (see metrics --help).",
+)
 @click.pass_context
 def flush(
     ctx: click.Context,
@@ -398,6 +408,84 @@ def flush(
             summary = f"{report.message}. {summary}" if partial else report.message
         _say(("error: " if failed else "") + summary)
     sys.exit(report.exit_code)
+
+
+# --- metrics ----------------------------------------------------------------------------
+
+
+def _textfile_dir(value: Path | None) -> Path | None:
+    from spool import metrics as exposition  # noqa: PLC0415
+
+    # Checked while the options are parsed: a flush with a wrong DIR sends nothing.
+    return None if value is None else exposition.check_dir(value)
+
+
+def _metrics_after(ctx: click.Context, value: Path | None) -> None:
+    """``flush --metrics-textfile``: write the textfile when the command ends, however it ends.
+
+    A close callback of the command's context runs after its body, also when the body
+    exits (sys.exit with 75) or raises (no write key), so the file shows every outcome.
+    """
+    directory = _textfile_dir(value)
+    if directory is None:
+        return
+
+    def write() -> None:
+        from spool import metrics as exposition  # noqa: PLC0415
+
+        try:
+            exposition.write_textfile(directory, exposition.collect(_directory(ctx)))
+        except TelemetryError as exc:
+            # The flush has run and its exit code stands; the stale file's old
+            # last_flush timestamp is what an alert sees.
+            _say(f"error: metrics textfile not written: {exc}")
+
+    ctx.call_on_close(write)
+
+
+def _write_stdout(text: str) -> None:
+    """Write data to stdout; a reader that has gone (``| head -1``) ends it quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Point stdout at /dev/null so that the interpreter's last flush has nowhere to fail.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
+@main.command()
+@click.option(
+    "--textfile",
+    "textfile_dir",
+    type=click.Path(path_type=Path),
+    metavar="DIR",
+    callback=lambda _ctx, _param, value: _textfile_dir(value),
+    help="Write DIR/rs_telemetry.prom atomically (node_exporter's textfile collector) "
+    "instead of printing.",
+)
+@click.pass_context
+def metrics(ctx: click.Context, textfile_dir: Path | None) -> None:
+    """Print the status figures in the Prometheus text format (version 0.0.4).
+
+    Every sample carries a spool_dir label. With --textfile, the file is replaced by
+    a rename (node_exporter never reads half of it), mode 0644, and nothing is printed.
+    "flush --metrics-textfile DIR" refreshes the same file after each flush.
+
+    \b
+    Examples:
+      rs-telemetry metrics
+      rs-telemetry metrics --textfile /var/lib/prometheus/node-exporter
+      rs-telemetry flush --quiet --metrics-textfile /var/lib/prometheus/node-exporter
+    """
+    from spool import metrics as exposition  # noqa: PLC0415
+
+    text = exposition.collect(_directory(ctx))
+    if textfile_dir is None:
+        _write_stdout(text)
+    else:
+        exposition.write_textfile(textfile_dir, text)
 
 
 # --- modes ------------------------------------------------------------------------------
