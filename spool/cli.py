@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 
 import click
 
-from spool import audit, exitcodes, settings, store
+from spool import audit, catalogue, exitcodes, settings, store
 from spool._version import __version__
 from spool.errors import InvalidEvent, TelemetryError
 from spool.locking import Busy, flush_lock
@@ -114,8 +114,60 @@ def _parse_properties(pairs: tuple[str, ...]) -> dict[str, str]:
     return properties
 
 
-@main.command()
-@click.argument("event")
+def _complete_event(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """Shell completion of event names (``_RS_TELEMETRY_COMPLETE=bash_source``)."""
+    return [
+        click.shell_completion.CompletionItem(name)
+        for name in sorted(catalogue.EVENTS)
+        if name.startswith(incomplete)
+    ]
+
+
+def _complete_property(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """Shell completion of ``KEY=`` and, after a key with an enum, of ``KEY=VALUE``."""
+    key, sep, _value = incomplete.partition("=")
+    if sep:
+        allowed = catalogue.PROPERTIES.get(key) or ()
+        candidates = [f"{key}={value}" for value in sorted(allowed)]
+    else:
+        candidates = [f"{name}=" for name in catalogue.PROPERTIES]
+    return [
+        click.shell_completion.CompletionItem(text, type="plain")
+        for text in candidates
+        if text.startswith(incomplete)
+    ]
+
+
+def _catalogue_help() -> str:
+    """The catalogue as an epilog, e.g. ``Events: adapter_start, ...``; from spool.catalogue."""
+    import textwrap  # noqa: PLC0415 - only to build this help text
+
+    props = ", ".join(
+        f"{key} ({'|'.join(sorted(allowed))})" if allowed else key
+        for key, allowed in catalogue.PROPERTIES.items()
+    )
+    lines = [
+        *textwrap.wrap(
+            f"Events ({len(catalogue.EVENTS)}): {', '.join(sorted(catalogue.EVENTS))}",
+            76,
+            subsequent_indent="  ",
+        ),
+        *textwrap.wrap(
+            f"Properties ({len(catalogue.PROPERTIES)}, optional strings): {props}",
+            76,
+            subsequent_indent="  ",
+        ),
+        "See: rs-telemetry events (or events --json).",
+    ]
+    return "\b\n" + "\n".join(lines)
+
+
+@main.command(epilog=_catalogue_help())
+@click.argument("event", shell_complete=_complete_event)
 @click.option(
     "-p",
     "--property",
@@ -123,6 +175,7 @@ def _parse_properties(pairs: tuple[str, ...]) -> dict[str, str]:
     multiple=True,
     metavar="KEY=VALUE",
     help="An event property; repeat for several.",
+    shell_complete=_complete_property,
 )
 @click.pass_context
 def append(ctx: click.Context, event: str, pairs: tuple[str, ...]) -> None:
@@ -163,7 +216,13 @@ def _human_record(message: dict[str, Any]) -> str:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--event", "event_name", metavar="NAME", help="Only events with this name.")
+@click.option(
+    "--event",
+    "event_name",
+    metavar="NAME",
+    help="Only events with this name.",
+    shell_complete=_complete_event,
+)
 @click.option("--limit", type=click.IntRange(min=0), metavar="N", help="Only the oldest N.")
 @click.option("--quarantine", is_flag=True, help="Show quarantined entries instead.")
 @click.pass_context
@@ -273,6 +332,30 @@ def status(ctx: click.Context, as_json: bool) -> None:
     lines.append(f"write key from:  {data['write_key_source']}")
     for line in lines:
         click.echo(escape(line))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="The catalogue as one JSON object (version 1).")
+def events(as_json: bool) -> None:
+    """List every event and property that append accepts, with the allowed values.
+
+    Properties are optional strings; one with an enum accepts only those values.
+
+    \b
+    Examples:
+      rs-telemetry events
+      rs-telemetry events --json | jq -r '.events[]'
+    """
+    described = catalogue.describe()
+    if as_json:
+        click.echo(json.dumps(described))
+        return
+    click.echo("events:")
+    for name in described["events"]:
+        click.echo(f"  {name}")
+    click.echo("properties (optional strings):")
+    for key, spec in described["properties"].items():
+        click.echo(f"  {key:<16} " + ("|".join(spec["enum"]) if "enum" in spec else "any string"))
 
 
 # --- flush ------------------------------------------------------------------------------
