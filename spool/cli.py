@@ -7,6 +7,7 @@ to stdout; narration and errors go to stderr.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -48,12 +49,55 @@ def _fail(error: TelemetryError) -> NoReturn:
     sys.exit(error.exit_code)
 
 
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as a shell reports a process that SIGINT ended."""
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of it cannot fail again.
+
+    The recipe of Python's signal documentation (note on SIGPIPE): the unwritten rest of the
+    buffer would otherwise raise at exit and print "Exception ignored ... BrokenPipeError".
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real descriptor (CliRunner): nothing will flush into a closed pipe
+
+
+def _reader_left() -> NoReturn:
+    # The reader has what it wanted. Exit 0, not 141 (SIGPIPE's status): a script under
+    # `set -o pipefail` must not fail because `head` stopped reading.
+    _quiet_stdout()
+    sys.exit(exitcodes.OK)
+
+
 class _Group(click.Group):
-    """Turns typed errors into one line on stderr and their exit code."""
+    """Turns typed errors into one line on stderr and their exit code.
+
+    Also where the conventions of a Unix tool are kept for every command: a reader that
+    closed our stdout (``show | head -1``) ends the command quietly with exit 0, and Ctrl-C
+    exits 130 with one short line instead of click's "Aborted!" and exit 1.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except BrokenPipeError:  # --help or --version into a closed pipe
+            _reader_left()
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            _reader_left()
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            # Abort is how click.confirm reports Ctrl-C (or Ctrl-D) at a prompt. The leading
+            # newline closes the terminal's "^C" echo.
+            click.echo(("\n" if sys.stderr.isatty() else "") + "rs-telemetry: interrupted", err=True)
+            sys.exit(INTERRUPTED)
         except TelemetryError as exc:
             _fail(exc)
         except OSError as exc:
@@ -575,7 +619,9 @@ def purge(ctx: click.Context, quarantine: bool, yes: bool) -> None:
     if not yes:
         if not sys.stdin.isatty():
             raise click.UsageError(f"refusing to delete {what} without --yes")
-        click.confirm(f"Delete all {what}?", abort=True, err=True)
+        if not click.confirm(f"Delete all {what}?", err=True):
+            _say(f"nothing deleted: {what} kept")
+            sys.exit(exitcodes.FAILURE)
     _purge(_directory(ctx), quarantine)
 
 
