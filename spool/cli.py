@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -67,6 +68,50 @@ def _quiet_stdout() -> None:
         pass  # not a real descriptor (CliRunner): nothing will flush into a closed pipe
 
 
+_ARGV = "rs_telemetry.argv"
+_GLOBAL_VALUE_OPTIONS = ("--spool-dir",)
+"""The group's options that take a value; ``--version`` and ``--help`` take none."""
+
+
+def _misplaced_global(exc: click.NoSuchOption, root: click.Context) -> str | None:
+    """The fix for a global option given after the command, e.g. ``status --spool-dir X``."""
+    name = exc.option_name
+    prog = root.command_path  # rs-telemetry, or python -m spool
+    if name == "--version":
+        return f"--version is a global option: put it before the command: {prog} --version"
+    if name not in _GLOBAL_VALUE_OPTIONS:
+        return None
+    moved: list[str] = []
+    rest: list[str] = []
+    args = iter(root.meta.get(_ARGV, []))
+    for arg in args:
+        if arg == name:
+            moved += [arg, next(args, "DIR")]
+        elif arg.startswith(name + "="):
+            moved.append(arg)
+        else:
+            rest.append(arg)
+    return (
+        f"{name} is a global option: put it before the command: {prog} {shlex.join(moved + rest)}"
+    )
+
+
+def _usage_error(exc: click.UsageError, root: click.Context) -> NoReturn:
+    """One line instead of click's four: what is wrong, and where the help is."""
+    where = exc.ctx or root
+    path = where.command_path
+    if exc.ctx is None and root.invoked_subcommand:  # raised while parsing the command's options
+        path = f"{root.command_path} {root.invoked_subcommand}"
+    message = exc.format_message()
+    fix = None
+    if isinstance(exc, click.NoSuchOption) and where is not root:
+        fix = _misplaced_global(exc, root)
+    # click's own text names the thing; the fix is where the help is, or the moved option.
+    message = fix or message.rstrip(".") + f" (see: {path} --help)"
+    click.echo(f"rs-telemetry: error: {escape(message)}", err=True)
+    sys.exit(exc.exit_code)
+
+
 def _reader_left() -> NoReturn:
     # The reader has what it wanted. Exit 0, not 141 (SIGPIPE's status): a script under
     # `set -o pipefail` must not fail because `head` stopped reading.
@@ -83,20 +128,30 @@ class _Group(click.Group):
     """
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGV] = list(args)  # to say where a misplaced global option belongs
         try:
             return super().parse_args(ctx, args)
         except BrokenPipeError:  # --help or --version into a closed pipe
             _reader_left()
+        except click.UsageError as exc:
+            _usage_error(exc, ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except BrokenPipeError:
             _reader_left()
+        except click.UsageError as exc:
+            _usage_error(exc, ctx)
+        except click.ClickException as exc:  # e.g. click.FileError: one line, our prefix
+            click.echo(f"rs-telemetry: error: {escape(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
         except (KeyboardInterrupt, click.exceptions.Abort):
             # Abort is how click.confirm reports Ctrl-C (or Ctrl-D) at a prompt. The leading
             # newline closes the terminal's "^C" echo.
-            click.echo(("\n" if sys.stderr.isatty() else "") + "rs-telemetry: interrupted", err=True)
+            click.echo(
+                ("\n" if sys.stderr.isatty() else "") + "rs-telemetry: interrupted", err=True
+            )
             sys.exit(INTERRUPTED)
         except TelemetryError as exc:
             _fail(exc)
@@ -121,7 +176,11 @@ def _directory(ctx: click.Context) -> Path:
     return settings.spool_dir(ctx.obj)
 
 
-@click.group(cls=_Group, epilog=EXIT_CODES_HELP)
+@click.group(
+    cls=_Group,
+    epilog=EXIT_CODES_HELP,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
+)
 @click.option(
     "--spool-dir",
     type=click.Path(path_type=Path),  # checked by the store, which says what is wrong and the fix
@@ -379,7 +438,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
-@click.option("--json", "as_json", is_flag=True, help="The catalogue as one JSON object (version 1).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="The catalogue as one JSON object (version 1)."
+)
 def events(as_json: bool) -> None:
     """List every event and property that append accepts, with the allowed values.
 
@@ -628,6 +689,22 @@ def purge(ctx: click.Context, quarantine: bool, yes: bool) -> None:
 # --- export / import --------------------------------------------------------------------
 
 
+def _check_export_path(file: Path) -> None:
+    """Refuse, before anything is read, a FILE that cannot be written where it is named."""
+    if file.is_dir():  # "" is "." too
+        raise click.BadParameter(
+            f"{file} is a directory: name a file in it, e.g. {file / 'telemetry.rsbundle'}",
+            param_hint="FILE",
+        )
+    parent = file.parent
+    if not parent.is_dir():
+        raise click.BadParameter(
+            f"the directory {parent} does not exist: create it "
+            f"(mkdir -p {shlex.quote(str(parent))}) or choose another path",
+            param_hint="FILE",
+        )
+
+
 @main.command("export")
 @click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--keep", is_flag=True, help="Keep the exported events in the spool.")
@@ -643,7 +720,16 @@ def export_cmd(ctx: click.Context, file: Path, keep: bool) -> None:
     """
     from spool import bundle  # noqa: PLC0415
 
-    result = bundle.export(_directory(ctx), file, keep=keep)
+    _check_export_path(file)
+    try:
+        result = bundle.export(_directory(ctx), file, keep=keep)
+    except OSError as exc:
+        if not exc.filename or Path(exc.filename).parent != file.parent:
+            raise
+        # The bundle is written beside FILE first: name FILE, not that temporary file.
+        raise TelemetryError(
+            f"cannot write {file}: {exc.strerror or exc}; nothing was removed: choose another path"
+        ) from exc
     _say(f"exported {result.count} event(s) to {file}" + (" (kept in the spool)" if keep else ""))
 
 
@@ -659,6 +745,11 @@ def import_cmd(ctx: click.Context, file: Path) -> None:
     """
     from spool import bundle  # noqa: PLC0415
 
+    if not file.is_file():  # /dev/null, a FIFO: click's exists=True lets them through
+        raise click.BadParameter(
+            f"{file} is not a regular file: give a bundle written by rs-telemetry export",
+            param_hint="FILE",
+        )
     result = bundle.import_(_directory(ctx), file)
     if result.already:
         _say(f"{file} was imported before: nothing added")

@@ -83,7 +83,8 @@ def test_show_into_head_prints_the_first_record_and_exits_0(spool_dir: Path) -> 
     show = subprocess.Popen(
         [sys.executable, "-m", "spool", "show"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    assert show.stdout is not None and show.stderr is not None
+    assert show.stdout is not None
+    assert show.stderr is not None
     first = show.stdout.readline()
     show.stdout.close()  # what `head -1` does after its line
     code = show.wait(timeout=60)

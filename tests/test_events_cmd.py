@@ -136,7 +136,12 @@ def complete(words: str, cword: int) -> list[str]:
     }
     code = "import sys; from spool.cli import main; sys.argv[0] = 'rs-telemetry'; main()"
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
     assert out.returncode == 0, out.stderr
     return [line.split(",", 1)[1] for line in out.stdout.splitlines()]
@@ -160,7 +165,12 @@ def test_completion_script_is_offered() -> None:
     env = {**os.environ, "_RS_TELEMETRY_COMPLETE": "bash_source"}
     code = "import sys; from spool.cli import main; sys.argv[0] = 'rs-telemetry'; main()"
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
     assert out.returncode == 0
     assert "_rs_telemetry_completion" in out.stdout
