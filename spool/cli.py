@@ -6,9 +6,11 @@ to stdout; narration and errors go to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -149,6 +151,8 @@ class _Group(click.Group):
         except (KeyboardInterrupt, click.exceptions.Abort):
             # Abort is how click.confirm reports Ctrl-C (or Ctrl-D) at a prompt. The leading
             # newline closes the terminal's "^C" echo.
+            with contextlib.suppress(ValueError):  # ValueError: not the main thread
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback
             click.echo(
                 ("\n" if sys.stderr.isatty() else "") + "rs-telemetry: interrupted", err=True
             )
@@ -346,10 +350,12 @@ def show(
     directory = _directory(ctx)
     shown = 0
     if quarantine:
+        others = 0
         for entry in audit.quarantined(directory):
             if limit is not None and shown >= limit:
                 break
             if event_name is not None and entry.get("event") != event_name:
+                others += 1
                 continue
             shown += 1
             if as_json:
@@ -363,17 +369,27 @@ def show(
                         f"status={info.get('status')}  {what}"
                     )
                 )
-        if not as_json and not shown:
-            _say("the quarantine is empty")
+        if not as_json and not shown and limit != 0:
+            if event_name is not None and others:
+                _say(f"no quarantined {event_name} events ({others} other entries quarantined)")
+            else:
+                _say("the quarantine is empty")
         return
-    unreadable = 0
+    # On a terminal, the whole spool is counted, so that a long listing ends with how much
+    # there is and how to narrow it; into a pipe, --limit stops reading early as before.
+    on_terminal = not as_json and _stdout_is_terminal()
+    unreadable = matched = others = 0
     for item in audit.pending(directory):
         if item.message is None:
             unreadable += 1
             continue
         if event_name is not None and item.message.get("event") != event_name:
+            others += 1
             continue
+        matched += 1
         if limit is not None and shown >= limit:
+            if on_terminal:
+                continue
             break
         shown += 1
         if as_json:
@@ -382,8 +398,40 @@ def show(
             click.echo(_human_record(item.message))
     if unreadable:
         _say(f"{unreadable} unreadable line(s) will be quarantined by the next flush")
+    if on_terminal and shown > SCREENFUL:
+        of = f" of {matched}" if matched > shown else ""
+        _say(
+            f"{shown}{of} pending {event_name + ' ' if event_name else ''}events shown, oldest "
+            "first; narrow with --event NAME or --limit N (rs-telemetry status for totals)"
+        )
     if not as_json and not shown:
-        _say("nothing pending")
+        if event_name is not None and others:
+            _say(f"no pending {event_name} events ({others} other events pending)")
+        elif not (limit == 0 and matched):
+            _say("nothing pending")
+
+
+SCREENFUL = 50
+"""Past this many lines on a terminal, ``show`` ends with a count and how to narrow it."""
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # CliRunner's stdout has no descriptor
+        return sys.stdout.isatty()
+
+
+def _size(count: int) -> str:
+    """Bytes in human units, e.g. ``1536`` -> ``"1.5 KiB"``, ``900`` -> ``"900 bytes"``."""
+    if count < 1024:
+        return f"{count} bytes"
+    value = float(count)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 @main.command()
@@ -406,11 +454,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
     pending = data["pending"]
     lines = [
         f"mode:            {data['mode']}"
-        + (
-            f" (off in this process: {data['opted_out_by']} is set)" if data["opted_out_by"] else ""
-        ),
+        + (f" (but {_opted_out(data['opted_out_by'])})" if data["opted_out_by"] else ""),
         f"spool dir:       {data['spool_dir']}",
-        f"pending:         {pending['events']} events, {pending['bytes']} bytes"
+        f"pending:         {pending['events']} events, {_size(pending['bytes'])}"
         + (f", oldest {pending['oldest']}" if pending["oldest"] else ""),
         f"delivered:       {data['delivered']['events']}",
         f"quarantined:     {data['quarantined']['events']}",
@@ -429,6 +475,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
             else "never"
         )
     )
+    last_endpoint = audit.last_flush_endpoint(directory) if last else None
+    if last_endpoint:
+        lines.append(f"  to:            {last_endpoint}")
     if data["retry_not_before"]:
         lines.append(f"retry not before: {data['retry_not_before']} (the server asked)")
     lines.append(f"endpoint:        {data['endpoint']}")
@@ -591,6 +640,11 @@ def flush(
 # --- modes ------------------------------------------------------------------------------
 
 
+def _opted_out(variable: str) -> str:
+    """E.g. ``"DO_NOT_TRACK=1 keeps this process off"`` (the value as set, escaped later)."""
+    return f"{variable}={os.environ.get(variable, '')} keeps this process off"
+
+
 def _set_mode(ctx: click.Context, mode: str) -> None:
     directory = _directory(ctx)
     store.check_dir(directory, create=True)
@@ -598,7 +652,7 @@ def _set_mode(ctx: click.Context, mode: str) -> None:
     _say(f"mode set to {mode}")
     opted = settings.opted_out_by()
     if opted and mode != "off":
-        _say(f"note: {opted} is set in this environment, which keeps this process off")
+        _say(f"note: {_opted_out(opted)}: it collects and sends nothing")
 
 
 @main.command()
@@ -620,7 +674,8 @@ def mode(ctx: click.Context, new_mode: str | None) -> None:
     click.echo(current)
     opted = settings.opted_out_by()
     if opted:
-        _say(f"{opted} is set: this process collects and sends nothing")
+        # stdout stays the stored mode alone, for scripts; the override is narration.
+        _say(f"{current} (but {_opted_out(opted)}: it collects and sends nothing)")
 
 
 @main.command()

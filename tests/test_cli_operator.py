@@ -6,6 +6,7 @@ has gone, or waits at a prompt on a pseudo-terminal until it gets SIGINT.
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -14,11 +15,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kit import status
 
 import spool
+from spool.cli import _size
 
 
 def fill(count: int, event: str = "server_start") -> None:
@@ -144,8 +147,18 @@ def rest(controller: int) -> str:
 def test_ctrl_c_at_the_purge_prompt_exits_130_without_aborted(spool_dir: Path) -> None:
     fill(2)
     child, controller, pid = at_prompt("purge")
-    os.kill(pid, signal.SIGINT)
-    code = child.wait(timeout=30)
+    # A signal that lands between the prompt's write and its read() stays pending until the
+    # read returns (CPython checks signals between bytecodes): press Ctrl-C again, as a
+    # person would, until the process reacts.
+    code = None
+    for _ in range(10):
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGINT)
+        try:
+            code = child.wait(timeout=3)
+            break
+        except subprocess.TimeoutExpired:
+            continue
     output = rest(controller)
     assert code == 130, output
     assert "Aborted" not in output
@@ -164,3 +177,157 @@ def test_answering_no_at_the_purge_prompt_keeps_everything(spool_dir: Path) -> N
     assert "nothing deleted" in output
     assert "Aborted" not in output
     assert status()["pending"]["events"] == 2
+
+
+# --- long views on a terminal -------------------------------------------------------------
+
+
+def show_on_terminal(*args: str) -> tuple[str, str, int]:
+    """``show`` with stdout on a pseudo-terminal (as an operator runs it), stderr a pipe."""
+    controller, terminal = pty.openpty()
+    child = subprocess.Popen(
+        [sys.executable, "-m", "spool", "show", *args],
+        stdout=terminal,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(terminal)
+    out = rest(controller)
+    assert child.stderr is not None
+    err = child.stderr.read().decode()
+    child.stderr.close()
+    return out, err, child.wait(timeout=60)
+
+
+def test_show_on_a_terminal_ends_a_long_listing_with_a_count_and_a_hint(spool_dir: Path) -> None:
+    fill(60)
+    out, err, code = show_on_terminal()
+    assert code == 0
+    assert out.count("server_start") == 60
+    [line] = err.splitlines()
+    assert "60 pending events shown" in line
+    assert "--event" in line
+    assert "--limit" in line
+
+
+def test_show_on_a_terminal_counts_what_a_limit_left_out(spool_dir: Path) -> None:
+    fill(70)
+    out, err, code = show_on_terminal("--limit", "55")
+    assert code == 0
+    assert out.count("server_start") == 55
+    assert "55 of 70 pending events shown" in err
+
+
+def test_a_short_listing_or_a_pipe_gets_no_count_line(spool_dir: Path, cli: Any) -> None:
+    fill(60)
+    piped = cli("show")
+    assert piped.returncode == 0
+    assert piped.stdout.count("server_start") == 60
+    assert piped.stderr == "", "a pipe gets data only"
+    _out, err, _code = show_on_terminal("--limit", "10")
+    assert err == ""
+
+
+def test_a_filter_that_matched_nothing_says_what_is_pending(spool_dir: Path, cli: Any) -> None:
+    fill(3)
+    result = cli("show", "--event", "server_stop")
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert (
+        result.stderr.strip()
+        == "rs-telemetry: no pending server_stop events (3 other events pending)"
+    )
+    assert "nothing pending" not in result.stderr
+
+
+def test_nothing_pending_is_said_only_when_nothing_is(spool_dir: Path, cli: Any) -> None:
+    assert cli("show", "--event", "server_stop").stderr.strip() == "rs-telemetry: nothing pending"
+    assert cli("show").stderr.strip() == "rs-telemetry: nothing pending"
+
+
+def test_quarantine_filter_that_matched_nothing_says_what_is_there(
+    spool_dir: Path, cli: Any
+) -> None:
+    fill(1)
+    entry = (
+        b'{"type":"track","event":"server_start",'
+        b'"_quarantine":{"reason":"r","at":null,"status":400}}\n'
+    )
+    fd = os.open(spool_dir / "quarantine.jsonl", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, entry)
+    os.close(fd)
+    result = cli("show", "--quarantine", "--event", "adapter_stop")
+    assert result.returncode == 0
+    assert "no quarantined adapter_stop events (1 other entries quarantined)" in result.stderr
+
+
+# --- status and mode, human view ----------------------------------------------------------
+
+
+def test_status_shows_sizes_in_human_units_and_json_keeps_bytes(spool_dir: Path, cli: Any) -> None:
+    fill(20)
+    data = status()
+    assert isinstance(data["pending"]["bytes"], int)
+    assert data["pending"]["bytes"] > 1024
+    human = cli("status").stdout
+    [pending] = [line for line in human.splitlines() if line.startswith("pending:")]
+    assert "KiB" in pending
+    assert str(data["pending"]["bytes"]) not in pending
+
+
+@pytest.mark.parametrize(
+    ("count", "text"),
+    [
+        (0, "0 bytes"),
+        (900, "900 bytes"),
+        (1536, "1.5 KiB"),
+        (5 * 2**20, "5.0 MiB"),
+        (3 * 2**30, "3.0 GiB"),
+    ],
+)
+def test_size_units(count: int, text: str) -> None:
+    assert _size(count) == text
+
+
+def test_status_names_the_endpoint_the_last_flush_used(
+    spool_dir: Path, cli: Any, scripted_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(2)
+    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", "wk-test")
+    report = spool.flush(endpoint=scripted_server.url, max_time=10)
+    assert report.exit_code == 0
+    human = cli("status").stdout
+    assert scripted_server.url in human
+    # The human endpoint line (the configured one) is the default: the flush's differs.
+    assert "https://api.segment.io" in human
+    data = status()
+    assert set(data["last_flush"]) == {"at", "exit_code", "sent", "quarantined", "left_pending"}
+    assert data["last_flush"]["sent"] == 2
+
+
+def test_status_reads_a_last_flush_recorded_without_an_endpoint(
+    spool_dir: Path, cli: Any, scripted_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(4)
+    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", "wk-test")
+    assert spool.flush(endpoint=scripted_server.url, max_time=10).exit_code == 0
+    state_file = spool_dir / "state.json"
+    state = json.loads(state_file.read_text())
+    del state["last_flush"]["endpoint"]  # what 0.1.0 wrote
+    state_file.write_text(json.dumps(state))
+    result = cli("status")
+    assert result.returncode == 0, result.stderr
+    assert "damaged" not in result.stderr
+    assert "sent 4" in result.stdout
+    assert scripted_server.url not in result.stdout
+    assert status()["last_flush"]["sent"] == 4
+
+
+def test_mode_says_when_the_environment_keeps_this_process_off(spool_dir: Path, cli: Any) -> None:
+    result = cli("mode", env={"DO_NOT_TRACK": "1"})
+    assert result.returncode == 0
+    assert result.stdout == "on\n", "stdout stays the stored mode, for scripts"
+    assert "on (but DO_NOT_TRACK=1 keeps this process off" in result.stderr
+    human = cli("status", env={"DO_NOT_TRACK": "1"}).stdout
+    assert "mode:            on (but DO_NOT_TRACK=1 keeps this process off)" in human
+    assert cli("mode").stderr == ""
