@@ -331,3 +331,79 @@ def test_mode_says_when_the_environment_keeps_this_process_off(spool_dir: Path, 
     human = cli("status", env={"DO_NOT_TRACK": "1"}).stdout
     assert "mode:            on (but DO_NOT_TRACK=1 keeps this process off)" in human
     assert cli("mode").stderr == ""
+
+
+# --- docs/json.md documents every key -----------------------------------------------------
+
+JSON_DOC = Path(__file__).resolve().parent.parent / "docs" / "json.md"
+
+
+def documented_fields(heading: str) -> set[str]:
+    """The backticked first-column names of the table under the ``## HEADING`` line."""
+    text = JSON_DOC.read_text()
+    section = text.split(f"## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    fields = set()
+    for line in section.splitlines():
+        if line.startswith("| `"):
+            fields.add(line.split("`")[1])
+    return fields
+
+
+def key_paths(value: dict[str, Any], prefix: str = "") -> set[str]:
+    paths = set()
+    for key, item in value.items():
+        path = prefix + key
+        if isinstance(item, dict) and item and key not in ("by_reason", "properties"):
+            paths |= key_paths(item, path + ".")
+        else:
+            paths.add(path)
+    return paths
+
+
+def test_json_reference_documents_every_key_of_every_output(
+    spool_dir: Path, scripted_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fill(3)
+    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", "wk-test")
+    report = spool.flush(endpoint=scripted_server.url, max_time=10)
+    fill(1)
+    st = status()
+    assert st["last_flush"] is not None
+    assert key_paths(st) <= documented_fields("`status --json` (version 1)")
+    assert key_paths(report.to_json()) <= documented_fields("`flush --json` (version 1)")
+    # SPEC 5 v2's additions to flush --json are documented whether or not this build has them.
+    assert {"message", "dry_run"} <= documented_fields("`flush --json` (version 1)")
+    events = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "spool", "events", "--json"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        ).stdout
+    )
+    assert key_paths(events) <= documented_fields("`events --json` (version 1)")
+    [line] = (
+        subprocess.run(
+            [sys.executable, "-m", "spool", "show", "--json"],
+            capture_output=True,
+            check=True,
+            timeout=60,
+        )
+        .stdout.decode()
+        .splitlines()
+    )
+    record = json.loads(line)
+    record["context"] = {"library": record["context"]["library"]}
+    shown = {
+        p if not p.startswith("context.library") else "context.library" for p in key_paths(record)
+    }
+    assert {p for p in shown if not p.startswith("properties")} <= documented_fields(
+        "`show --json`"
+    )
+    quarantine_fields = documented_fields("`show --quarantine --json`")
+    assert {
+        "_quarantine.reason",
+        "_quarantine.at",
+        "_quarantine.status",
+        "raw",
+    } <= quarantine_fields
