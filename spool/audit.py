@@ -57,6 +57,23 @@ def quarantined(directory: Path) -> Iterator[dict[str, Any]]:
         yield entry
 
 
+LAST_FLUSH_KEYS = ("at", "exit_code", "sent", "quarantined", "left_pending")
+"""``last_flush`` in ``status --json``: exactly SPEC's keys, whatever else the state records."""
+
+
+def last_flush_endpoint(directory: Path) -> str | None:
+    """The endpoint the last flush used, e.g. ``"https://api.segment.io"``; None if unknown.
+
+    Flushes record it in ``state.json``'s ``last_flush`` (those of 0.1.0 did not); it
+    stays out of ``status --json``, whose shape is a stable contract.
+    """
+    if not store.check_dir(directory, create=False):
+        return None
+    last = store.load_state(directory).last_flush
+    endpoint = last.get("endpoint") if last else None
+    return endpoint if isinstance(endpoint, str) else None
+
+
 def status(directory: Path) -> dict[str, Any]:
     """The stable ``status --json`` object (``version`` 1)."""
     exists = store.check_dir(directory, create=False)
@@ -92,7 +109,11 @@ def status(directory: Path) -> dict[str, Any]:
         "quarantined": {"events": quarantine},
         "dropped": {"events": sum(state.dropped.values()), "by_reason": dict(state.dropped)},
         "removed": {"purged": state.purged, "exported": state.exported},
-        "last_flush": state.last_flush,
+        "last_flush": (
+            {key: state.last_flush.get(key) for key in LAST_FLUSH_KEYS}
+            if state.last_flush is not None
+            else None
+        ),
         "retry_not_before": record.iso_timestamp(retry) if retry and retry > time.time() else None,
         "endpoint": settings.endpoint(),
         "write_key_source": key_source,

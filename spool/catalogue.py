@@ -5,7 +5,7 @@ Adding an event or a property is a one-line change to ``EVENTS`` or ``PROPERTIES
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from spool.errors import InvalidEvent
@@ -35,13 +35,45 @@ PROPERTIES: Mapping[str, frozenset[str] | None] = {
 """Property key -> allowed values (``None``: any string), e.g. ``db_backend`` -> mysql|postgres."""
 
 
+def describe() -> dict[str, Any]:
+    """The ``events --json`` object (version 1), e.g. ``{"version": 1, "events": [...], ...}``.
+
+    ``properties`` maps each key to ``{"enum": [...]}`` when its values are fixed, else ``{}``.
+    """
+    return {
+        "version": 1,
+        "events": sorted(EVENTS),
+        "properties": {
+            key: ({"enum": sorted(allowed)} if allowed is not None else {})
+            for key, allowed in PROPERTIES.items()
+        },
+    }
+
+
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """A hint for a near miss, e.g. ``"server_strat"`` -> ``"; did you mean 'server_start'?"``.
+
+    Empty when nothing is close. Only ever called on the way to raising, so difflib is not
+    imported by ``spool.append``'s path.
+    """
+    if not isinstance(word, str):
+        return ""
+    import difflib  # noqa: PLC0415 - see above
+
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
 def validate(event: object, properties: Mapping[Any, Any] | None) -> dict[str, str]:
     """Check one event against the catalogue; return its properties as a plain dict.
 
     Raises ``InvalidEvent`` with a one-line reason, e.g. ``unknown event 'server_restart'``.
     """
     if not isinstance(event, str) or event not in EVENTS:
-        raise InvalidEvent(f"unknown event {event!r} (known: {', '.join(sorted(EVENTS))})")
+        raise InvalidEvent(
+            f"unknown event {event!r}{did_you_mean(event, EVENTS)} "
+            f"(known: {', '.join(sorted(EVENTS))})"
+        )
     if properties is None:
         return {}
     if not isinstance(properties, Mapping):
@@ -49,13 +81,17 @@ def validate(event: object, properties: Mapping[Any, Any] | None) -> dict[str, s
     clean: dict[str, str] = {}
     for key, value in properties.items():
         if not isinstance(key, str) or key not in PROPERTIES:
-            raise InvalidEvent(f"unknown property {key!r} (known: {', '.join(sorted(PROPERTIES))})")
+            raise InvalidEvent(
+                f"unknown property {key!r}{did_you_mean(key, PROPERTIES)} "
+                f"(known: {', '.join(sorted(PROPERTIES))})"
+            )
         if not isinstance(value, str):
             raise InvalidEvent(f"property {key!r} must be a string, not {type(value).__name__}")
         allowed = PROPERTIES[key]
         if allowed is not None and value not in allowed:
             raise InvalidEvent(
-                f"property {key!r} must be one of {', '.join(sorted(allowed))}, not {value!r}"
+                f"property {key!r} must be one of {', '.join(sorted(allowed))}, "
+                f"not {value!r}{did_you_mean(value, allowed)}"
             )
         clean[key] = value
     return clean

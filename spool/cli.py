@@ -6,15 +6,18 @@ to stdout; narration and errors go to stderr.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from spool import audit, exitcodes, settings, store
+from spool import audit, catalogue, exitcodes, settings, store
 from spool._version import __version__
 from spool.errors import InvalidEvent, TelemetryError
 from spool.locking import Busy, flush_lock
@@ -28,6 +31,7 @@ Exit codes:
   65  flush: something was quarantined in this run and nothing else is left
   75  flush: something is left pending for a later run (network, 5xx, 429,
       time limit, another flush running)
+  130 interrupted (Ctrl-C)
 """
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
@@ -49,12 +53,111 @@ def _fail(error: TelemetryError) -> NoReturn:
     sys.exit(error.exit_code)
 
 
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as a shell reports a process that SIGINT ended."""
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of it cannot fail again.
+
+    The recipe of Python's signal documentation (note on SIGPIPE): the unwritten rest of the
+    buffer would otherwise raise at exit and print "Exception ignored ... BrokenPipeError".
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real descriptor (CliRunner): nothing will flush into a closed pipe
+
+
+_ARGV = "rs_telemetry.argv"
+_GLOBAL_VALUE_OPTIONS = ("--spool-dir",)
+"""The group's options that take a value; ``--version`` and ``--help`` take none."""
+
+
+def _misplaced_global(exc: click.NoSuchOption, root: click.Context) -> str | None:
+    """The fix for a global option given after the command, e.g. ``status --spool-dir X``."""
+    name = exc.option_name
+    prog = root.command_path  # rs-telemetry, or python -m spool
+    if name == "--version":
+        return f"--version is a global option: put it before the command: {prog} --version"
+    if name not in _GLOBAL_VALUE_OPTIONS:
+        return None
+    moved: list[str] = []
+    rest: list[str] = []
+    args = iter(root.meta.get(_ARGV, []))
+    for arg in args:
+        if arg == name:
+            moved += [arg, next(args, "DIR")]
+        elif arg.startswith(name + "="):
+            moved.append(arg)
+        else:
+            rest.append(arg)
+    return (
+        f"{name} is a global option: put it before the command: {prog} {shlex.join(moved + rest)}"
+    )
+
+
+def _usage_error(exc: click.UsageError, root: click.Context) -> NoReturn:
+    """One line instead of click's four: what is wrong, and where the help is."""
+    where = exc.ctx or root
+    path = where.command_path
+    if exc.ctx is None and root.invoked_subcommand:  # raised while parsing the command's options
+        path = f"{root.command_path} {root.invoked_subcommand}"
+    message = exc.format_message()
+    fix = None
+    if isinstance(exc, click.NoSuchOption) and where is not root:
+        fix = _misplaced_global(exc, root)
+    # click's own text names the thing; the fix is where the help is, or the moved option.
+    message = fix or message.rstrip(".") + f" (see: {path} --help)"
+    click.echo(f"rs-telemetry: error: {escape(message)}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _reader_left() -> NoReturn:
+    # The reader has what it wanted. Exit 0, not 141 (SIGPIPE's status): a script under
+    # `set -o pipefail` must not fail because `head` stopped reading.
+    _quiet_stdout()
+    sys.exit(exitcodes.OK)
+
+
 class _Group(click.Group):
-    """Turns typed errors into one line on stderr and their exit code."""
+    """Turns typed errors into one line on stderr and their exit code.
+
+    Also where the conventions of a Unix tool are kept for every command: a reader that
+    closed our stdout (``show | head -1``) ends the command quietly with exit 0, and Ctrl-C
+    exits 130 with one short line instead of click's "Aborted!" and exit 1.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGV] = list(args)  # to say where a misplaced global option belongs
+        try:
+            return super().parse_args(ctx, args)
+        except BrokenPipeError:  # --help or --version into a closed pipe
+            _reader_left()
+        except click.UsageError as exc:
+            _usage_error(exc, ctx)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            _reader_left()
+        except click.UsageError as exc:
+            _usage_error(exc, ctx)
+        except click.ClickException as exc:  # e.g. click.FileError: one line, our prefix
+            click.echo(f"rs-telemetry: error: {escape(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            # Abort is how click.confirm reports Ctrl-C (or Ctrl-D) at a prompt. The leading
+            # newline closes the terminal's "^C" echo.
+            with contextlib.suppress(ValueError):  # ValueError: not the main thread
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback
+            click.echo(
+                ("\n" if sys.stderr.isatty() else "") + "rs-telemetry: interrupted", err=True
+            )
+            sys.exit(INTERRUPTED)
         except TelemetryError as exc:
             _fail(exc)
         except OSError as exc:
@@ -78,7 +181,11 @@ def _directory(ctx: click.Context) -> Path:
     return settings.spool_dir(ctx.obj)
 
 
-@click.group(cls=_Group, epilog=EXIT_CODES_HELP)
+@click.group(
+    cls=_Group,
+    epilog=EXIT_CODES_HELP,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every command
+)
 @click.option(
     "--spool-dir",
     type=click.Path(path_type=Path),  # checked by the store, which says what is wrong and the fix
@@ -115,8 +222,60 @@ def _parse_properties(pairs: tuple[str, ...]) -> dict[str, str]:
     return properties
 
 
-@main.command()
-@click.argument("event")
+def _complete_event(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """Shell completion of event names (``_RS_TELEMETRY_COMPLETE=bash_source``)."""
+    return [
+        click.shell_completion.CompletionItem(name)
+        for name in sorted(catalogue.EVENTS)
+        if name.startswith(incomplete)
+    ]
+
+
+def _complete_property(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[click.shell_completion.CompletionItem]:
+    """Shell completion of ``KEY=`` and, after a key with an enum, of ``KEY=VALUE``."""
+    key, sep, _value = incomplete.partition("=")
+    if sep:
+        allowed = catalogue.PROPERTIES.get(key) or ()
+        candidates = [f"{key}={value}" for value in sorted(allowed)]
+    else:
+        candidates = [f"{name}=" for name in catalogue.PROPERTIES]
+    return [
+        click.shell_completion.CompletionItem(text, type="plain")
+        for text in candidates
+        if text.startswith(incomplete)
+    ]
+
+
+def _catalogue_help() -> str:
+    """The catalogue as an epilog, e.g. ``Events: adapter_start, ...``; from spool.catalogue."""
+    import textwrap  # noqa: PLC0415 - only to build this help text
+
+    props = ", ".join(
+        f"{key} ({'|'.join(sorted(allowed))})" if allowed else key
+        for key, allowed in catalogue.PROPERTIES.items()
+    )
+    lines = [
+        *textwrap.wrap(
+            f"Events ({len(catalogue.EVENTS)}): {', '.join(sorted(catalogue.EVENTS))}",
+            76,
+            subsequent_indent="  ",
+        ),
+        *textwrap.wrap(
+            f"Properties ({len(catalogue.PROPERTIES)}, optional strings): {props}",
+            76,
+            subsequent_indent="  ",
+        ),
+        "See: rs-telemetry events (or events --json).",
+    ]
+    return "\b\n" + "\n".join(lines)
+
+
+@main.command(epilog=_catalogue_help())
+@click.argument("event", shell_complete=_complete_event)
 @click.option(
     "-p",
     "--property",
@@ -124,6 +283,7 @@ def _parse_properties(pairs: tuple[str, ...]) -> dict[str, str]:
     multiple=True,
     metavar="KEY=VALUE",
     help="An event property; repeat for several.",
+    shell_complete=_complete_property,
 )
 @click.pass_context
 def append(ctx: click.Context, event: str, pairs: tuple[str, ...]) -> None:
@@ -164,7 +324,13 @@ def _human_record(message: dict[str, Any]) -> str:
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-@click.option("--event", "event_name", metavar="NAME", help="Only events with this name.")
+@click.option(
+    "--event",
+    "event_name",
+    metavar="NAME",
+    help="Only events with this name.",
+    shell_complete=_complete_event,
+)
 @click.option("--limit", type=click.IntRange(min=0), metavar="N", help="Only the oldest N.")
 @click.option("--quarantine", is_flag=True, help="Show quarantined entries instead.")
 @click.pass_context
@@ -185,10 +351,12 @@ def show(
     directory = _directory(ctx)
     shown = 0
     if quarantine:
+        others = 0
         for entry in audit.quarantined(directory):
             if limit is not None and shown >= limit:
                 break
             if event_name is not None and entry.get("event") != event_name:
+                others += 1
                 continue
             shown += 1
             if as_json:
@@ -202,17 +370,27 @@ def show(
                         f"status={info.get('status')}  {what}"
                     )
                 )
-        if not as_json and not shown:
-            _say("the quarantine is empty")
+        if not as_json and not shown and limit != 0:
+            if event_name is not None and others:
+                _say(f"no quarantined {event_name} events ({others} other entries quarantined)")
+            else:
+                _say("the quarantine is empty")
         return
-    unreadable = 0
+    # On a terminal, the whole spool is counted, so that a long listing ends with how much
+    # there is and how to narrow it; into a pipe, --limit stops reading early as before.
+    on_terminal = not as_json and _stdout_is_terminal()
+    unreadable = matched = others = 0
     for item in audit.pending(directory):
         if item.message is None:
             unreadable += 1
             continue
         if event_name is not None and item.message.get("event") != event_name:
+            others += 1
             continue
+        matched += 1
         if limit is not None and shown >= limit:
+            if on_terminal:
+                continue
             break
         shown += 1
         if as_json:
@@ -221,8 +399,40 @@ def show(
             click.echo(_human_record(item.message))
     if unreadable:
         _say(f"{unreadable} unreadable line(s) will be quarantined by the next flush")
+    if on_terminal and shown > SCREENFUL:
+        of = f" of {matched}" if matched > shown else ""
+        _say(
+            f"{shown}{of} pending {event_name + ' ' if event_name else ''}events shown, oldest "
+            "first; narrow with --event NAME or --limit N (rs-telemetry status for totals)"
+        )
     if not as_json and not shown:
-        _say("nothing pending")
+        if event_name is not None and others:
+            _say(f"no pending {event_name} events ({others} other events pending)")
+        elif not (limit == 0 and matched):
+            _say("nothing pending")
+
+
+SCREENFUL = 50
+"""Past this many lines on a terminal, ``show`` ends with a count and how to narrow it."""
+
+
+def _stdout_is_terminal() -> bool:
+    try:
+        return os.isatty(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # CliRunner's stdout has no descriptor
+        return sys.stdout.isatty()
+
+
+def _size(count: int) -> str:
+    """Bytes in human units, e.g. ``1536`` -> ``"1.5 KiB"``, ``900`` -> ``"900 bytes"``."""
+    if count < 1024:
+        return f"{count} bytes"
+    value = float(count)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 @main.command()
@@ -245,11 +455,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
     pending = data["pending"]
     lines = [
         f"mode:            {data['mode']}"
-        + (
-            f" (off in this process: {data['opted_out_by']} is set)" if data["opted_out_by"] else ""
-        ),
+        + (f" (but {_opted_out(data['opted_out_by'])})" if data["opted_out_by"] else ""),
         f"spool dir:       {data['spool_dir']}",
-        f"pending:         {pending['events']} events, {pending['bytes']} bytes"
+        f"pending:         {pending['events']} events, {_size(pending['bytes'])}"
         + (f", oldest {pending['oldest']}" if pending["oldest"] else ""),
         f"delivered:       {data['delivered']['events']}",
         f"quarantined:     {data['quarantined']['events']}",
@@ -268,12 +476,41 @@ def status(ctx: click.Context, as_json: bool) -> None:
             else "never"
         )
     )
+    last_endpoint = audit.last_flush_endpoint(directory) if last else None
+    if last_endpoint:
+        lines.append(f"  to:            {last_endpoint}")
     if data["retry_not_before"]:
         lines.append(f"retry not before: {data['retry_not_before']} (the server asked)")
     lines.append(f"endpoint:        {data['endpoint']}")
     lines.append(f"write key from:  {data['write_key_source']}")
     for line in lines:
         click.echo(escape(line))
+
+
+@main.command()
+@click.option(
+    "--json", "as_json", is_flag=True, help="The catalogue as one JSON object (version 1)."
+)
+def events(as_json: bool) -> None:
+    """List every event and property that append accepts, with the allowed values.
+
+    Properties are optional strings; one with an enum accepts only those values.
+
+    \b
+    Examples:
+      rs-telemetry events
+      rs-telemetry events --json | jq -r '.events[]'
+    """
+    described = catalogue.describe()
+    if as_json:
+        click.echo(json.dumps(described))
+        return
+    click.echo("events:")
+    for name in described["events"]:
+        click.echo(f"  {name}")
+    click.echo("properties (optional strings):")
+    for key, spec in described["properties"].items():
+        click.echo(f"  {key:<16} " + ("|".join(spec["enum"]) if "enum" in spec else "any string"))
 
 
 # --- flush ------------------------------------------------------------------------------
@@ -491,6 +728,11 @@ def metrics(ctx: click.Context, textfile_dir: Path | None) -> None:
 # --- modes ------------------------------------------------------------------------------
 
 
+def _opted_out(variable: str) -> str:
+    """E.g. ``"DO_NOT_TRACK=1 keeps this process off"`` (the value as set, escaped later)."""
+    return f"{variable}={os.environ.get(variable, '')} keeps this process off"
+
+
 def _set_mode(ctx: click.Context, mode: str) -> None:
     directory = _directory(ctx)
     store.check_dir(directory, create=True)
@@ -498,7 +740,7 @@ def _set_mode(ctx: click.Context, mode: str) -> None:
     _say(f"mode set to {mode}")
     opted = settings.opted_out_by()
     if opted and mode != "off":
-        _say(f"note: {opted} is set in this environment, which keeps this process off")
+        _say(f"note: {_opted_out(opted)}: it collects and sends nothing")
 
 
 @main.command()
@@ -520,7 +762,8 @@ def mode(ctx: click.Context, new_mode: str | None) -> None:
     click.echo(current)
     opted = settings.opted_out_by()
     if opted:
-        _say(f"{opted} is set: this process collects and sends nothing")
+        # stdout stays the stored mode alone, for scripts; the override is narration.
+        _say(f"{current} (but {_opted_out(opted)}: it collects and sends nothing)")
 
 
 @main.command()
@@ -580,11 +823,29 @@ def purge(ctx: click.Context, quarantine: bool, yes: bool) -> None:
     if not yes:
         if not sys.stdin.isatty():
             raise click.UsageError(f"refusing to delete {what} without --yes")
-        click.confirm(f"Delete all {what}?", abort=True, err=True)
+        if not click.confirm(f"Delete all {what}?", err=True):
+            _say(f"nothing deleted: {what} kept")
+            sys.exit(exitcodes.FAILURE)
     _purge(_directory(ctx), quarantine)
 
 
 # --- export / import --------------------------------------------------------------------
+
+
+def _check_export_path(file: Path) -> None:
+    """Refuse, before anything is read, a FILE that cannot be written where it is named."""
+    if file.is_dir():  # "" is "." too
+        raise click.BadParameter(
+            f"{file} is a directory: name a file in it, e.g. {file / 'telemetry.rsbundle'}",
+            param_hint="FILE",
+        )
+    parent = file.parent
+    if not parent.is_dir():
+        raise click.BadParameter(
+            f"the directory {parent} does not exist: create it "
+            f"(mkdir -p {shlex.quote(str(parent))}) or choose another path",
+            param_hint="FILE",
+        )
 
 
 @main.command("export")
@@ -602,7 +863,16 @@ def export_cmd(ctx: click.Context, file: Path, keep: bool) -> None:
     """
     from spool import bundle  # noqa: PLC0415
 
-    result = bundle.export(_directory(ctx), file, keep=keep)
+    _check_export_path(file)
+    try:
+        result = bundle.export(_directory(ctx), file, keep=keep)
+    except OSError as exc:
+        if not exc.filename or Path(exc.filename).parent != file.parent:
+            raise
+        # The bundle is written beside FILE first: name FILE, not that temporary file.
+        raise TelemetryError(
+            f"cannot write {file}: {exc.strerror or exc}; nothing was removed: choose another path"
+        ) from exc
     _say(f"exported {result.count} event(s) to {file}" + (" (kept in the spool)" if keep else ""))
 
 
@@ -618,6 +888,11 @@ def import_cmd(ctx: click.Context, file: Path) -> None:
     """
     from spool import bundle  # noqa: PLC0415
 
+    if not file.is_file():  # /dev/null, a FIFO: click's exists=True lets them through
+        raise click.BadParameter(
+            f"{file} is not a regular file: give a bundle written by rs-telemetry export",
+            param_hint="FILE",
+        )
     result = bundle.import_(_directory(ctx), file)
     if result.already:
         _say(f"{file} was imported before: nothing added")

@@ -256,6 +256,7 @@ def _finish(run: _Run) -> None:
                 "sent": report.sent,
                 "quarantined": report.quarantined,
                 "left_pending": report.left_pending,
+                "endpoint": run.conf.endpoint,  # for the human status only (audit.py)
             }
             if run.server_asked_until is not None:
                 state.retry_not_before = run.server_asked_until

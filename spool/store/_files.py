@@ -47,9 +47,17 @@ def check_dir(directory: StrPath, create: bool) -> os.stat_result | None:
         make_dir(Path(directory))
         st = os.stat(directory)
     except OSError as exc:
-        raise SpoolUnusable(f"cannot use spool directory ({exc.strerror})", str(directory)) from exc
+        raise SpoolUnusable(
+            f"cannot use spool directory ({exc.strerror})",
+            str(directory),
+            "check the path and its permissions, or use another (--spool-dir or RS_TELEMETRY_DIR)",
+        ) from exc
     if not stat.S_ISDIR(st.st_mode):
-        raise SpoolUnusable("spool path is not a directory", str(directory))
+        raise SpoolUnusable(
+            "spool path is not a directory",
+            str(directory),
+            "name a directory with --spool-dir (before the command) or RS_TELEMETRY_DIR",
+        )
     if st.st_uid != _euid() and st.st_uid != _euid(refresh=True):
         raise SpoolUnusable(
             f"spool directory is owned by uid {st.st_uid}, not by this user (uid {os.geteuid()})",
