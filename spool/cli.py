@@ -238,6 +238,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """
     directory = _directory(ctx)
     data = audit.status(directory)
+    key = settings.find_write_key()
+    if key.problem is not None and key.source != "none":
+        # status still answers (it is how an operator finds the trouble); flush would stop.
+        _say(f"warning: {key.problem}")
     if as_json:
         click.echo(json.dumps(data, sort_keys=False))
         return

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from spool import keys
 from spool.errors import ConfigError
 
 DEFAULT_WRITE_KEY = ""
@@ -110,13 +111,19 @@ def max_age_seconds() -> float:
 
 
 def write_key() -> tuple[str, str]:
-    """The write key and where it comes from: ``("abc", "env")``, ``("", "none")``."""
-    env = os.environ.get("RS_SEGMENT_WRITE_KEY")
-    if env:
-        return env, "env"
-    if DEFAULT_WRITE_KEY:
-        return DEFAULT_WRITE_KEY, "default"
-    return "", "none"
+    """The write key and where it comes from: ``("abc", "env")``, ``("", "none")``.
+
+    Raises ``ConfigError`` (with the fix) when the source that wins is a refused key file.
+    """
+    found = find_write_key()
+    if found.problem is not None and found.source != "none":
+        raise ConfigError(found.problem)
+    return found.key, found.source
+
+
+def find_write_key() -> keys.WriteKey:
+    """The key that wins and its source (SPEC 6), never raising: ``status`` shows it."""
+    return keys.find(DEFAULT_WRITE_KEY)
 
 
 def endpoint(explicit: str | None = None) -> str:
@@ -176,7 +183,12 @@ class FlushSettings:
         force: bool = False,
     ) -> FlushSettings:
         """Read the environment and flags into one frozen object."""
-        key, source = write_key()
+        found = find_write_key()
+        # A dry run sends nothing and needs no key; any other run stops on a refused key
+        # file (or no key at all) with the fix, before looking at what is pending.
+        if found.problem is not None and not dry_run:
+            raise ConfigError(found.problem)
+        key, source = found.key, found.source
         if max_time <= 0 or timeout <= 0:
             raise ConfigError("--max-time and --timeout must be positive")
         return cls(
