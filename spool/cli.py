@@ -48,8 +48,25 @@ def _fail(error: TelemetryError) -> NoReturn:
     sys.exit(error.exit_code)
 
 
+class _Command(click.Command):
+    """A command that first checks the settings it may read (SPEC 6).
+
+    Every command but ``append`` stops (exit 1, one line naming the variable and what it
+    accepts) on a setting that cannot be read; ``append`` warns and spools anyway. The
+    check runs after parsing, so ``--help`` still works whatever the environment.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if self.name != "append":
+            settings.check()
+        return super().invoke(ctx)
+
+
 class _Group(click.Group):
     """Turns typed errors into one line on stderr and their exit code."""
+
+    command_class = _Command
+    group_class = type  # `timer` is a _Group too, so its commands are checked the same way
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -137,6 +154,8 @@ def append(ctx: click.Context, event: str, pairs: tuple[str, ...]) -> None:
     """
     from spool.session import OFF, SPOOLED, Session, default_session  # noqa: PLC0415
 
+    for problem in settings.warn_and_continue():
+        _say(f"warning: {problem}; using the default")
     base = default_session()
     session = Session(base.anonymous_id, spool_dir=ctx.obj)
     outcome, detail = session.spool(event, _parse_properties(pairs))
