@@ -220,7 +220,7 @@ def problems() -> list[str]:
 
 
 def check() -> None:
-    """Raise ``ConfigError`` for the first variable that cannot be read (all commands but append)."""
+    """Raise ``ConfigError`` for the first variable that cannot be read (not for append)."""
     found = problems()
     if found:
         raise ConfigError(found[0])
