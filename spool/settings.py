@@ -43,8 +43,18 @@ def env(name: str) -> str | None:
 
 
 def default_spool_dir() -> str:
-    """platformdirs' per-user state directory, e.g. ``~/.local/state/rs-telemetry`` on Linux."""
+    """The spool when no override is given, e.g. ``~/.local/state/rs-telemetry`` on Linux.
+
+    Under a systemd service with ``StateDirectory=`` (``$STATE_DIRECTORY``, one or more
+    absolute paths separated by colons), ``rs-telemetry/`` inside the first one: a service
+    user may have no home directory at all (SPEC 4).
+    """
     global _default_dir  # noqa: PLW0603 - computed once per process; platformdirs loads lazily
+    state = env("STATE_DIRECTORY")
+    if state:
+        first = state.split(":", 1)[0]
+        if first.startswith("/"):  # systemd only ever sets absolute paths; ignore anything else
+            return os.path.join(first, "rs-telemetry")
     if _default_dir is None:
         import platformdirs  # noqa: PLC0415 - keeps `import spool` lean when the dir is given
 
@@ -52,12 +62,42 @@ def default_spool_dir() -> str:
     return _default_dir
 
 
+# A relative RS_TELEMETRY_DIR or --spool-dir means the working directory at the start:
+# each value is made absolute the first time it is seen (the environment's at import), so
+# a host that changes directory later keeps its spool, and children get the absolute path.
+_absolute: dict[str, str] = {}
+
+
+def absolute_dir(path: str | os.PathLike[str]) -> str:
+    """``path`` made absolute once, e.g. ``"telemetry"`` -> ``"/srv/app/telemetry"``."""
+    text = os.fspath(path)
+    if text.startswith("/"):
+        return text
+    found = _absolute.get(text)
+    if found is None:
+        try:
+            found = os.path.abspath(text)
+        except OSError:  # the working directory was removed: nothing to resolve against
+            return text
+        _absolute[text] = found
+    return found
+
+
+def configured_dir() -> str:
+    """``RS_TELEMETRY_DIR`` made absolute, else the default: the append path's spool."""
+    raw = env("RS_TELEMETRY_DIR")
+    return absolute_dir(raw) if raw else default_spool_dir()
+
+
 def spool_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The spool directory: the argument, else ``RS_TELEMETRY_DIR``, else the default."""
+    """The spool directory, absolute: the argument, else ``RS_TELEMETRY_DIR``, else the default."""
     if explicit:
-        return Path(explicit)
-    configured = env("RS_TELEMETRY_DIR")
-    return Path(configured or default_spool_dir())
+        return Path(absolute_dir(explicit))
+    return Path(configured_dir())
+
+
+if env("RS_TELEMETRY_DIR"):
+    configured_dir()  # resolve against the working directory at the start (import)
 
 
 def opted_out_by() -> str | None:
