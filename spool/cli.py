@@ -565,33 +565,73 @@ def import_cmd(ctx: click.Context, file: Path) -> None:
 
 @main.group()
 def timer() -> None:
-    """Install or remove the hourly systemd user timer that runs flush.
+    """Install or remove the hourly systemd timer that runs flush (user, or system with --system).
 
     \b
     Examples:
       rs-telemetry timer install
       rs-telemetry timer install --unit-dir ~/.config/systemd/user --no-enable
+      sudo RS_TELEMETRY_DIR=/var/lib/readyset/rs-telemetry \\
+          rs-telemetry timer install --system --user readyset
       rs-telemetry timer uninstall
     """
+
+
+def _system_pair(system: bool, run_as: str | None) -> None:
+    if system and not run_as:
+        raise click.UsageError("--system needs --user NAME: the user the flush runs as")
+    if run_as and not system:
+        raise click.UsageError("--user NAME is for --system units (a user timer runs as you)")
 
 
 @timer.command("install")
 @click.option(
     "--unit-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where to write the units (default ~/.config/systemd/user).",
+    help="Where to write the units (default ~/.config/systemd/user; /etc/systemd/system with "
+    "--system).",
 )
 @click.option("--no-enable", is_flag=True, help="Write the units but do not enable the timer.")
-def timer_install(unit_dir: Path | None, no_enable: bool) -> None:
+@click.option(
+    "--system",
+    is_flag=True,
+    help="Write hardened system units that run the flush as --user NAME, the key as a "
+    "systemd credential from /etc/rs-telemetry/write-key.",
+)
+@click.option("--user", "run_as", metavar="NAME", help="With --system: the user the flush runs as.")
+@click.pass_context
+def timer_install(
+    ctx: click.Context, unit_dir: Path | None, no_enable: bool, system: bool, run_as: str | None
+) -> None:
     """Write rs-telemetry-flush.service and .timer and enable the timer.
 
+    The service gets the settings in effect that it would otherwise lack (the spool
+    directory when it is not the default, RS_SEGMENT_ENDPOINT when set), never the key;
+    a warning says how to put the key where the unit looks when it would find none.
+
     \b
-    Example:
+    Examples:
       rs-telemetry timer install --no-enable
+      sudo rs-telemetry --spool-dir /var/lib/readyset/rs-telemetry timer install \\
+          --system --user readyset
     """
     from spool import timer as units  # noqa: PLC0415
 
-    result = units.install(unit_dir, enable=not no_enable)
+    _system_pair(system, run_as)
+    environment = units.unit_settings(ctx.obj, system)
+    service = (
+        units.SystemUnit(run_as, environment.get("RS_TELEMETRY_DIR")) if system and run_as else None
+    )
+    warnings = units.key_warnings(environment, system)
+    try:
+        result = units.install(
+            unit_dir, enable=not no_enable, environment=environment, system=service
+        )
+    finally:
+        # A missing key is not a reason to refuse the units (the key can come later, the
+        # unit reads it at each run), but it must be said, even when enabling failed.
+        for warning in warnings:
+            _say(f"warning: {warning}")
     for path in result.files:
         click.echo(str(path))
     _say("timer enabled" if result.enabled else "units written; timer not enabled (--no-enable)")
@@ -601,18 +641,20 @@ def timer_install(unit_dir: Path | None, no_enable: bool) -> None:
 @click.option(
     "--unit-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where the units are (default ~/.config/systemd/user).",
+    help="Where the units are (default ~/.config/systemd/user; /etc/systemd/system with --system).",
 )
-def timer_uninstall(unit_dir: Path | None) -> None:
+@click.option("--system", is_flag=True, help="Remove the system units instead of the user's.")
+def timer_uninstall(unit_dir: Path | None, system: bool) -> None:
     """Disable the timer and remove both units (missing pieces are not errors).
 
     \b
-    Example:
+    Examples:
       rs-telemetry timer uninstall
+      sudo rs-telemetry timer uninstall --system
     """
     from spool import timer as units  # noqa: PLC0415
 
-    result = units.uninstall(unit_dir)
+    result = units.uninstall(unit_dir, system=system)
     for path in result.removed:
         click.echo(str(path))
     for note in result.notes:

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from spool.errors import ConfigError
 
-__all__ = ["CREDENTIAL", "WriteKey", "default_key_file", "find"]
+__all__ = ["CREDENTIAL", "WriteKey", "default_key_file", "find", "read_key_file"]
 
 CREDENTIAL = "rs-segment-write-key"
 """The credential's name, e.g. ``LoadCredential=rs-segment-write-key:PATH``."""
@@ -51,17 +52,19 @@ class WriteKey:
         return self.key
 
 
-def default_key_file(home: Path | None = None) -> Path:
+def default_key_file(environ: Mapping[str, str] | None = None) -> Path:
     """The default key file, e.g. ``/home/ann/.config/rs-telemetry/write-key``.
 
-    With ``home``, the path a unit running with that home and no XDG_CONFIG_HOME looks at.
+    ``$XDG_CONFIG_HOME/rs-telemetry/write-key``, else under ``~/.config``; with ``environ``,
+    the file a process with that environment (a systemd unit) looks at.
     """
-    if home is not None:
-        return home / ".config" / "rs-telemetry" / "write-key"
-    config = os.environ.get("XDG_CONFIG_HOME", "")
+    environ = os.environ if environ is None else environ
+    config = environ.get("XDG_CONFIG_HOME", "")
     # The XDG spec says a relative value is invalid and must be ignored.
-    base = Path(config) if os.path.isabs(config) else Path.home() / ".config"
-    return base / "rs-telemetry" / "write-key"
+    if not os.path.isabs(config):
+        home = environ.get("HOME")
+        config = os.path.join(home if home else str(Path.home()), ".config")
+    return Path(config) / "rs-telemetry" / "write-key"
 
 
 def _first_line(data: bytes, path: str) -> str:
@@ -77,7 +80,7 @@ def _first_line(data: bytes, path: str) -> str:
         ) from None
 
 
-def _read(path: str, *, trusted: bool) -> str:
+def read_key_file(path: str, *, trusted: bool = False) -> str:
     """The key on the first line of ``path``; ``ConfigError`` with the fix when refused.
 
     The checks are made on the opened descriptor (``fstat``), so they describe the file
@@ -124,30 +127,32 @@ def _read(path: str, *, trusted: bool) -> str:
 
 def _from_file(source: str, path: str, *, trusted: bool = False) -> WriteKey:
     try:
-        return WriteKey(source, _read(path, trusted=trusted), path)
+        return WriteKey(source, read_key_file(path, trusted=trusted), path)
     except ConfigError as exc:
         return WriteKey(source, "", path, str(exc))
 
 
-def find(built_in: str = "") -> WriteKey:
+def find(built_in: str = "", environ: Mapping[str, str] | None = None) -> WriteKey:
     """The key that wins, e.g. ``find().source == "credential"``; never raises.
 
     A source that is present but unusable wins all the same (its ``problem`` says why):
     falling through to the next one would send under a key the operator did not choose.
-    An empty variable counts as unset.
+    An empty variable counts as unset. ``environ``: look as a process with that
+    environment would (``timer install`` checks what its unit will find).
     """
-    value = os.environ.get("RS_SEGMENT_WRITE_KEY")
+    environ = os.environ if environ is None else environ
+    value = environ.get("RS_SEGMENT_WRITE_KEY")
     if value:
         return WriteKey("env", value.strip())
-    credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+    credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials:
         path = os.path.join(credentials, CREDENTIAL)
         if os.path.lexists(path):
             return _from_file("credential", path, trusted=True)
-    named = os.environ.get("RS_SEGMENT_WRITE_KEY_FILE")
+    named = environ.get("RS_SEGMENT_WRITE_KEY_FILE")
     if named:
         return _from_file("file", os.path.abspath(named))
-    default = default_key_file()
+    default = default_key_file(environ)
     if os.path.lexists(default):
         return _from_file("file", str(default))
     if built_in:
