@@ -619,22 +619,23 @@ def timer_install(
 
     _system_pair(system, run_as)
     environment = units.unit_settings(ctx.obj, system)
-    service = (
-        units.SystemUnit(run_as, environment.get("RS_TELEMETRY_DIR")) if system and run_as else None
-    )
-    warnings = units.key_warnings(environment, system)
-    try:
-        result = units.install(
-            unit_dir, enable=not no_enable, environment=environment, system=service
-        )
-    finally:
-        # A missing key is not a reason to refuse the units (the key can come later, the
-        # unit reads it at each run), but it must be said, even when enabling failed.
-        for warning in warnings:
-            _say(f"warning: {warning}")
+    service = None
+    if system and run_as:
+        units.check_user(run_as)
+        service = units.SystemUnit(run_as, environment.get("RS_TELEMETRY_DIR"))
+    warnings = units.key_warnings(environment, system) + units.user_warnings(run_as)
+    result = units.install(unit_dir, enable=False, environment=environment, system=service)
     for path in result.files:
         click.echo(str(path))
-    _say("timer enabled" if result.enabled else "units written; timer not enabled (--no-enable)")
+    # A missing key is no reason to refuse the units (the unit reads the key at each run,
+    # so it can come later), but it must be said, before enabling (which may fail).
+    for warning in warnings:
+        _say(f"warning: {warning}")
+    if no_enable:
+        _say("units written; timer not enabled (--no-enable)")
+        return
+    units.enable_timer(result.unit_dir, result.executable, service)
+    _say("timer enabled")
 
 
 @timer.command("uninstall")

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
@@ -70,6 +70,7 @@ class InstallResult:
     unit_dir: Path
     files: tuple[Path, ...]
     enabled: bool
+    executable: str = field(default="", compare=False)  # for the cron hint
 
 
 @dataclass(frozen=True)
@@ -326,13 +327,13 @@ def key_warnings(environment: Mapping[str, str], system: bool) -> list[str]:
         path = Path(SYSTEM_KEY_FILE)
         if not os.path.lexists(path):
             how = (
-                _put_key_here(path)
+                f"run: {_put_key_here(path)}"
                 if in_shell
                 else f"put the key on the first line of {path} (chmod 600 {path})"
             )
             return [
                 f"the unit loads its key from {path}, which does not exist: it will not start "
-                f"until it does; run: {how}"
+                f"until it does; {how}"
             ]
         try:
             keys.read_key_file(str(path))
@@ -357,7 +358,19 @@ def key_warnings(environment: Mapping[str, str], system: bool) -> list[str]:
     return [f"the unit will not be able to use its key: {found.problem}"]
 
 
-def _check_user(name: str) -> None:
+def user_warnings(user: str | None) -> list[str]:
+    """What to say about the user a system unit runs as, e.g. about ``nobody``."""
+    if user == "nobody":
+        # systemd-analyze verify warns too: every service running as nobody shares its files.
+        return [
+            "running as nobody is unsafe (systemd says so too): every such service can read "
+            "the spool; run the flush as the service's own user, e.g. --user readyset"
+        ]
+    return []
+
+
+def check_user(name: str) -> None:
+    """UnitError unless ``name`` is a valid user that exists here, e.g. ``readyset``."""
     if not _USER_NAME.match(name):
         raise UnitError(f"not a user name systemd accepts in User=: {name!r}")
     try:
@@ -384,7 +397,7 @@ def install(
     files stay written and ``UnitError`` says how to enable them by hand.
     """
     if system is not None:
-        _check_user(system.user)
+        check_user(system.user)
     default = SYSTEM_UNIT_DIR if system is not None else default_unit_dir()
     directory = default if unit_dir is None else unit_dir
     exe = find_executable() if executable is None else executable
@@ -401,9 +414,15 @@ def install(
         _fsync_dir(directory)
     except OSError as exc:
         raise UnitError(f"cannot write the systemd units into {directory}: {exc}") from exc
-    if not enable:
-        return InstallResult(directory, tuple(files), enabled=False)
+    if enable:
+        enable_timer(directory, exe, system, systemctl)
+    return InstallResult(directory, tuple(files), enabled=enable, executable=exe)
 
+
+def enable_timer(
+    directory: Path, executable: str, system: SystemUnit | None, systemctl: str = "systemctl"
+) -> None:
+    """``daemon-reload`` and ``enable --now`` the timer; UnitError says how to finish by hand."""
     scope = "" if system is not None else " --user"
     # daemon-reload first, or the manager may enable a stale copy of a rewritten unit.
     for args in (("daemon-reload",), ("enable", "--now", TIMER)):
@@ -411,7 +430,7 @@ def install(
         if why is None:
             continue
         if system is not None:
-            cron = f"17 * * * * {system.user} {shlex.quote(exe)} flush --quiet"
+            cron = f"17 * * * * {system.user} {shlex.quote(executable)} flush --quiet"
             raise UnitError(
                 f"wrote {', '.join(UNIT_NAMES)} to {directory}, but could not enable the "
                 f"timer: `systemctl {' '.join(args)}` failed: {why}. On a host whose PID 1 "
@@ -419,7 +438,7 @@ def install(
                 f"{TIMER}`; in a container without it, rerun with --no-enable, or use cron "
                 f"(/etc/cron.d/rs-telemetry): `{cron}`"
             )
-        cron = f"17 * * * * {shlex.quote(exe)} flush --quiet"
+        cron = f"17 * * * * {shlex.quote(executable)} flush --quiet"
         raise UnitError(
             f"wrote {', '.join(UNIT_NAMES)} to {directory}, but could not enable the "
             f"timer: `systemctl{scope} {' '.join(args)}` failed: {why}. To finish, run "
@@ -428,7 +447,6 @@ def install(
             "$USER`); or rerun with --no-enable to only write the files; or use cron "
             f"instead: `{cron}`"
         )
-    return InstallResult(directory, tuple(files), enabled=True)
 
 
 def uninstall(

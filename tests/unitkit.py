@@ -49,16 +49,24 @@ def exec_start(unit: Path) -> list[str]:
 
 
 def run_as_systemd_would(
-    unit: Path, home: Path, extra: dict[str, str] | None = None, timeout: float = 60
+    unit: Path,
+    home: Path,
+    extra: dict[str, str] | None = None,
+    timeout: float = 60,
+    user: str = "root",
 ) -> subprocess.CompletedProcess[str]:
     """Run the unit's ExecStart= with only what systemd gives a unit: ``env -i`` plus
-    HOME, USER, PATH, the unit's Environment= lines (and ``extra``, e.g. CREDENTIALS_DIRECTORY).
+    HOME, USER, PATH, the unit's Environment= lines (and ``extra``, e.g. CREDENTIALS_DIRECTORY);
+    as ``user`` (setpriv, as User= would) when it is not root.
     """
-    env = {"HOME": str(home), "USER": "root", "LOGNAME": "root", "PATH": UNIT_PATH}
+    env = {"HOME": str(home), "USER": user, "LOGNAME": user, "PATH": UNIT_PATH}
     env.update(environment(unit))
     env.update(extra or {})
+    become = [] if user == "root" else ["setpriv", f"--reuid={user}", f"--regid={user}"]
+    if become:
+        become.append("--clear-groups")
     return subprocess.run(
-        ["env", "-i", *(f"{k}={v}" for k, v in env.items()), *exec_start(unit)],
+        [*become, "env", "-i", *(f"{k}={v}" for k, v in env.items()), *exec_start(unit)],
         capture_output=True,
         text=True,
         cwd="/",
