@@ -27,7 +27,10 @@ def flush_on_exit(max_time: float = 30.0, spool_dir: str | os.PathLike[str] | No
     if _registered:
         return
     _registered = True
-    atexit.register(_at_exit, max_time, None if spool_dir is None else Path(spool_dir))
+    # A relative directory means the working directory of the start, not of the exit, and
+    # the child runs in /: resolve a given one now; RS_TELEMETRY_DIR was resolved at import.
+    given = None if spool_dir is None else settings.spool_dir(spool_dir)
+    atexit.register(_at_exit, max_time, given)
 
 
 def _has_pending(directory: Path) -> bool:

@@ -98,7 +98,7 @@ def status(directory: Path) -> dict[str, Any]:
                         break
     quarantine = len(store.quarantine_lines(directory)) if exists else 0
     retry = state.retry_not_before
-    key_source = settings.write_key()[1]
+    key_source = settings.find_write_key().source  # a refused key file still shows
     return {
         "version": 1,
         "mode": store.read_mode(directory) if exists else "on",

@@ -122,6 +122,20 @@ def _reader_left() -> NoReturn:
     sys.exit(exitcodes.OK)
 
 
+class _Command(click.Command):
+    """A command that first checks the settings it may read (SPEC 6).
+
+    Every command but ``append`` stops (exit 1, one line naming the variable and what it
+    accepts) on a setting that cannot be read; ``append`` warns and spools anyway. The
+    check runs after parsing, so ``--help`` still works whatever the environment.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if self.name != "append":
+            settings.check()
+        return super().invoke(ctx)
+
+
 class _Group(click.Group):
     """Turns typed errors into one line on stderr and their exit code.
 
@@ -138,6 +152,9 @@ class _Group(click.Group):
             _reader_left()
         except click.UsageError as exc:
             _usage_error(exc, ctx)
+
+    command_class = _Command
+    group_class = type  # `timer` is a _Group too, so its commands are checked the same way
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -298,6 +315,8 @@ def append(ctx: click.Context, event: str, pairs: tuple[str, ...]) -> None:
     """
     from spool.session import OFF, SPOOLED, Session, default_session  # noqa: PLC0415
 
+    for problem in settings.warn_and_continue():
+        _say(f"warning: {problem}; using the default")
     base = default_session()
     session = Session(base.anonymous_id, spool_dir=ctx.obj)
     outcome, detail = session.spool(event, _parse_properties(pairs))
@@ -449,6 +468,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """
     directory = _directory(ctx)
     data = audit.status(directory)
+    key = settings.find_write_key()
+    if key.problem is not None and key.source != "none":
+        # status still answers (it is how an operator finds the trouble); flush would stop.
+        _say(f"warning: {key.problem}")
     if as_json:
         click.echo(json.dumps(data, sort_keys=False))
         return
@@ -905,54 +928,97 @@ def import_cmd(ctx: click.Context, file: Path) -> None:
 
 @main.group()
 def timer() -> None:
-    """Install or remove the hourly systemd user timer that runs flush.
+    """Install or remove the hourly systemd timer that runs flush (user, or system with --system).
 
     \b
     Examples:
       rs-telemetry timer install
       rs-telemetry timer install --unit-dir ~/.config/systemd/user --no-enable
+      sudo RS_TELEMETRY_DIR=/var/lib/readyset/rs-telemetry \\
+          rs-telemetry timer install --system --user readyset
       rs-telemetry timer uninstall
     """
+
+
+def _system_pair(system: bool, run_as: str | None) -> None:
+    if system and not run_as:
+        raise click.UsageError("--system needs --user NAME: the user the flush runs as")
+    if run_as and not system:
+        raise click.UsageError("--user NAME is for --system units (a user timer runs as you)")
 
 
 @timer.command("install")
 @click.option(
     "--unit-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where to write the units (default ~/.config/systemd/user).",
+    help="Where to write the units (default ~/.config/systemd/user; /etc/systemd/system with "
+    "--system).",
 )
 @click.option("--no-enable", is_flag=True, help="Write the units but do not enable the timer.")
-def timer_install(unit_dir: Path | None, no_enable: bool) -> None:
+@click.option(
+    "--system",
+    is_flag=True,
+    help="Write hardened system units that run the flush as --user NAME, the key as a "
+    "systemd credential from /etc/rs-telemetry/write-key.",
+)
+@click.option("--user", "run_as", metavar="NAME", help="With --system: the user the flush runs as.")
+@click.pass_context
+def timer_install(
+    ctx: click.Context, unit_dir: Path | None, no_enable: bool, system: bool, run_as: str | None
+) -> None:
     """Write rs-telemetry-flush.service and .timer and enable the timer.
 
+    The service gets the settings in effect that it would otherwise lack (the spool
+    directory when it is not the default, RS_SEGMENT_ENDPOINT when set), never the key;
+    a warning says how to put the key where the unit looks when it would find none.
+
     \b
-    Example:
+    Examples:
       rs-telemetry timer install --no-enable
+      sudo rs-telemetry --spool-dir /var/lib/readyset/rs-telemetry timer install \\
+          --system --user readyset
     """
     from spool import timer as units  # noqa: PLC0415
 
-    result = units.install(unit_dir, enable=not no_enable)
+    _system_pair(system, run_as)
+    environment = units.unit_settings(ctx.obj, system)
+    service = None
+    if system and run_as:
+        units.check_user(run_as)
+        service = units.SystemUnit(run_as, environment.get("RS_TELEMETRY_DIR"))
+    warnings = units.key_warnings(environment, system) + units.user_warnings(run_as)
+    result = units.install(unit_dir, enable=False, environment=environment, system=service)
     for path in result.files:
         click.echo(str(path))
-    _say("timer enabled" if result.enabled else "units written; timer not enabled (--no-enable)")
+    # A missing key is no reason to refuse the units (the unit reads the key at each run,
+    # so it can come later), but it must be said, before enabling (which may fail).
+    for warning in warnings:
+        _say(f"warning: {warning}")
+    if no_enable:
+        _say("units written; timer not enabled (--no-enable)")
+        return
+    units.enable_timer(result.unit_dir, result.executable, service)
+    _say("timer enabled")
 
 
 @timer.command("uninstall")
 @click.option(
     "--unit-dir",
     type=click.Path(file_okay=False, path_type=Path),
-    help="Where the units are (default ~/.config/systemd/user).",
+    help="Where the units are (default ~/.config/systemd/user; /etc/systemd/system with --system).",
 )
-def timer_uninstall(unit_dir: Path | None) -> None:
+@click.option("--system", is_flag=True, help="Remove the system units instead of the user's.")
+def timer_uninstall(unit_dir: Path | None, system: bool) -> None:
     """Disable the timer and remove both units (missing pieces are not errors).
 
     \b
-    Example:
+    Examples:
       rs-telemetry timer uninstall
+      sudo rs-telemetry timer uninstall --system
     """
     from spool import timer as units  # noqa: PLC0415
 
-    result = units.uninstall(unit_dir)
+    result = units.uninstall(unit_dir, system=system)
     for path in result.removed:
         click.echo(str(path))
     for note in result.notes:

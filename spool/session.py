@@ -42,7 +42,8 @@ class Session:
     ) -> None:
         self.anonymous_id = anonymous_id or record.new_uuid4()
         self.user_id = user_id
-        self.spool_dir = os.fspath(spool_dir) if spool_dir is not None else None
+        # Relative: against the working directory now, once (SPEC 4).
+        self.spool_dir = settings.absolute_dir(spool_dir) if spool_dir is not None else None
 
     def __repr__(self) -> str:
         return f"Session(anonymous_id={self.anonymous_id!r}, spool_dir={self.spool_dir!r})"
@@ -68,9 +69,7 @@ class Session:
         opted = settings.opted_out_by()
         if opted is not None:
             return OFF, f"{opted} is set"
-        directory = (
-            self.spool_dir or settings.env("RS_TELEMETRY_DIR") or settings.default_spool_dir()
-        )
+        directory = self.spool_dir or settings.configured_dir()
         try:
             dir_stat = store.check_dir(directory, create=True)
             if store.read_mode(directory, dir_stat) == "off":

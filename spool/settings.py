@@ -7,11 +7,13 @@ look-ups), so that a host that changes its environment is obeyed at once.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from spool import keys
 from spool.errors import ConfigError
 
 DEFAULT_WRITE_KEY = ""
@@ -41,8 +43,18 @@ def env(name: str) -> str | None:
 
 
 def default_spool_dir() -> str:
-    """platformdirs' per-user state directory, e.g. ``~/.local/state/rs-telemetry`` on Linux."""
+    """The spool when no override is given, e.g. ``~/.local/state/rs-telemetry`` on Linux.
+
+    Under a systemd service with ``StateDirectory=`` (``$STATE_DIRECTORY``, one or more
+    absolute paths separated by colons), ``rs-telemetry/`` inside the first one: a service
+    user may have no home directory at all (SPEC 4).
+    """
     global _default_dir  # noqa: PLW0603 - computed once per process; platformdirs loads lazily
+    state = env("STATE_DIRECTORY")
+    if state:
+        first = state.split(":", 1)[0]
+        if first.startswith("/"):  # systemd only ever sets absolute paths; ignore anything else
+            return os.path.join(first, "rs-telemetry")
     if _default_dir is None:
         import platformdirs  # noqa: PLC0415 - keeps `import spool` lean when the dir is given
 
@@ -50,19 +62,52 @@ def default_spool_dir() -> str:
     return _default_dir
 
 
+# A relative RS_TELEMETRY_DIR or --spool-dir means the working directory at the start:
+# each value is made absolute the first time it is seen (the environment's at import), so
+# a host that changes directory later keeps its spool, and children get the absolute path.
+_absolute: dict[str, str] = {}
+
+
+def absolute_dir(path: str | os.PathLike[str]) -> str:
+    """``path`` made absolute once, e.g. ``"telemetry"`` -> ``"/srv/app/telemetry"``."""
+    text = os.fspath(path)
+    if text.startswith("/"):
+        return text
+    found = _absolute.get(text)
+    if found is None:
+        try:
+            found = os.path.abspath(text)
+        except OSError:  # the working directory was removed: nothing to resolve against
+            return text
+        _absolute[text] = found
+    return found
+
+
+def configured_dir() -> str:
+    """``RS_TELEMETRY_DIR`` made absolute, else the default: the append path's spool."""
+    raw = env("RS_TELEMETRY_DIR")
+    return absolute_dir(raw) if raw else default_spool_dir()
+
+
 def spool_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The spool directory: the argument, else ``RS_TELEMETRY_DIR``, else the default."""
+    """The spool directory, absolute: the argument, else ``RS_TELEMETRY_DIR``, else the default."""
     if explicit:
-        return Path(explicit)
-    configured = env("RS_TELEMETRY_DIR")
-    return Path(configured or default_spool_dir())
+        return Path(absolute_dir(explicit))
+    return Path(configured_dir())
+
+
+if env("RS_TELEMETRY_DIR"):
+    configured_dir()  # resolve against the working directory at the start (import)
 
 
 def opted_out_by() -> str | None:
-    """The first opt-out variable set to 1 or true in this process, e.g. ``"DO_NOT_TRACK"``."""
+    """The first opt-out variable that is set, e.g. ``"DO_NOT_TRACK"`` for ``DO_NOT_TRACK=yes``.
+
+    As the convention reads: any non-empty value but ``0`` or ``false`` (any case) opts out.
+    """
     for name in OPT_OUT_VARIABLES:
         value = env(name)
-        if value is not None and value.strip().lower() in ("1", "true"):
+        if value is not None and value.strip().lower() not in ("", "0", "false"):
             return name
     return None
 
@@ -73,56 +118,191 @@ def flag(name: str) -> bool:
     return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
 
 
-def _number(name: str, default: float) -> float:
-    raw = env(name)
+@dataclass(frozen=True)
+class _Number:
+    """A numeric variable and what it accepts, e.g. ``RS_TELEMETRY_MAX_AGE_DAYS`` in (0, 36500]."""
+
+    name: str
+    default: float
+    accepts: str
+    minimum: float  # inclusive when ``whole``, exclusive otherwise
+    maximum: float
+    whole: bool
+
+    def parse(self, raw: str) -> float:
+        """The value of ``raw``, or ``ConfigError`` naming the variable and what it accepts."""
+        try:
+            value = float(raw)
+        except ValueError:
+            value = math.nan
+        # float() takes "inf", "nan" and "1e400" (inf): none is a limit anyone meant.
+        ok = math.isfinite(value) and value <= self.maximum
+        if self.whole:
+            ok = ok and value >= self.minimum and value == int(value)
+        else:
+            ok = ok and value > self.minimum
+        if not ok:
+            raise ConfigError(f"{self.name}={raw!r} cannot be used: it accepts {self.accepts}")
+        return int(value) if self.whole else value
+
+
+# 0 is refused for both: a cap of 0 bytes or an age of 0 days would drop every event, which
+# is what `rs-telemetry disable` is for; refusing says so instead of losing data.
+MAX_BYTES = _Number(
+    "RS_TELEMETRY_MAX_BYTES",
+    DEFAULT_MAX_BYTES,
+    f"a whole number of bytes from 1 to 2**62 (default {DEFAULT_MAX_BYTES}, 64 MiB)",
+    1,
+    2.0**62,
+    whole=True,
+)
+MAX_AGE_DAYS = _Number(
+    "RS_TELEMETRY_MAX_AGE_DAYS",
+    DEFAULT_MAX_AGE_DAYS,
+    f"a number of days above 0 and at most 36500 (default {DEFAULT_MAX_AGE_DAYS:g})",
+    0,
+    36500,
+    whole=False,
+)
+_ENDPOINT_ACCEPTS = (
+    "an http(s) base URL such as https://api.segment.io (plain http only to loopback)"
+)
+
+_warned: set[str] = set()
+
+
+def _warn_once(name: str, message: str) -> None:
+    """Log a setting that falls back to its default, once per variable and process."""
+    if name in _warned:
+        return
+    _warned.add(name)
+    import logging  # noqa: PLC0415 - the error path only; logging costs milliseconds to import
+
+    logging.getLogger("spool").warning("rs-telemetry: %s; using the default", message)
+
+
+def _number(spec: _Number) -> float:
+    raw = env(spec.name)
     if raw is None or not raw.strip():
-        return default
+        return spec.default
+    return spec.parse(raw.strip())
+
+
+def _lenient(spec: _Number) -> float:
+    """``_number`` for code inside a host: a bad value is the default, logged once."""
     try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, not {raw!r}")
-    return value
+        return _number(spec)
+    except ConfigError as exc:
+        _warn_once(spec.name, str(exc))
+        return spec.default
 
 
 _max_bytes_memo: tuple[str | None, int] = (None, DEFAULT_MAX_BYTES)
 
 
 def max_bytes() -> int:
-    """The pending-data cap in bytes, e.g. 67108864 (``RS_TELEMETRY_MAX_BYTES``, 64 MiB)."""
+    """The pending-data cap in bytes, e.g. 67108864 (``RS_TELEMETRY_MAX_BYTES``, 64 MiB).
+
+    Lenient (the append path): a value that cannot be read is the default, logged once.
+    """
     global _max_bytes_memo  # noqa: PLW0603 - the parse of the last value seen
     raw = env("RS_TELEMETRY_MAX_BYTES")
     if raw == _max_bytes_memo[0]:
         return _max_bytes_memo[1]
-    try:
-        value = int(_number("RS_TELEMETRY_MAX_BYTES", DEFAULT_MAX_BYTES))
-    except ConfigError:
-        # A bad value must not stop the host's telemetry; fall back to the default.
-        value = DEFAULT_MAX_BYTES
+    value = int(_lenient(MAX_BYTES))
     _max_bytes_memo = (raw, value)
     return value
 
 
 def max_age_seconds() -> float:
     """Events older than this are dropped at flush, e.g. 180 days (RS_TELEMETRY_MAX_AGE_DAYS)."""
-    return _number("RS_TELEMETRY_MAX_AGE_DAYS", DEFAULT_MAX_AGE_DAYS) * 86400.0
+    return _number(MAX_AGE_DAYS) * 86400.0
+
+
+def _check_url(url: str, name: str) -> str:
+    """``url`` if it parses as an http(s) URL with a host, else ``ConfigError`` naming ``name``."""
+    problem = ""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        if parts.scheme not in ("http", "https"):
+            problem = "not http or https"
+        elif not parts.hostname:
+            problem = "no host"
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        problem = "it contains a space or a control character"
+    if problem:
+        raise ConfigError(
+            f"{name}={url!r} cannot be used ({problem}): it accepts {_ENDPOINT_ACCEPTS}"
+        )
+    return url
+
+
+def problems() -> list[str]:
+    """What cannot be read among the set variables, one line each; ``[]`` when all is well.
+
+    e.g. ``["RS_TELEMETRY_MAX_BYTES='inf' cannot be used: it accepts a whole number ..."]``.
+    """
+    found = []
+    for spec in (MAX_BYTES, MAX_AGE_DAYS):
+        try:
+            _number(spec)
+        except ConfigError as exc:
+            found.append(str(exc))
+    try:
+        endpoint()
+    except ConfigError as exc:
+        found.append(str(exc))
+    return found
+
+
+def check() -> None:
+    """Raise ``ConfigError`` for the first variable that cannot be read (not for append)."""
+    found = problems()
+    if found:
+        raise ConfigError(found[0])
+
+
+def warn_and_continue() -> list[str]:
+    """``problems()``, marked as told: the caller prints them, so the library logs nothing more."""
+    found = problems()
+    _warned.update(spec.name for spec in (MAX_BYTES, MAX_AGE_DAYS))
+    return found
 
 
 def write_key() -> tuple[str, str]:
-    """The write key and where it comes from: ``("abc", "env")``, ``("", "none")``."""
-    env = os.environ.get("RS_SEGMENT_WRITE_KEY")
-    if env:
-        return env, "env"
-    if DEFAULT_WRITE_KEY:
-        return DEFAULT_WRITE_KEY, "default"
-    return "", "none"
+    """The write key and where it comes from: ``("abc", "env")``, ``("", "none")``.
+
+    Raises ``ConfigError`` (with the fix) when the source that wins is a refused key file.
+    """
+    found = find_write_key()
+    if found.problem is not None and found.source != "none":
+        raise ConfigError(found.problem)
+    return found.key, found.source
+
+
+def find_write_key() -> keys.WriteKey:
+    """The key that wins and its source (SPEC 6), never raising: ``status`` shows it."""
+    return keys.find(DEFAULT_WRITE_KEY)
 
 
 def endpoint(explicit: str | None = None) -> str:
-    """The base URL without a trailing slash, e.g. ``https://api.segment.io``."""
-    value = explicit or os.environ.get("RS_SEGMENT_ENDPOINT") or DEFAULT_ENDPOINT
-    return value.rstrip("/")
+    """The base URL without a trailing slash, e.g. ``https://api.segment.io``.
+
+    ``ConfigError`` naming the variable (or ``--endpoint``) when it is not a URL at all.
+    """
+    if explicit:
+        from_env = explicit == os.environ.get("RS_SEGMENT_ENDPOINT")  # click's envvar=
+        name, value = ("RS_SEGMENT_ENDPOINT" if from_env else "--endpoint"), explicit
+    else:
+        name, value = "RS_SEGMENT_ENDPOINT", os.environ.get("RS_SEGMENT_ENDPOINT") or ""
+        if not value.strip():
+            return DEFAULT_ENDPOINT
+    value = value.strip()
+    return _check_url(value, name).rstrip("/")
 
 
 def is_loopback_host(host: str) -> bool:
@@ -176,7 +356,12 @@ class FlushSettings:
         force: bool = False,
     ) -> FlushSettings:
         """Read the environment and flags into one frozen object."""
-        key, source = write_key()
+        found = find_write_key()
+        # A dry run sends nothing and needs no key; any other run stops on a refused key
+        # file (or no key at all) with the fix, before looking at what is pending.
+        if found.problem is not None and not dry_run:
+            raise ConfigError(found.problem)
+        key, source = found.key, found.source
         if max_time <= 0 or timeout <= 0:
             raise ConfigError("--max-time and --timeout must be positive")
         return cls(
@@ -189,5 +374,5 @@ class FlushSettings:
             dry_run=dry_run,
             force=force,
             max_age_seconds=max_age_seconds(),
-            max_bytes=max_bytes(),
+            max_bytes=int(_number(MAX_BYTES)),
         )

@@ -11,21 +11,28 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import pwd
+import re
 import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from spool.errors import UnitError
+from spool import keys, settings
+from spool.errors import ConfigError, UnitError
 
 __all__ = [
+    "SYSTEM_KEY_FILE",
+    "SYSTEM_UNIT_DIR",
     "TIMER",
     "UNIT_NAMES",
     "InstallResult",
+    "SystemUnit",
     "UninstallResult",
     "default_unit_dir",
     "find_executable",
@@ -42,6 +49,14 @@ UNIT_NAMES = ("rs-telemetry-flush.service", "rs-telemetry-flush.timer")
 TIMER = UNIT_NAMES[1]
 
 _PLACEHOLDER = "@EXECUTABLE@"
+_ENVIRONMENT = "@ENVIRONMENT@"
+SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
+SYSTEM_KEY_FILE = "/etc/rs-telemetry/write-key"
+"""Where a system unit loads its key from (``LoadCredential=``); root's file, mode 0600."""
+# A user name systemd accepts in User= (its "valid_user_group_name", relaxed form).
+_USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
+# Where ProtectHome= hides things: an executable or spool there needs it read-only instead.
+_HOME_TREES = ("/home/", "/root/", "/run/user/")
 # Leading specifier allowed in the executable, for the hand-install copies in scripts/.
 _HOME_SPECIFIER = "%h/"
 # A wedged user manager must not hang `rs-telemetry timer install` forever.
@@ -55,6 +70,7 @@ class InstallResult:
     unit_dir: Path
     files: tuple[Path, ...]
     enabled: bool
+    executable: str = field(default="", compare=False)  # for the cron hint
 
 
 @dataclass(frozen=True)
@@ -112,12 +128,97 @@ def _exec_path(executable: str) -> str:
     return f'"{command}"' if " " in command else command
 
 
-def render(name: str, executable: str) -> str:
-    """Text of unit ``name``, e.g. with ``ExecStart=/usr/bin/rs-telemetry flush --quiet``."""
+@dataclass(frozen=True)
+class SystemUnit:
+    """A system unit's particulars, e.g. ``SystemUnit("readyset", "/var/lib/readyset/rs")``.
+
+    ``spool_dir`` is the override in effect (absolute), or None for the service default:
+    ``StateDirectory=rs-telemetry``, so the spool is ``/var/lib/rs-telemetry/rs-telemetry``.
+    """
+
+    user: str
+    spool_dir: str | None = None
+
+
+def _unit_value(name: str, value: str) -> str:
+    """``Environment="NAME=value"`` with systemd's quoting, e.g. a path with a space or a %."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise UnitError(f"cannot write {name} into a unit: its value contains a control character")
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("%", "%%")
+    return f'Environment="{name}={escaped}"'
+
+
+def _environment_block(environment: Mapping[str, str]) -> str:
+    if not environment:
+        return ""
+    lines = [
+        "# The settings in effect at `timer install` (never the key); rerun it to change them."
+    ]
+    lines += [_unit_value(name, value) for name, value in environment.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _spool_block(system: SystemUnit) -> str:
+    """How the system unit reaches the spool: its state directory, or a writable path."""
+    spool = system.spool_dir
+    if spool is None:
+        return (
+            "# The spool: rs-telemetry/ in $STATE_DIRECTORY (/var/lib/rs-telemetry/rs-telemetry).\n"
+            "StateDirectory=rs-telemetry\nStateDirectoryMode=0700\n"
+        )
+    relative = os.path.relpath(spool, "/var/lib")
+    if spool.startswith("/var/lib/") and not relative.startswith(".."):
+        # systemd creates it (owned by User=, 0700) and makes it writable under ProtectSystem=.
+        return f"StateDirectory={_escape_path(relative)}\nStateDirectoryMode=0700\n"
+    # Elsewhere: only writable; "-": a spool not made yet is no reason to fail the start.
+    return f"ReadWritePaths=-{_escape_path(spool)}\n"
+
+
+def _escape_path(path: str) -> str:
+    if any(ch.isspace() or ch in "\"'\\" or ord(ch) < 32 for ch in path):
+        raise UnitError(
+            f"a system unit cannot name the spool {path!r} (spaces, quotes or control "
+            "characters); choose a plainer RS_TELEMETRY_DIR"
+        )
+    return path.replace("%", "%%")
+
+
+def _template(file: str) -> str:
+    return (resources.files("spool") / "units" / file).read_text(encoding="utf-8")
+
+
+def render(
+    name: str,
+    executable: str,
+    environment: Mapping[str, str] | None = None,
+    system: SystemUnit | None = None,
+) -> str:
+    """Text of unit ``name``, e.g. with ``ExecStart=/usr/bin/rs-telemetry flush --quiet``.
+
+    ``environment`` becomes ``Environment=`` lines of the service; ``system`` makes it the
+    hardened system service that runs as ``system.user``.
+    """
     if name not in UNIT_NAMES:
         raise ValueError(f"unknown unit {name!r}; expected one of {', '.join(UNIT_NAMES)}")
-    template = (resources.files("spool") / "units" / (name + ".in")).read_text(encoding="utf-8")
-    return template.replace(_PLACEHOLDER, _exec_path(executable))
+    exe = _exec_path(executable)
+    if name != UNIT_NAMES[0]:
+        return _template(name + ".in").replace(_PLACEHOLDER, exe)
+    if system is None:
+        text = _template(name + ".in")
+    else:
+        if not _USER_NAME.match(system.user):
+            raise UnitError(f"not a user name systemd accepts in User=: {system.user!r}")
+        home_tree = any(
+            path.startswith(_HOME_TREES) for path in (executable, system.spool_dir or "")
+        )
+        text = (
+            _template("rs-telemetry-flush-system.service.in")
+            .replace("@USER@", system.user)
+            .replace("@SPOOL@\n", _spool_block(system))
+            .replace("@PROTECT_HOME@", "read-only" if home_tree else "yes")
+        )
+    block = _environment_block(environment or {})
+    return text.replace(_PLACEHOLDER, exe).replace(_ENVIRONMENT + "\n", block)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -146,9 +247,9 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def _systemctl(systemctl: str, *args: str) -> str | None:
-    """Run ``systemctl --user ARGS``: ``None`` if it worked, else why, e.g. ``No medium found``."""
-    argv = [systemctl, "--user", *args]
+def _systemctl(systemctl: str, *args: str, system: bool = False) -> str | None:
+    """Run ``systemctl [--user] ARGS``: None if it worked, else why, e.g. ``No medium found``."""
+    argv = [systemctl, *(() if system else ("--user",)), *args]
     _LOGGER.debug("running %s", shlex.join(argv))
     try:
         proc = subprocess.run(
@@ -174,20 +275,134 @@ def _systemctl(systemctl: str, *args: str) -> str | None:
     return f"exit status {proc.returncode}"
 
 
+def _user_default_spool() -> str:
+    """The spool a user unit finds with no RS_TELEMETRY_DIR: ``~/.local/state/rs-telemetry``."""
+    return str(Path.home() / ".local" / "state" / "rs-telemetry")
+
+
+def unit_settings(spool_override: str | os.PathLike[str] | None, system: bool) -> dict[str, str]:
+    """The settings in effect that the unit would otherwise lack (SPEC 9); never the key.
+
+    e.g. ``{"RS_TELEMETRY_DIR": "/srv/spool", "RS_SEGMENT_ENDPOINT": "https://..."}``.
+    A user unit gets the spool whenever it is not ``~/.local/state/rs-telemetry`` (a unit
+    sees no XDG_STATE_HOME of a shell), and a key file that is not the one it looks at by
+    default; a system unit gets the spool only when one was given (else its own
+    ``StateDirectory=``) and its key as a credential.
+    """
+    environment: dict[str, str] = {}
+    if system:
+        if spool_override:
+            environment["RS_TELEMETRY_DIR"] = str(settings.spool_dir(spool_override))
+    else:
+        spool = str(settings.spool_dir(spool_override))
+        if spool != _user_default_spool():
+            environment["RS_TELEMETRY_DIR"] = spool
+    if (os.environ.get("RS_SEGMENT_ENDPOINT") or "").strip():
+        environment["RS_SEGMENT_ENDPOINT"] = settings.endpoint()
+    for name in ("RS_TELEMETRY_MAX_BYTES", "RS_TELEMETRY_MAX_AGE_DAYS"):
+        value = (os.environ.get(name) or "").strip()
+        if value:
+            environment[name] = value
+    if not system:
+        key = settings.find_write_key()
+        unit_default = keys.default_key_file({"HOME": str(Path.home())})
+        if key.source == "file" and key.path and key.path != str(unit_default):
+            environment["RS_SEGMENT_WRITE_KEY_FILE"] = key.path
+    return environment
+
+
+def _put_key_here(path: Path) -> str:
+    """The shell line that puts this shell's key into ``path``, mode 0600, never echoing it."""
+    quoted = shlex.quote(str(path))
+    return (
+        f"mkdir -p {shlex.quote(str(path.parent))} && (umask 077 && printenv "
+        f"RS_SEGMENT_WRITE_KEY > {quoted}) && chmod 600 {quoted}"
+    )
+
+
+def key_warnings(environment: Mapping[str, str], system: bool) -> list[str]:
+    """Why the unit would not find a usable key, with the fix; ``[]`` when it will (SPEC 9)."""
+    in_shell = bool(os.environ.get("RS_SEGMENT_WRITE_KEY"))
+    if system:
+        path = Path(SYSTEM_KEY_FILE)
+        if not os.path.lexists(path):
+            how = (
+                f"run: {_put_key_here(path)}"
+                if in_shell
+                else f"put the key on the first line of {path} (chmod 600 {path})"
+            )
+            return [
+                f"the unit loads its key from {path}, which does not exist: it will not start "
+                f"until it does; {how}"
+            ]
+        try:
+            keys.read_key_file(str(path))
+        except ConfigError as exc:
+            return [f"the unit loads its key from {path}: {exc}"]
+        return []
+    home = Path.home()
+    found = keys.find(settings.DEFAULT_WRITE_KEY, {"HOME": str(home), **environment})
+    if found.problem is None:
+        return []
+    target = keys.default_key_file({"HOME": str(home)})
+    if found.source == "none" and in_shell:
+        return [
+            "the write key is only in this shell (RS_SEGMENT_WRITE_KEY), which the timer's "
+            f"flush will not see: put it where the unit looks, run: {_put_key_here(target)}"
+        ]
+    if found.source == "none":
+        return [
+            "no write key where the unit looks: its flushes exit 1 until you put the key on "
+            f"the first line of {target} (chmod 600 {target})"
+        ]
+    return [f"the unit will not be able to use its key: {found.problem}"]
+
+
+def user_warnings(user: str | None) -> list[str]:
+    """What to say about the user a system unit runs as, e.g. about ``nobody``."""
+    if user == "nobody":
+        # systemd-analyze verify warns too: every service running as nobody shares its files.
+        return [
+            "running as nobody is unsafe (systemd says so too): every such service can read "
+            "the spool; run the flush as the service's own user, e.g. --user readyset"
+        ]
+    return []
+
+
+def check_user(name: str) -> None:
+    """UnitError unless ``name`` is a valid user that exists here, e.g. ``readyset``."""
+    if not _USER_NAME.match(name):
+        raise UnitError(f"not a user name systemd accepts in User=: {name!r}")
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise UnitError(
+            f"no user {name!r} on this host: create it first (e.g. useradd --system {name}), "
+            "then run this again"
+        ) from None
+
+
 def install(
     unit_dir: Path | None = None,
     enable: bool = True,
     executable: str | None = None,
     systemctl: str = "systemctl",
+    environment: Mapping[str, str] | None = None,
+    system: SystemUnit | None = None,
 ) -> InstallResult:
     """Write both units into ``unit_dir`` (e.g. ``~/.config/systemd/user``) and enable the timer.
 
-    Each file is replaced atomically; rerunning updates the executable path. When ``enable``
-    fails the files stay written and ``UnitError`` says how to enable them by hand.
+    ``system``: system units (default ``/etc/systemd/system``) running as ``system.user``.
+    Each file is replaced atomically; rerunning updates them. When ``enable`` fails the
+    files stay written and ``UnitError`` says how to enable them by hand.
     """
-    directory = default_unit_dir() if unit_dir is None else unit_dir
+    if system is not None:
+        check_user(system.user)
+    default = SYSTEM_UNIT_DIR if system is not None else default_unit_dir()
+    directory = default if unit_dir is None else unit_dir
     exe = find_executable() if executable is None else executable
-    texts = {name: render(name, exe) for name in UNIT_NAMES}  # render all before writing any
+    # render all before writing any
+    texts = {name: render(name, exe, environment, system) for name in UNIT_NAMES}
     try:
         directory.mkdir(mode=0o755, parents=True, exist_ok=True)
         files = []
@@ -199,39 +414,61 @@ def install(
         _fsync_dir(directory)
     except OSError as exc:
         raise UnitError(f"cannot write the systemd units into {directory}: {exc}") from exc
-    if not enable:
-        return InstallResult(directory, tuple(files), enabled=False)
+    if enable:
+        enable_timer(directory, exe, system, systemctl)
+    return InstallResult(directory, tuple(files), enabled=enable, executable=exe)
 
+
+def enable_timer(
+    directory: Path, executable: str, system: SystemUnit | None, systemctl: str = "systemctl"
+) -> None:
+    """``daemon-reload`` and ``enable --now`` the timer; UnitError says how to finish by hand."""
+    scope = "" if system is not None else " --user"
     # daemon-reload first, or the manager may enable a stale copy of a rewritten unit.
     for args in (("daemon-reload",), ("enable", "--now", TIMER)):
-        why = _systemctl(systemctl, *args)
-        if why is not None:
-            cron = f"17 * * * * {shlex.quote(exe)} flush --quiet"
+        why = _systemctl(systemctl, *args, system=system is not None)
+        if why is None:
+            continue
+        if system is not None:
+            cron = f"17 * * * * {system.user} {shlex.quote(executable)} flush --quiet"
             raise UnitError(
                 f"wrote {', '.join(UNIT_NAMES)} to {directory}, but could not enable the "
-                f"timer: `systemctl --user {' '.join(args)}` failed: {why}. To finish, run "
-                f"`systemctl --user daemon-reload && systemctl --user enable --now {TIMER}` "
-                "from a login session (on a host without one, first `loginctl enable-linger "
-                "$USER`); or rerun with --no-enable to only write the files; or use cron "
-                f"instead: `{cron}`"
+                f"timer: `systemctl {' '.join(args)}` failed: {why}. On a host whose PID 1 "
+                "is systemd, run as root `systemctl daemon-reload && systemctl enable --now "
+                f"{TIMER}`; in a container without it, rerun with --no-enable, or use cron "
+                f"(/etc/cron.d/rs-telemetry): `{cron}`"
             )
-    return InstallResult(directory, tuple(files), enabled=True)
+        cron = f"17 * * * * {shlex.quote(executable)} flush --quiet"
+        raise UnitError(
+            f"wrote {', '.join(UNIT_NAMES)} to {directory}, but could not enable the "
+            f"timer: `systemctl{scope} {' '.join(args)}` failed: {why}. To finish, run "
+            f"`systemctl --user daemon-reload && systemctl --user enable --now {TIMER}` "
+            "from a login session (on a host without one, first `loginctl enable-linger "
+            "$USER`); or rerun with --no-enable to only write the files; or use cron "
+            f"instead: `{cron}`"
+        )
 
 
-def uninstall(unit_dir: Path | None = None, systemctl: str = "systemctl") -> UninstallResult:
+def uninstall(
+    unit_dir: Path | None = None, systemctl: str = "systemctl", system: bool = False
+) -> UninstallResult:
     """Disable the timer and remove both units from ``unit_dir``, e.g. ``~/.config/systemd/user``.
 
-    Best effort on systemd: no bus, no systemctl or a timer that was never enabled is a note,
-    not an error. Missing files are fine; only a file that cannot be removed raises UnitError.
+    ``system``: the system units (default ``/etc/systemd/system``). Best effort on systemd:
+    no bus, no systemctl or a timer that was never enabled is a note, not an error. Missing
+    files are fine; only a file that cannot be removed raises UnitError.
     """
-    directory = default_unit_dir() if unit_dir is None else unit_dir
+    default = SYSTEM_UNIT_DIR if system else default_unit_dir()
+    directory = default if unit_dir is None else unit_dir
+    scope = "" if system else " --user"
     notes: list[str] = []
     # Stop the timer before its files go, so that the manager does not keep a loaded orphan.
-    why = _systemctl(systemctl, "disable", "--now", TIMER)
+    why = _systemctl(systemctl, "disable", "--now", TIMER, system=system)
     if why is not None:
+        where = "systemd" if system else "a user session"
         notes.append(
-            f"could not disable {TIMER} ({why}); if a user session still runs it, "
-            f"`systemctl --user disable --now {TIMER}` there stops it"
+            f"could not disable {TIMER} ({why}); if {where} still runs it, "
+            f"`systemctl{scope} disable --now {TIMER}` there stops it"
         )
     removed: list[Path] = []
     for name in reversed(UNIT_NAMES):
@@ -246,9 +483,14 @@ def uninstall(unit_dir: Path | None = None, systemctl: str = "systemctl") -> Uni
     if removed:
         with contextlib.suppress(OSError):
             _fsync_dir(directory)
-        why = _systemctl(systemctl, "daemon-reload")
+        why = _systemctl(systemctl, "daemon-reload", system=system)
         if why is not None:
-            notes.append(f"could not reload the user manager ({why}); harmless once it restarts")
+            manager = "system manager" if system else "user manager"
+            notes.append(f"could not reload the {manager} ({why}); harmless once it restarts")
     else:
         notes.append(f"no rs-telemetry units in {directory}")
+    if system and removed:
+        notes.append(
+            f"kept {SYSTEM_KEY_FILE} and the spool: remove them by hand if they are not needed"
+        )
     return UninstallResult(directory, tuple(removed), tuple(notes))

@@ -40,6 +40,9 @@ VARIABLES = (
     "RS_TELEMETRY_MAX_BYTES",
     "RS_TELEMETRY_MAX_AGE_DAYS",
     "RS_TELEMETRY_FSYNC",
+    "RS_SEGMENT_WRITE_KEY_FILE",
+    "CREDENTIALS_DIRECTORY",
+    "STATE_DIRECTORY",
     "HTTPS_PROXY",
     "HTTP_PROXY",
     "https_proxy",
@@ -54,6 +57,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
         monkeypatch.delenv(name, raising=False)
     spool = tmp_path / "spool"
     monkeypatch.setenv("RS_TELEMETRY_DIR", str(spool))
+    # The default key file lives under XDG_CONFIG_HOME: never the machine's own.
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
     # Loopback must never go through a proxy of the machine.
     monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost,::1")
     return spool

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -12,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spool.errors import SpoolUnusable
 from spool.store._files import (
     SEALED_MTIME_NS,
     STATE,
@@ -53,6 +55,14 @@ def load_state(directory: Path) -> State:
         raw = read_file(directory / STATE)
     except FileNotFoundError:
         return State()
+    except IsADirectoryError:
+        # Not ours to remove (we only ever write files there): say where and what to do.
+        path = directory / STATE
+        raise SpoolUnusable(
+            "the spool's state file is a directory",
+            str(path),
+            f"move it aside, e.g. mv {path} {path}.bad; counters then restart",
+        ) from None
     try:
         data = json.loads(raw)
         if not isinstance(data, dict) or data.get("version") != 1:
@@ -60,6 +70,7 @@ def load_state(directory: Path) -> State:
         data.pop("version")
         state = State(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
         _check_state(state)
+        state.retry_not_before = _usable_deadline(state.retry_not_before)
     except (ValueError, TypeError) as exc:
         # Damaged from outside (we only ever rename complete files into place). Keep a copy
         # for the operator and carry on: at worst a partly delivered segment is sent again.
@@ -68,6 +79,27 @@ def load_state(directory: Path) -> State:
         log_warning("state file %s was damaged (%s); starting from a fresh one", directory, exc)
         return State()
     return state
+
+
+# 9999-12-31T23:59:59Z: the last instant an RFC 3339 timestamp (and datetime) can show.
+_LAST_TIMESTAMP = 253402300799.0
+
+
+def _usable_deadline(value: float | None) -> float | None:
+    """A stored retry deadline, or None for one no clock could mean (1e300, Infinity, NaN).
+
+    JSON parsing accepts ``Infinity`` and ``1e300``; shown or compared they would crash
+    ``status`` or block every flush, so such a deadline is treated as absent.
+    """
+    if value is None:
+        return None
+    try:
+        deadline = float(value)
+    except OverflowError:  # an integer of 400 digits
+        return None
+    if not math.isfinite(deadline) or not 0 <= deadline <= _LAST_TIMESTAMP:
+        return None
+    return deadline
 
 
 def _is_count(value: object) -> bool:
