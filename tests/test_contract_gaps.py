@@ -173,22 +173,30 @@ BIG_ACTIVE = """
     os.rename = rename
     import spool
     for n in range(int(sys.argv[1])):
-        assert spool.append("server_start", {"commit_id": f"{n:06d}", "server_version": "v" * 150})
+        assert spool.append(
+            "server_start", {"commit_id": f"{n:06d}", "server_version": "v" * int(sys.argv[2])}
+        )
 """
 
 
-@pytest.mark.parametrize("unreadable", [False, True], ids=["all-valid", "one-unreadable-line"])
+@pytest.mark.parametrize(
+    ("count", "pad", "unreadable"),
+    [(6_000, 150, False), (1_500, 900, False), (1_500, 900, True)],
+    ids=["more-events-than-a-batch", "more-bytes-than-a-body", "one-unreadable-line"],
+)
 def test_a_segment_past_the_seal_size_goes_out_in_bodies_within_the_limits(
     spool_dir: Path,
     scripted_server: ScriptedServer,
     monkeypatch: pytest.MonkeyPatch,
+    count: int,
+    pad: int,
     unreadable: bool,
 ) -> None:
-    count = 6_000  # ~2.4 MB: five times the largest body
-    made = child(BIG_ACTIVE, str(count))
+    # ~2.4 MB in 6,000 events, or ~1.6 MB in 1,500 (fewer than a batch may hold)
+    made = child(BIG_ACTIVE, str(count), str(pad))
     assert made.returncode == 0, made.stderr
     active = spool_dir / "active.jsonl"
-    assert active.stat().st_size > 4 * MAX_BODY_BYTES, "precondition: the seals failed"
+    assert active.stat().st_size > 3 * MAX_BODY_BYTES, "precondition: the seals failed"
     if unreadable:  # damage from outside: the flush must take the line-by-line path
         with open(active, "ab") as f:
             f.write(b"not a record\n")
@@ -360,3 +368,58 @@ def test_a_cap_drop_whose_state_write_fails_loses_nothing(
     assert accounted(st) == len(made), st
     assert st["dropped"]["by_reason"].get("spool_full", 0) > 0
     assert st["pending"]["bytes"] <= cap * 3 // 2
+
+
+def test_export_makes_its_bundle_durable_before_removing_anything(
+    tmp_path: Path, spool_dir: Path
+) -> None:
+    """A kill cannot tell a synced bundle from one in the page cache; a power loss can. The
+    order of the system calls shows it: bundle fsynced, renamed into place, its directory
+    fsynced, and only then the state write that counts the events exported, and unlinks."""
+    fill(10, rounds=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "telemetry.rsbundle"
+    strace = shutil.which("strace")
+    if strace is None:
+        pytest.skip("strace is not installed (apt-get install strace): it watches the syncs")
+    log = tmp_path / "export.strace"
+    calls = "fsync,fdatasync,rename,renameat,renameat2,unlink,unlinkat"
+    run = subprocess.run(
+        [
+            strace,
+            "-f",
+            "-qq",
+            "-y",
+            "-e",
+            f"trace={calls}",
+            "-e",
+            "signal=none",
+            "-o",
+            str(log),
+            sys.executable,
+            "-m",
+            "spool",
+            "export",
+            str(target),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in log.read_text().splitlines() if line.rstrip().endswith("= 0")]
+
+    def first(predicate: Callable[[str], bool]) -> int:
+        found = [n for n, line in enumerate(lines) if predicate(line)]
+        assert found, "\n".join(lines)
+        return found[0]
+
+    synced = first(lambda ln: "fsync(" in ln and "telemetry.rsbundle" in ln)
+    placed = first(lambda ln: "rename" in ln and f'"{target}"' in ln)
+    dir_synced = first(lambda ln: "fsync(" in ln and ln.split("<", 1)[-1].startswith(f"{out}>"))
+    removed = first(
+        lambda ln: ("unlink" in ln and "/seg-" in ln) or ("rename" in ln and '/state.json"' in ln)
+    )
+    assert synced < placed < dir_synced < removed, "\n".join(lines)
