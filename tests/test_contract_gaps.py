@@ -423,3 +423,49 @@ def test_export_makes_its_bundle_durable_before_removing_anything(
         lambda ln: ("unlink" in ln and "/seg-" in ln) or ("rename" in ln and '/state.json"' in ln)
     )
     assert synced < placed < dir_synced < removed, "\n".join(lines)
+
+
+EIO_ON_FLUSH_STATE = """
+    import errno, os, sys
+    real = {name: getattr(os, name) for name in ("rename", "replace")}
+    injected = [0]
+    def failing(name):
+        def move(src, dst, *args, **kwargs):
+            if os.path.basename(str(dst)) == "state.json" and not injected[0]:
+                injected[0] += 1
+                raise OSError(errno.EIO, "injected: the state write fails")
+            return real[name](src, dst, *args, **kwargs)
+        return move
+    for name in real:
+        setattr(os, name, failing(name))
+    from spool.cli import main
+    try:
+        main(["flush", "--quiet", "--endpoint", sys.argv[1]], prog_name="rs-telemetry")
+    finally:
+        print(injected[0])
+"""
+
+
+def test_a_flush_whose_commit_cannot_be_written_loses_nothing(
+    spool_dir: Path, scripted_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same order in a flush's commit: the batch was acknowledged, its state write
+    fails (EIO), so its segment stays and is sent again; never unlinked uncounted."""
+    made = fill(10, rounds=3)
+    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", WRITE_KEY)
+    run = child(EIO_ON_FLUSH_STATE, scripted_server.url)
+    assert run.stdout.split() == ["1"], "precondition: a state write failed in the child"
+    assert run.returncode != 0, "a flush that could not record its progress says so"
+    assert "Traceback" not in run.stderr
+    assert accounted(status()) == len(made)
+    first = [e["properties"]["commit_id"] for e in scripted_server.accepted_events()]
+    assert first[:10] == made[:10], "precondition: the first batch was acknowledged"
+    assert shown_ids() == made[len(made) - len(shown_ids()) :]
+    report = spool.flush(endpoint=scripted_server.url)
+    assert report.exit_code == 0, report
+    st = status()
+    assert accounted(st) == len(made)
+    assert st["delivered"]["events"] == len(made)
+    delivered = [e["properties"]["commit_id"] for e in scripted_server.accepted_events()]
+    assert set(delivered) == set(made)
+    assert len(delivered) - len(made) <= 10, "at most the batch in flight is sent again"

@@ -59,9 +59,21 @@ FATES = ("pending", "delivered", "quarantined", "dropped", "purged", "exported")
 
 # A second process appends, then flushes; the machine kills it mid-request (or not).
 CHILD = """
-    import sys, spool
+    import errno, os, sys
+    url, fail_at, tags = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+    real, writes = {name: getattr(os, name) for name in ("rename", "replace")}, [0]
+    def failing(name):
+        def move(src, dst, *args, **kwargs):
+            if os.path.basename(str(dst)) == "state.json":
+                writes[0] += 1
+                if writes[0] == fail_at:
+                    raise OSError(errno.EIO, "injected: the state write fails")
+            return real[name](src, dst, *args, **kwargs)
+        return move
+    for name in real:
+        setattr(os, name, failing(name))
+    import spool
     from spool.cli import main
-    url, tags = sys.argv[1], sys.argv[2:]
     for tag in tags:
         assert spool.append("server_stop", {"commit_id": tag}), tag
     main(["flush", "--endpoint", url, "--force", "--quiet"], prog_name="rs-telemetry")
@@ -219,7 +231,7 @@ class SpoolModel(RuleBasedStateMachine):
         delivered = [t for t in remaining[:resolved] if t not in new_q]
         for happened, name in (
             (new_q, "refused events quarantined"),
-            (still, "acknowledged, then killed before the commit"),
+            (still, "acknowledged, then the commit lost (kill, failed write)"),
             (set(accepted) & self.in_flight, "the batch in flight sent again"),
             (shown and resolved, "a flush stopped part-way"),
         ):
@@ -294,18 +306,24 @@ class SpoolModel(RuleBasedStateMachine):
         if report.exit_code in (0, 65):
             assert not self.pending
 
-    @precondition(lambda self: self.crashes < (4 if STRESS else 1))
-    @rule(data=st.data(), child_appends=st.integers(0, 2))
-    def killed_flush(self, data: st.DataObject, child_appends: int) -> None:
-        """A flush in another process (which appends first), killed mid-request."""
+    @precondition(lambda self: self.crashes < (4 if STRESS else 2))
+    @rule(data=st.data(), child_appends=st.integers(0, 2), fail_at=st.integers(0, 3))
+    def broken_flush(self, data: st.DataObject, child_appends: int, fail_at: int) -> None:
+        """A flush in another process (which appends first), killed mid-request, or (with
+        ``fail_at``) stopped by a state write failing with EIO: a claim abandoned mid-way.
+        """
         self.crashes += 1
         tags = self.new_tags(child_appends)
-        answers = self.answers_for(data, hold=True)
+        answers = self.answers_for(data, hold=not fail_at)
+        if fail_at:
+            # A refused event quarantined, then its state write lost, is quarantined twice
+            # by the next flush: a race design.md tolerates, kept out of this model.
+            answers.refused = set()
         seen = len(self.server.requests)
         self.server.handler = answers
         env = {**os.environ, "RS_SEGMENT_WRITE_KEY": WRITE_KEY}
         proc = subprocess.Popen(
-            [sys.executable, "-c", textwrap.dedent(CHILD), self.server.url, *tags],
+            [sys.executable, "-c", textwrap.dedent(CHILD), self.server.url, str(fail_at), *tags],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -328,9 +346,15 @@ class SpoolModel(RuleBasedStateMachine):
             assert proc.returncode in (0, 65, 75, 1), err
         else:
             assert proc.returncode == -signal.SIGKILL
-        before = self.pending + tags
-        killed = answers.held_tags if answers.held.is_set() else []
-        self.observe_flush(before, self.server.requests[seen:], answers.refused, killed)
+        requests = self.server.requests[seen:]
+        if answers.held.is_set():
+            in_flight = answers.held_tags
+        else:  # the batch whose commit failed: the last one acknowledged
+            acked = [r for r in requests if r.status is not None and 200 <= r.status < 300]
+            in_flight = tags_of(acked[-1]) if fail_at and acked else []
+            if fail_at and "injected" in err.decode():
+                note("a flush stopped by a failed state write")
+        self.observe_flush(self.pending + tags, requests, answers.refused, in_flight)
 
     @rule()
     def purge(self) -> None:
@@ -382,7 +406,7 @@ def test_the_spool_behaves_like_its_model(
     run_state_machine_as_test(
         SpoolModel,
         settings=settings(
-            max_examples=200 if STRESS else 30,
+            max_examples=200 if STRESS else 40,
             stateful_step_count=40 if STRESS else 20,
             deadline=None,
             database=None,
