@@ -5,6 +5,8 @@ spool, read-only views run in this process, and the accounting identity of SPEC 
 from __future__ import annotations
 
 import json
+import os
+import random
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,15 @@ def records(directory: Path) -> list[dict[str, Any]]:
             if isinstance(message, dict) and message.get("type") == "track":
                 found.append(message)
     return found
+
+
+def chosen_seed() -> int:
+    """A seed for a randomized test: ``RS_TELEMETRY_TEST_SEED`` when set, else a fresh one.
+
+    Printed, so that pytest shows it with a failure and the run can be repeated with
+    ``RS_TELEMETRY_TEST_SEED=<seed>``.
+    """
+    chosen = os.environ.get("RS_TELEMETRY_TEST_SEED")
+    seed = int(chosen) if chosen else random.randrange(1 << 30)  # noqa: S311 - not secret
+    print(f"RS_TELEMETRY_TEST_SEED={seed}")  # pytest shows it with a failure
+    return seed
