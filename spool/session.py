@@ -72,7 +72,7 @@ class Session:
             self.spool_dir or settings.env("RS_TELEMETRY_DIR") or settings.default_spool_dir()
         )
         try:
-            dir_stat = store.check_dir(directory, create=True)
+            dir_stat = store.check_dir(directory, create=True, hot=True)
             if store.read_mode(directory, dir_stat) == "off":
                 return OFF, "telemetry is disabled (rs-telemetry enable turns it on)"
             store.append_line(

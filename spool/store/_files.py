@@ -34,10 +34,12 @@ def _euid(refresh: bool = False) -> int:
     return _cached_euid
 
 
-def check_dir(directory: StrPath, create: bool) -> os.stat_result | None:
+def check_dir(directory: StrPath, create: bool, hot: bool = False) -> os.stat_result | None:
     """Refuse a directory we do not own or others can write; its stat, or None when absent.
 
-    Raises ``SpoolUnusable`` with the reason and the fix, e.g. ``chmod 700 DIR``.
+    Raises ``SpoolUnusable`` with the reason and the fix, e.g. ``chmod 700 DIR``; also for
+    a spool of a newer layout (``_layout``), except with ``hot`` (the append path, where
+    ``read_mode`` checks the layout whenever its cached answer lapses).
     """
     try:
         st = os.stat(directory)
@@ -62,6 +64,10 @@ def check_dir(directory: StrPath, create: bool) -> os.stat_result | None:
             str(directory),
             f"run: chmod 700 {directory}",
         )
+    if not hot:
+        from spool.store._layout import check_layout  # noqa: PLC0415 - an import cycle
+
+        check_layout(directory)
     return st
 
 

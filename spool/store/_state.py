@@ -21,6 +21,7 @@ from spool.store._files import (
     suppress_os,
     sync_file,
 )
+from spool.store._layout import check_state_version
 from spool.store._reading import segments, valid_cursor
 
 
@@ -55,6 +56,7 @@ def load_state(directory: Path) -> State:
         return State()
     try:
         data = json.loads(raw)
+        check_state_version(directory, data)  # a newer release's state: refused, not set aside
         if not isinstance(data, dict) or data.get("version") != 1:
             raise ValueError("unknown state version")
         data.pop("version")
