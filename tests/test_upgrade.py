@@ -115,11 +115,13 @@ def test_a_spool_of_a_newer_layout_is_refused_and_left_alone(
     ):
         result = cli(*command)
         assert result.returncode == 1, (command, result.stdout, result.stderr)
-        assert "newer" in result.stderr and "upgrade rs-telemetry" in result.stderr, result.stderr
+        assert "newer" in result.stderr, result.stderr
+        assert "upgrade rs-telemetry" in result.stderr, result.stderr
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     if marker == "layout":  # the marker a later layout writes; appenders look at it alone
         assert not spool.append("server_start")
         assert cli("append", "server_start").returncode == 1
-    assert {p.name: p.read_bytes() for p in spool_dir.iterdir() if not p.name.endswith(".lock")} == {
+    after = {p.name: p.read_bytes() for p in spool_dir.iterdir()}
+    assert {k: v for k, v in after.items() if not k.endswith(".lock")} == {
         k: v for k, v in before.items() if not k.endswith(".lock")
     }
