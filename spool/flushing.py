@@ -12,7 +12,6 @@ nothing, and at most the range in flight is sent again (with the same messageIds
 from __future__ import annotations
 
 import errno
-import os
 import random
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from typing import IO, Any
 
 from spool import exitcodes, record, settings, store
 from spool.errors import ConfigError, TelemetryError
-from spool.locking import Busy, flush_lock, state_lock
+from spool.locking import Busy, LockTimeout, flush_lock, state_lock
 from spool.upload import (
     ENVELOPE_BYTES,
     MAX_BATCH_EVENTS,
@@ -41,6 +40,9 @@ CAP_CHECK_INTERVAL = 0.5
 """Seconds between cap checks during a flush: appenders that found ``state.lock`` busy
 skipped theirs, so the flush checks for them, but listing every segment at every
 commit would cost a large backlog more than its upload."""
+FINISH_GRACE = 1.0
+"""Seconds past ``--max-time`` a flush may wait for ``state.lock`` to commit what the server
+already acknowledged, and to record its summary."""
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 
@@ -189,8 +191,9 @@ def _locked_flush(
     out: IO[str] | None,
 ) -> None:
     store.seal(directory)
-    store.enforce_cap(directory, conf.max_bytes)
-    with state_lock(directory):
+    lock_deadline = started + conf.max_time  # no lock may hold a flush past --max-time
+    store.enforce_cap(directory, conf.max_bytes, deadline=lock_deadline)
+    with state_lock(directory, deadline=lock_deadline):
         state = store.load_state(directory)
         if not conf.dry_run:
             store.remove_consumed(directory, state)
@@ -220,7 +223,7 @@ def _locked_flush(
     run = _Run(directory, conf, uploader, started + conf.max_time, report, done_callback, out)
     try:
         _pipeline(run, names)
-    except _Stop as stop:
+    except (_Stop, LockTimeout) as stop:
         report.exit_code = stop.exit_code
         report.message = stop.message
     finally:
@@ -247,7 +250,7 @@ def _finish(run: _Run) -> None:
     """Record the last flush and the retry deadline; a full disk must not break the run."""
     report = run.report
     try:
-        with state_lock(run.directory):
+        with state_lock(run.directory, deadline=run.deadline + FINISH_GRACE):
             state = store.load_state(run.directory)
             _apply(run.unsaved, state)
             state.last_flush = {
@@ -264,7 +267,7 @@ def _finish(run: _Run) -> None:
             store.save_state(run.directory, state)  # durable: now the consumed can go
             store.discard_segments(run.directory, run.consumed)
             run.consumed.clear()
-    except OSError as exc:
+    except (OSError, LockTimeout) as exc:
         # The consumed segments stay until the next flush removes them (remove_consumed).
         store.log_warning("could not record the flush summary: %s", exc)
 
@@ -357,14 +360,14 @@ def _pipeline(run: _Run, names: list[str]) -> None:
                 if not future.cancel():
                     prepared = future.exception() is None and future.result()
                     if prepared:
-                        os.close(prepared.claim)
+                        store.release_claim(prepared.claim)
 
 
 def _prepare(run: _Run, name: str) -> _Prepared | None:
     """Claim a segment (under ``state.lock``, where the cap looks for claims) and read it."""
     directory = run.directory
     path = directory / name
-    with state_lock(directory):
+    with state_lock(directory, deadline=run.deadline):
         state = store.load_state(directory)
         try:
             size = path.lstat().st_size
@@ -397,7 +400,7 @@ def _prepare(run: _Run, name: str) -> _Prepared | None:
                 for batch in _batches(_items(run, data, cursor, size))
             ]
     except BaseException:
-        os.close(claim)
+        store.release_claim(claim)
         raise
     return _Prepared(name, size, claim, batches, data, cursor)
 
@@ -446,7 +449,7 @@ def _send_prepared(run: _Run, prepared: _Prepared | None) -> None:
 def _release(run: _Run, name: str) -> None:
     claim = run.claims.pop(name, None)
     if claim is not None:
-        os.close(claim)
+        store.release_claim(claim)
 
 
 def _resolve(
@@ -570,7 +573,7 @@ def _account(
         run.progress(sent + old + len(entries))
     if run.uploader is None:
         return  # dry run: nothing changes
-    with state_lock(run.directory):
+    with state_lock(run.directory, deadline=run.deadline + FINISH_GRACE):
         state = store.load_state(run.directory)
         # Quarantine first and durably: if we crash after it, the range is resent and
         # quarantined again (a duplicate in quarantine), never lost.

@@ -54,6 +54,7 @@ from spool.store._limits import (
     enforce_cap_locked,
     is_claimed,
     quarantine_cap,
+    release_claim,
 )
 from spool.store._mode import (
     read_mode,
@@ -125,6 +126,7 @@ __all__ = [
     "quarantine_lines",
     "read_file",
     "read_mode",
+    "release_claim",
     "remove_consumed",
     "remove_segments",
     "save_state",

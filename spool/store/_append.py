@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+from spool.locking import close_lock_fd, register_lock_fd
 from spool.store._files import (
     ACTIVE,
     APPEND_FLAGS,
@@ -52,13 +53,20 @@ def _forget_active(close: bool = True) -> None:
     global _active  # noqa: PLW0603
     if _active is not None and close:
         with suppress_os():
+            # Unlock before closing: a child forked meanwhile shares the open file
+            # description, and the close alone would leave it holding our lock.
+            fcntl.flock(_active[1], fcntl.LOCK_UN)
+        with suppress_os():
             os.close(_active[1])
     _active = None
 
 
 def _forget_active_in_child() -> None:
-    global _active_lock  # noqa: PLW0603
-    _forget_active()  # closing the child's copy leaves the parent's lock, if any, alone
+    global _active, _active_lock  # noqa: PLW0603
+    if _active is not None:
+        with suppress_os():  # close, never unlock: unlocking would free the parent's lock
+            os.close(_active[1])
+    _active = None
     _active_lock = _thread.allocate_lock()  # another thread may have held it at fork time
 
 
@@ -197,6 +205,7 @@ def seal(directory: Path) -> None:
         fd = open_spool_file(directory / ACTIVE, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return
+    register_lock_fd(fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         st = os.fstat(fd)
@@ -208,4 +217,4 @@ def seal(directory: Path) -> None:
         if st.st_size and same:  # stamped already: a killed sealer's work, finished here
             _seal_locked(directory, fd)
     finally:
-        os.close(fd)
+        close_lock_fd(fd)  # LOCK_UN first: a child forked meanwhile must not keep the lock

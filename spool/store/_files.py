@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from spool.errors import SpoolUnusable
-from spool.locking import private_open
+from spool.locking import high_fd, private_open
 
 ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine.jsonl"
@@ -82,7 +82,7 @@ def make_dir(directory: Path) -> None:
 
 
 def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = high_fd(os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
     try:
         os.fsync(fd)
     finally:
@@ -118,7 +118,7 @@ def atomic_write(directory: Path, name: str, data: bytes, durable: bool = True) 
 
 def sync_file(directory: Path, name: str) -> None:
     """Make a file written with ``atomic_write(durable=False)`` durable, rename included."""
-    fd = os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = high_fd(os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
     try:
         os.fsync(fd)
     finally:
@@ -147,7 +147,7 @@ def open_spool_file(path: StrPath, flags: int) -> int:
     only the owner or root can have put the link there.
     """
     try:
-        return os.open(path, flags, 0o600)
+        return high_fd(os.open(path, flags, 0o600))
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import fcntl
-import os
 from pathlib import Path
 
-from spool.locking import Busy, held, state_lock
+from spool.locking import Busy, close_lock_fd, held, register_lock_fd, state_lock
 from spool.store._files import READ_FLAGS, open_spool_file, read_file
 from spool.store._reading import pending_files, split_lines
 from spool.store._state import load_state, remove_segments
 
 
-def enforce_cap(directory: Path, cap: int, wait: bool = True) -> None:
+def enforce_cap(
+    directory: Path, cap: int, wait: bool = True, deadline: float | None = None
+) -> None:
     """Drop the oldest pending events while the spool holds more than ``cap`` bytes.
 
     Events are dropped from the front of the oldest sealed segments by moving their
@@ -21,10 +22,11 @@ def enforce_cap(directory: Path, cap: int, wait: bool = True) -> None:
     ``spool_full`` in the same durable state write that moves the cursors, before any
     file goes. The segment a running flush is uploading is left alone (the flush owns
     it). With ``wait=False`` (appenders) a busy ``state.lock`` skips the check: the next
-    rotation or flush enforces the cap instead.
+    rotation or flush enforces the cap instead. ``deadline`` bounds the wait (see
+    ``state_lock``).
     """
     try:
-        with state_lock(directory, wait=wait):
+        with state_lock(directory, wait=wait, deadline=deadline):
             enforce_cap_locked(directory, cap)
     except Busy:
         return
@@ -51,12 +53,18 @@ def claim(path: Path) -> int:
     with its process. Returns the descriptor; closing it ends the claim.
     """
     fd = open_spool_file(path, READ_FLAGS)
+    register_lock_fd(fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
     except OSError:
-        os.close(fd)
+        close_lock_fd(fd)
         raise
     return fd
+
+
+def release_claim(fd: int) -> None:
+    """End a claim: unlock, then close (a child forked meanwhile must not keep the claim)."""
+    close_lock_fd(fd)
 
 
 def is_claimed(path: Path) -> bool:

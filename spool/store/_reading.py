@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from spool.store._state import State
+from spool.locking import high_fd
 from spool.store._files import (
     ACTIVE,
     QUARANTINE,
@@ -113,7 +114,7 @@ def valid_cursor(path: Path, cursor: int, size: int) -> int:
     if cursor > size:
         return 0
     try:
-        fd = os.open(path, READ_FLAGS)
+        fd = high_fd(os.open(path, READ_FLAGS))
     except OSError:
         return cursor
     try:
