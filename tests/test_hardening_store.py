@@ -161,3 +161,42 @@ def test_flush_waits_on_a_held_state_lock_no_longer_than_its_max_time(
     result = cli("flush", "--endpoint", receiver.url, env={"RS_SEGMENT_WRITE_KEY": WRITE_KEY})
     assert result.returncode == 0, result.stderr
     assert len(receiver.events) == 1
+
+
+CLOSED_STREAMS_HOST = r"""
+import os, sys
+import spool
+
+os.closerange(0, 3)  # a daemon that closed its standard streams...
+os.open(os.devnull, os.O_RDONLY)  # ...and reopened only stdin: our next open would be fd 1
+ok = 0
+for i in range(3):
+    ok += spool.append("server_start", {"commit_id": f"c{i}"})
+    for std in (1, 2):
+        try:
+            os.write(std, b"HOST-PRINT\n")  # the host prints, as it believes, to nowhere
+        except OSError:
+            pass
+kept = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+with open(sys.argv[1], "w") as report:
+    report.write(f"{ok} {kept}")
+"""
+
+
+def test_a_host_that_closed_its_standard_streams_never_prints_into_the_spool(
+    spool_dir: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.txt"
+    result = subprocess.run(
+        [sys.executable, "-c", CLOSED_STREAMS_HOST, str(report)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert report.read_text().startswith("3 "), report.read_text()
+    for path in spool_dir.iterdir():
+        assert b"HOST-PRINT" not in path.read_bytes(), path.name
+    assert_accounted(3)
+    lines = (spool_dir / "active.jsonl").read_bytes().splitlines()
+    assert [json.loads(line)["properties"]["commit_id"] for line in lines] == ["c0", "c1", "c2"]
