@@ -10,6 +10,8 @@ and every following line is a spooled record, byte for byte (so ``messageId`` an
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import hashlib
 import json
@@ -52,6 +54,7 @@ def export(directory: Path, target: Path, keep: bool = False) -> ExportResult:
     Holds ``flush.lock`` and ``state.lock`` throughout, so no flush, purge or cap drop
     touches the exported segments in between; appenders go on writing new ones.
     """
+    _refuse_existing(target.absolute())  # before sealing or locking anything
     if not store.check_dir(directory, create=False):
         _write_bundle(target, [])
         return ExportResult(0, target)
@@ -75,6 +78,13 @@ def export(directory: Path, target: Path, keep: bool = False) -> ExportResult:
 
 
 def _write_bundle(target: Path, lines: list[bytes]) -> None:
+    """Write the bundle to ``target``, durably (file and directory fsynced); never over a file.
+
+    The bundle is written to a temp file beside ``target`` and linked into place: a link
+    (unlike a rename) refuses a name that exists, so two exports racing for one name
+    cannot overwrite each other either. Where the file system has no hard links (a FAT
+    USB stick), ``target`` is created with ``O_EXCL`` and written in place.
+    """
     digest = hashlib.sha256()
     for line in lines:
         digest.update(line)
@@ -85,28 +95,68 @@ def _write_bundle(target: Path, lines: list[bytes]) -> None:
         "created": record.iso_timestamp(),
     }
     target = target.absolute()
+    _refuse_existing(target)
+    if not target.parent.is_dir():
+        raise BundleError(
+            f"cannot write {target}: the directory {target.parent} does not exist; nothing "
+            "was removed from the spool (create it, or choose another FILE)"
+        )
+    head = json.dumps(manifest).encode() + b"\n"
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
-        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-            gz.write(json.dumps(manifest).encode() + b"\n")
-            for line in lines:
-                gz.write(line)
-        # GzipFile closes first (writing its trailer), then the raw file: fsync after both.
-        fd = os.open(tmp, os.O_RDONLY)
+        _write_new(tmp, head, lines)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, target)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
+            os.link(tmp, target)
+        except FileExistsError:
+            _refuse_existing(target)
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            _write_new(target, head, lines)  # no hard links here: O_EXCL refuses instead
+    except BundleError:
         raise
-    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise BundleError(
+            f"could not write {target} ({exc.strerror or exc}); nothing was removed from the spool"
+        ) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(dir_fd)
+        os.fsync(dir_fd)  # the new name is durable only once its directory is
     finally:
         os.close(dir_fd)
+
+
+def _write_new(path: Path, head: bytes, lines: list[bytes]) -> None:
+    """Create ``path`` (``O_EXCL``: never an existing file), write the bundle, fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as raw:
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+                gz.write(head)
+                for line in lines:
+                    gz.write(line)
+            raw.flush()  # GzipFile wrote its trailer on close: fsync after it
+            os.fsync(raw.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def _refuse_existing(target: Path) -> None:
+    """Raise ``BundleError`` when ``target`` exists: export never overwrites (SPEC 10)."""
+    if not os.path.lexists(target):
+        return
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    suggestion = target.with_name(f"{target.stem}-{stamp}{target.suffix or '.rsbundle'}")
+    raise BundleError(
+        f"{target} exists and export never overwrites it; nothing was removed from the spool "
+        f"(choose a new FILE, e.g. {suggestion})"
+    )
 
 
 def read_bundle(source: Path) -> tuple[dict[str, object], list[bytes]]:
