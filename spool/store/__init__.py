@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from spool.store._append import (
     SEGMENT_MAX_BYTES,
+    adopt_segment,
     append_line,
     seal,
     segment_bytes,
@@ -44,6 +45,7 @@ from spool.store._files import (
     StrPath,
     atomic_write,
     check_dir,
+    fsync_dir,
     log_warning,
     make_dir,
     read_file,
@@ -104,6 +106,7 @@ __all__ = [
     "State",
     "StrPath",
     "add_to_quarantine",
+    "adopt_segment",
     "append_line",
     "atomic_write",
     "check_dir",
@@ -112,6 +115,7 @@ __all__ = [
     "discard_segments",
     "enforce_cap",
     "enforce_cap_locked",
+    "fsync_dir",
     "is_claimed",
     "iter_pending",
     "json_line",

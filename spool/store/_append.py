@@ -190,6 +190,16 @@ def write_segment(directory: Path, data: bytes) -> str:
     return name
 
 
+def adopt_segment(directory: Path, tmp: Path) -> str:
+    """Rename a complete, fsynced file of whole lines into a new segment; returns its name.
+
+    The caller fsyncs the directory (once for many segments).
+    """
+    name = _segment_name()
+    os.rename(tmp, directory / name)
+    return name
+
+
 def _still_at(path: str, st: os.stat_result) -> bool:
     """True when ``path`` still names the inode of ``st``."""
     try:

@@ -89,6 +89,11 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def fsync_dir(directory: Path) -> None:
+    """Make renames and links in ``directory`` durable."""
+    _fsync_dir(directory)
+
+
 def atomic_write(directory: Path, name: str, data: bytes, durable: bool = True) -> None:
     """Replace ``directory/name`` with ``data``: temp file, fsync, rename, fsync directory.
 
