@@ -110,6 +110,7 @@ class _Run:
     consumed: list[str] = field(default_factory=list)  # acknowledged, unlinked at _settle
     settled: float = field(default_factory=time.monotonic)
     rng: random.Random = field(default_factory=random.Random)
+    too_old_before: float = float("-inf")  # see store.too_old_limit
 
 
 def flush(
@@ -221,6 +222,9 @@ def _locked_flush(
 
     uploader = None if conf.dry_run else Uploader(batch_url, conf.write_key, conf.gzip)
     run = _Run(directory, conf, uploader, started + conf.max_time, report, done_callback, out)
+    run.too_old_before = store.too_old_limit(
+        time.time(), conf.max_age_seconds, _newest_stamp(directory, names)
+    )
     try:
         _pipeline(run, names)
     except (_Stop, LockTimeout) as stop:
@@ -287,20 +291,36 @@ def _count_left(directory: Path, names: list[str]) -> int:
 
 
 def _parse(line: store.Line, oldest_allowed: float, oldest_stamp: bytes) -> _Item:
-    """Decide what one spooled line is: a record to send, unreadable, or too old."""
+    """Decide what one spooled line is: a record to send, unreadable, or too old.
+
+    Too old needs evidence: a stamp from an unset clock (before 2020) is none.
+    """
     stamp = record.canonical_timestamp(line.raw)
     if stamp is not None:  # the fast path: fixed-width timestamps compare as text
         return (
             _Item(line, False, "too_old", too_old=True)
-            if stamp < oldest_stamp
+            if stamp < oldest_stamp and stamp >= _EVIDENCE_STAMP
             else _Item(line, True)
         )
     message, problem = record.check_line(line.raw)
     if message is None:
         return _Item(line, False, problem)
-    if record.parse_timestamp(message["timestamp"]) < oldest_allowed:
+    when = record.parse_timestamp(message["timestamp"])
+    if when < oldest_allowed and store.is_evidence(when):
         return _Item(line, False, "too_old", too_old=True)
     return _Item(line, True)
+
+
+_EVIDENCE_STAMP = record.iso_timestamp(store.UNSET_CLOCK_BEFORE).encode()
+
+
+def _newest_stamp(directory: Path, names: list[str]) -> float | None:
+    """When the spool's newest record (the last one appended) was stamped, if readable."""
+    raw = store.last_line(directory / names[-1]) if names else None
+    if raw is None:
+        return None
+    message, _problem = record.check_line(raw)
+    return record.parse_timestamp(message["timestamp"]) if message is not None else None
 
 
 def _batches(items: list[_Item]) -> list[list[_Item]]:
@@ -406,13 +426,14 @@ def _prepare(run: _Run, name: str) -> _Prepared | None:
 
 
 def _oldest_stamp(run: _Run) -> bytes:
-    return record.iso_timestamp(time.time() - run.conf.max_age_seconds).encode()
+    limit = run.too_old_before
+    return b"" if limit == float("-inf") else record.iso_timestamp(limit).encode()
 
 
 def _items(run: _Run, data: bytes, cursor: int, size: int) -> list[_Item]:
     """Each line of a segment's pending bytes, checked one by one."""
-    oldest_allowed = time.time() - run.conf.max_age_seconds
-    oldest_stamp = record.iso_timestamp(oldest_allowed).encode()
+    oldest_allowed = run.too_old_before
+    oldest_stamp = _oldest_stamp(run)
     items = [_parse(line, oldest_allowed, oldest_stamp) for line in store.split_lines(data, cursor)]
     if items and items[-1].line.end < size:
         # Trailing blank lines belong to the last range, so the segment is consumed whole.

@@ -161,11 +161,30 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
     raise OSError(errno.EAGAIN, "the active spool file kept being replaced")
 
 
-def _segment_name() -> str:
-    """A new segment name that sorts after older ones, e.g. ``seg-0179...-4242-0.jsonl``."""
-    return (
-        f"{SEGMENT_PREFIX}{time.time_ns():020d}-{os.getpid()}-{next(_seal_counter)}{SEGMENT_SUFFIX}"
-    )
+def _segment_name(directory: StrPath) -> str:
+    """A new segment name that sorts after every existing one, e.g. ``seg-0179...-4242-0.jsonl``.
+
+    "Oldest" means appended first whatever the wall clock did (SPEC 4): the number is the
+    clock in nanoseconds, but always above every segment's in the spool, so a clock set
+    back (NTP, a board without a real-time clock) never sorts new data before old. The
+    sequence is persisted by the names themselves; 0.1.0 wrote the same shape, so its
+    segments keep their order among the new ones.
+    """
+    number = max(time.time_ns(), _highest_number(directory) + 1)
+    return f"{SEGMENT_PREFIX}{number:020d}-{os.getpid()}-{next(_seal_counter)}{SEGMENT_SUFFIX}"
+
+
+def _highest_number(directory: StrPath) -> int:
+    """The largest segment number in ``directory``, e.g. 1796156649779556904; -1 if none."""
+    highest = -1
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX):
+                digits = name[len(SEGMENT_PREFIX) :].partition("-")[0]
+                if digits.isdigit():
+                    highest = max(highest, int(digits))
+    return highest
 
 
 def _seal_locked(directory: StrPath, fd: int) -> bool:
@@ -176,7 +195,9 @@ def _seal_locked(directory: StrPath, fd: int) -> bool:
     """
     os.utime(fd, ns=(SEALED_MTIME_NS, SEALED_MTIME_NS))
     try:
-        os.rename(os.path.join(directory, ACTIVE), os.path.join(directory, _segment_name()))
+        os.rename(
+            os.path.join(directory, ACTIVE), os.path.join(directory, _segment_name(directory))
+        )
     except OSError:
         os.utime(fd)  # not sealed after all: unstamp it, or no appender could use it again
         raise
@@ -185,7 +206,7 @@ def _seal_locked(directory: StrPath, fd: int) -> bool:
 
 def write_segment(directory: Path, data: bytes) -> str:
     """Add a sealed segment holding ``data`` (whole lines), durably; returns its name."""
-    name = _segment_name()
+    name = _segment_name(directory)
     atomic_write(directory, name, data)
     return name
 
@@ -195,7 +216,7 @@ def adopt_segment(directory: Path, tmp: Path) -> str:
 
     The caller fsyncs the directory (once for many segments).
     """
-    name = _segment_name()
+    name = _segment_name(directory)
     os.rename(tmp, directory / name)
     return name
 

@@ -109,3 +109,27 @@ def _drop_over_cap(directory: Path, cap: int) -> bool:
 def quarantine_cap(cap: int) -> int:
     """Bytes the quarantine may hold, e.g. 16 MiB for the default 64 MiB cap."""
     return max(64 * 1024, cap // 4)
+
+
+UNSET_CLOCK_BEFORE = 1_577_836_800.0
+"""2020-01-01T00:00:00Z: a timestamp before it comes from a clock that was never set (a
+board without a real-time clock starts at 1970), which is no evidence of age."""
+
+
+def too_old_limit(now: float, max_age: float, newest: float | None) -> float:
+    """Events stamped before the returned instant are too old; ``-inf`` when none is.
+
+    Dropping is irreversible, so only evidence counts (SPEC 7): a flush whose clock stands
+    more than ``max_age`` past the spool's own newest record has a clock that jumped
+    ahead, and drops nothing as too old; nor is a stamp before 2020 evidence (see
+    ``is_evidence``).
+    """
+    limit = now - max_age
+    if newest is not None and newest < limit:
+        return float("-inf")
+    return limit
+
+
+def is_evidence(stamp: float) -> bool:
+    """True when a record's timestamp can show its age (not from an unset clock)."""
+    return stamp >= UNSET_CLOCK_BEFORE
