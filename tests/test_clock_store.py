@@ -26,7 +26,7 @@ LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 pytestmark = pytest.mark.skipif(
     not LIBFAKETIME.exists(),
-    reason="libfaketime is absent (Debian package faketime): a real process clock cannot be shifted",
+    reason="libfaketime is absent (Debian package faketime): no process clock can be shifted",
 )
 
 APPENDER = r"""
@@ -125,9 +125,7 @@ def test_events_appended_under_a_1970_clock_are_delivered_not_dropped(
     assert "too_old" not in st["dropped"]["by_reason"]
 
 
-def test_a_flush_under_a_clock_200_days_ahead_drops_nothing(
-    cli: Cli, receiver: Receiver
-) -> None:
+def test_a_flush_under_a_clock_200_days_ahead_drops_nothing(cli: Cli, receiver: Receiver) -> None:
     order = append("e", 8)
     report = flush(cli, receiver, "+200d")
     assert report["dropped"] == 0, report
@@ -151,7 +149,7 @@ def test_events_that_really_are_old_are_still_dropped_as_too_old(
 def test_segments_sealed_under_a_clock_set_back_sort_after_those_of_release_0_1_0(
     cli: Cli, spool_dir: Path, receiver: Receiver
 ) -> None:
-    from test_upgrade import EXPECTED, copy_fixture  # noqa: PLC0415 - the 0.1.0 spool
+    from test_upgrade import EXPECTED, copy_fixture  # the 0.1.0 spool
 
     copy_fixture(spool_dir)
     # A day before the fixture was made: new segments (sealed by this flush, under the
