@@ -22,9 +22,12 @@ def _log_once(kind: str, msg: str, *args: object) -> None:
     if kind in _logged:
         return
     _logged.add(kind)
-    import logging  # noqa: PLC0415 - the error path only; logging costs milliseconds to import
+    try:
+        import logging  # noqa: PLC0415 - the error path only; logging costs milliseconds to import
 
-    logging.getLogger("spool").warning(msg, *args)
+        logging.getLogger("spool").warning(msg, *args)
+    except Exception:  # noqa: BLE001 - e.g. no descriptor left to import logging: never raise
+        _logged.discard(kind)  # into the host; say it at the next failure instead
 
 
 class Session:

@@ -10,7 +10,7 @@ import os
 import time
 from pathlib import Path
 
-from spool.locking import close_lock_fd, register_lock_fd
+from spool.locking import LockTimeout, close_lock_fd, register_lock_fd, state_lock
 from spool.store._files import (
     ACTIVE,
     APPEND_FLAGS,
@@ -22,7 +22,7 @@ from spool.store._files import (
     open_spool_file,
     suppress_os,
 )
-from spool.store._limits import enforce_cap
+from spool.store._limits import enforce_cap_locked, pending_bytes
 
 SEGMENT_MAX_BYTES = 440_000
 """Size at which a segment is sealed (it may pass it by one record): one upload batch,
@@ -82,10 +82,7 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
     """
     path = os.path.join(directory, ACTIVE)
     with _active_lock:
-        sealed = _append_locked(directory, path, line, fsync, cap)
-    if sealed:
-        with suppress_os():
-            enforce_cap(Path(directory), cap, wait=False)
+        _append_locked(directory, path, line, fsync, cap)
 
 
 def _open_active(path: str) -> tuple[str, int, int, int]:
@@ -105,7 +102,9 @@ def _open_active(path: str) -> tuple[str, int, int, int]:
 
 def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap: int) -> bool:
     """The body of ``append_line``; True when this append sealed the active file."""
-    for _attempt in range(16):
+    # Each retry follows a seal made meanwhile; under heavy contention (32 appenders,
+    # flock is not fair) one appender can meet many in a row before it wins the lock.
+    for _attempt in range(256):
         active = _active if _active is not None and _active[0] == path else _open_active(path)
         fd = active[1]
         try:
@@ -146,10 +145,18 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
                 with suppress_os():
                     os.ftruncate(fd, size)  # needs no free space
                 raise
-            # The record is spooled from here on: trouble while rotating or enforcing the
-            # cap (a full disk refusing the state write) must not report it as lost.
             if size + len(data) < segment_bytes(cap):
                 return False
+            # A rotation: the cap is enforced before the seal, under the active file's
+            # flock, so no appender adds to the spool meanwhile and the cap holds however
+            # many append at once (SPEC 8: 1.5x). When it cannot be (state.lock stuck, no
+            # descriptors left) and the spool is past 1.5x, this record is refused.
+            if not _cap_allows(Path(directory), cap):
+                with suppress_os():
+                    os.ftruncate(fd, size)  # needs no free space
+                raise OSError(errno.ENOSPC, "the spool is over its cap and cannot drop")
+            # The record is spooled from here on: trouble while rotating (a full disk
+            # refusing a rename) must not report it as lost.
             with suppress_os():
                 _seal_locked(directory, fd)
                 _forget_active()
@@ -159,6 +166,32 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
             if _active is not None and _active[1] == fd:
                 fcntl.flock(fd, fcntl.LOCK_UN)
     raise OSError(errno.EAGAIN, "the active spool file kept being replaced")
+
+
+APPEND_CAP_WAIT = 0.5
+"""Seconds an appender that rotates an over-cap spool may wait for ``state.lock`` to drop
+the oldest data (held for milliseconds by a flush's commit, never across the network)."""
+
+
+def _cap_allows(directory: Path, cap: int) -> bool:
+    """Enforce the cap before a seal; False when the spool is past 1.5x and cannot drop.
+
+    The caller holds the active file's flock: appenders wait for this at most
+    ``APPEND_CAP_WAIT``, and only when the spool is over its cap.
+    """
+    try:
+        if pending_bytes(directory) <= cap:
+            return True
+        with state_lock(directory, deadline=time.monotonic() + APPEND_CAP_WAIT):
+            enforce_cap_locked(directory, cap)
+    except (OSError, LockTimeout):
+        pass  # judged below by what is pending
+    else:
+        return True
+    try:
+        return pending_bytes(directory) <= cap + cap // 2
+    except OSError:
+        return False  # nothing can be checked (no descriptors left): refuse, never overshoot
 
 
 def _segment_name(directory: StrPath) -> str:

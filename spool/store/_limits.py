@@ -106,6 +106,11 @@ def _drop_over_cap(directory: Path, cap: int) -> bool:
     return dropped > 0
 
 
+def pending_bytes(directory: Path) -> int:
+    """Bytes pending in the spool (sealed segments past their cursors, and the active file)."""
+    return sum(pf.size - pf.cursor for pf in pending_files(directory, load_state(directory)))
+
+
 def quarantine_cap(cap: int) -> int:
     """Bytes the quarantine may hold, e.g. 16 MiB for the default 64 MiB cap."""
     return max(64 * 1024, cap // 4)
