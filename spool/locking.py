@@ -4,8 +4,8 @@
   happens only while it is held. Taken by every append; held for one ``write()``.
 - ``state.lock``: read-modify-write of ``state.json``, the quarantine file, and every
   deletion of a sealed segment. Held for milliseconds, never across the network.
-  Appenders take it only when a rotation pushed the spool over its cap, and then only
-  if it is free (they never wait for a flush).
+  Appenders take it only when a rotation finds the spool over its cap, waiting at most
+  0.5 s (a flush holds it for one commit), so that the cap holds under contention.
 - ``flush.lock`` (filelock): one flush, export or purge per spool at a time. Held for
   the whole run, network included; appenders never touch it.
 
