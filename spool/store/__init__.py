@@ -3,8 +3,10 @@
 Layout of a spool directory (0700, every file 0600):
 
 - ``active.jsonl``: where appenders write, one record per line, under ``flock``.
-- ``seg-<ns>-<pid>-<n>.jsonl``: sealed segments, immutable, oldest name first. An appender
-  seals the active file when it passes ``segment_bytes(cap)``; a flush seals it when it starts.
+- ``seg-<N>-<pid>-<n>.jsonl``: sealed segments, immutable, first appended first by name
+  (``N`` never goes backwards, whatever the clock). An appender seals the active file when
+  it passes ``segment_bytes(cap)``, enforcing the cap first; a flush seals it when it starts.
+- ``layout``: absent in this release's layout (1); a newer layout is refused (``_layout``).
 - ``state.json``: counters, per-segment cursors (bytes already resolved), the last
   flush and the retry deadline. Replaced atomically.
 - A flush *claims* the segment it uploads with a shared ``flock`` on it (taken under
