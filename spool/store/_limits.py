@@ -21,9 +21,9 @@ def enforce_cap(
     it is, down to the newest record, which is always kept. The drops are counted under
     ``spool_full`` in the same durable state write that moves the cursors, before any
     file goes. The segment a running flush is uploading is left alone (the flush owns
-    it). With ``wait=False`` a busy ``state.lock`` skips the check. (Appenders enforce
-    the cap before each seal instead, see ``_append._cap_allows``.) ``deadline`` bounds the wait (see
-    ``state_lock``).
+    it). With ``wait=False`` a busy ``state.lock`` skips the check; ``deadline`` bounds
+    the wait (see ``state_lock``). Appenders enforce the cap before each seal instead
+    (``_append._cap_allows``).
     """
     try:
         with state_lock(directory, wait=wait, deadline=deadline):
