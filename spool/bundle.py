@@ -10,6 +10,8 @@ and every following line is a spooled record, byte for byte (so ``messageId`` an
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import gzip
 import hashlib
 import json
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from spool import record, settings, store
 from spool.errors import TelemetryError
-from spool.locking import flush_lock, state_lock
+from spool.locking import flush_lock, private_open, state_lock
 
 FORMAT_KEY = "rs_telemetry_bundle"
 
@@ -52,6 +54,7 @@ def export(directory: Path, target: Path, keep: bool = False) -> ExportResult:
     Holds ``flush.lock`` and ``state.lock`` throughout, so no flush, purge or cap drop
     touches the exported segments in between; appenders go on writing new ones.
     """
+    _refuse_existing(target.absolute())  # before sealing or locking anything
     if not store.check_dir(directory, create=False):
         _write_bundle(target, [])
         return ExportResult(0, target)
@@ -75,6 +78,13 @@ def export(directory: Path, target: Path, keep: bool = False) -> ExportResult:
 
 
 def _write_bundle(target: Path, lines: list[bytes]) -> None:
+    """Write the bundle to ``target``, durably (file and directory fsynced); never over a file.
+
+    The bundle is written to a temp file beside ``target`` and linked into place: a link
+    (unlike a rename) refuses a name that exists, so two exports racing for one name
+    cannot overwrite each other either. Where the file system has no hard links (a FAT
+    USB stick), ``target`` is created with ``O_EXCL`` and written in place.
+    """
     digest = hashlib.sha256()
     for line in lines:
         digest.update(line)
@@ -85,79 +95,253 @@ def _write_bundle(target: Path, lines: list[bytes]) -> None:
         "created": record.iso_timestamp(),
     }
     target = target.absolute()
+    _refuse_existing(target)
+    if not target.parent.is_dir():
+        raise BundleError(
+            f"cannot write {target}: the directory {target.parent} does not exist; nothing "
+            "was removed from the spool (create it, or choose another FILE)"
+        )
+    head = json.dumps(manifest).encode() + b"\n"
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
-        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
-            gz.write(json.dumps(manifest).encode() + b"\n")
-            for line in lines:
-                gz.write(line)
-        # GzipFile closes first (writing its trailer), then the raw file: fsync after both.
-        fd = os.open(tmp, os.O_RDONLY)
+        _write_new(tmp, head, lines)
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, target)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
+            os.link(tmp, target)
+        except FileExistsError:
+            _refuse_existing(target)
+            raise
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK):
+                raise
+            _write_new(target, head, lines)  # no hard links here: O_EXCL refuses instead
+    except BundleError:
         raise
-    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as exc:
+        raise BundleError(
+            f"could not write {target} ({exc.strerror or exc}); nothing was removed from the spool"
+        ) from exc
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        os.fsync(dir_fd)
+        os.fsync(dir_fd)  # the new name is durable only once its directory is
     finally:
         os.close(dir_fd)
 
 
-def read_bundle(source: Path) -> tuple[dict[str, object], list[bytes]]:
-    """The manifest and event lines of a bundle, verified; raises ``BundleError``."""
+def _write_new(path: Path, head: bytes, lines: list[bytes]) -> None:
+    """Create ``path`` (``O_EXCL``: never an existing file), write the bundle, fsync it."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
-        with gzip.open(source, "rb") as gz:
-            raw = gz.read()
-    except (OSError, EOFError, zlib.error) as exc:
-        raise BundleError(f"{source} is not a readable bundle ({exc}); nothing was added") from exc
-    head, _, body = raw.partition(b"\n")
+        with os.fdopen(fd, "wb") as raw:
+            with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+                gz.write(head)
+                for line in lines:
+                    gz.write(line)
+            raw.flush()  # GzipFile wrote its trailer on close: fsync after it
+            os.fsync(raw.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+
+
+def _refuse_existing(target: Path) -> None:
+    """Raise ``BundleError`` when ``target`` exists: export never overwrites (SPEC 10)."""
+    if not os.path.lexists(target):
+        return
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    suggestion = target.with_name(f"{target.stem}-{stamp}{target.suffix or '.rsbundle'}")
+    raise BundleError(
+        f"{target} exists and export never overwrites it; nothing was removed from the spool "
+        f"(choose a new FILE, e.g. {suggestion})"
+    )
+
+
+IMPORT_MIN_LIMIT = 96 * 1024 * 1024
+"""The smallest import limit: what a spool with the default 64 MiB cap can hold (1.5x)."""
+_CHUNK = 64 * 1024
+_MANIFEST_MAX = 64 * 1024
+
+
+def import_limit(cap: int) -> int:
+    """Bytes a bundle may inflate to, e.g. 96 MiB for the default 64 MiB cap.
+
+    A bundle holds at most what its spool held, never more than 1.5x that spool's cap;
+    anything larger is damaged (a gzip bomb) and refused before it fills memory or disk.
+    """
+    return max(cap + cap // 2, IMPORT_MIN_LIMIT)
+
+
+def _damaged(source: Path, why: str) -> BundleError:
+    return BundleError(f"{source} is damaged ({why}); nothing was added")
+
+
+@dataclass
+class _Staged:
+    """A bundle's events, verified, in temp files of the spool that are not segments yet."""
+
+    manifest: dict[str, object]
+    paths: list[Path]
+    count: int
+
+
+class _Stager:
+    """Writes a bundle's body into temp files cut at line ends, counting and hashing it.
+
+    Memory stays at one read's size whatever the bundle holds: nothing is kept but counts.
+    """
+
+    def __init__(self, source: Path, directory: Path, expected: int, limit: int) -> None:
+        self.source, self.directory, self.expected, self.limit = source, directory, expected, limit
+        self.paths: list[Path] = []
+        self.digest = hashlib.sha256()
+        self.total = 0
+        self.count = 0
+        self.in_line = False  # the last byte seen is inside a non-empty line
+        self.fd = -1
+        self.size = 0
+
+    def feed(self, data: bytes) -> None:
+        self.digest.update(data)
+        self.total += len(data)
+        if self.total > self.limit:
+            raise _damaged(
+                self.source,
+                f"it inflates past {self.limit} bytes, the import limit: "
+                "1.5 x RS_TELEMETRY_MAX_BYTES, at least 96 MiB",
+            )
+        parts = data.split(b"\n")
+        for part in parts[:-1]:
+            if part or self.in_line:
+                self.count += 1
+            self.in_line = False
+        if parts[-1]:
+            self.in_line = True
+        if self.count > self.expected:
+            raise _damaged(self.source, f"more lines than the {self.expected} its manifest says")
+        cut = data.find(b"\n") + 1 if self.size >= store.SEGMENT_MAX_BYTES else 0
+        if cut:  # a segment ends at a line end, once it is large enough
+            self._write(data[:cut])
+            self._close()
+            data = data[cut:]
+        if data:
+            self._write(data)
+
+    def finish(self) -> None:
+        if self.in_line:
+            self.count += 1
+            self._write(b"\n")  # a torn last line still ends the file
+        self._close()
+
+    def discard(self) -> None:
+        self._close()
+        for path in self.paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def _write(self, data: bytes) -> None:
+        if self.fd < 0:
+            name = f".import-{os.getpid()}-{time.monotonic_ns()}-{len(self.paths)}.tmp"
+            path = self.directory / name
+            self.fd = private_open(path, os.O_WRONLY | os.O_EXCL)
+            self.paths.append(path)
+            self.size = 0
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.fd, view) :]
+        self.size += len(data)
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _read_manifest(source: Path, gz: gzip.GzipFile) -> tuple[dict[str, object], int, bytes]:
+    """The manifest line (at most 64 KiB), its ``count``, and the body bytes read past it."""
+    head = b""
+    while b"\n" not in head and len(head) <= _MANIFEST_MAX:
+        chunk = gz.read(_CHUNK)
+        if not chunk:
+            break
+        head += chunk
+    line, newline, rest = head.partition(b"\n")
     try:
-        manifest = json.loads(head)
+        manifest = json.loads(line) if newline else None
     except ValueError:
         manifest = None
-    if not isinstance(manifest, dict) or manifest.get(FORMAT_KEY) != 1:
+    count = manifest.get("count") if isinstance(manifest, dict) else None
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get(FORMAT_KEY) != 1
+        or not isinstance(count, int)
+        or isinstance(count, bool)
+        or count < 0
+        or not isinstance(manifest.get("sha256"), str)
+    ):
         raise BundleError(f"{source} has no rs-telemetry manifest; nothing was added")
-    if hashlib.sha256(body).hexdigest() != manifest.get("sha256"):
-        raise BundleError(f"{source} is damaged (checksum mismatch); nothing was added")
-    lines = [line.raw + b"\n" for line in store.split_lines(body)]
-    if len(lines) != manifest.get("count"):
-        raise BundleError(f"{source} is damaged (count mismatch); nothing was added")
-    return manifest, lines
+    return manifest, count, rest
+
+
+def _stage(source: Path, directory: Path, limit: int) -> _Staged:
+    """Read and verify a bundle into temp files of ``directory``; raise ``BundleError``."""
+    stager: _Stager | None = None
+    try:
+        with gzip.open(source, "rb") as gz:
+            manifest, count, rest = _read_manifest(source, gz)
+            stager = _Stager(source, directory, count, limit)
+            if rest:
+                stager.feed(rest)
+            while chunk := gz.read(_CHUNK):
+                stager.feed(chunk)
+        stager.finish()
+        if stager.digest.hexdigest() != manifest["sha256"]:
+            raise _damaged(source, "checksum mismatch")
+        if stager.count != manifest["count"]:
+            raise _damaged(source, "count mismatch")
+    except BaseException as exc:
+        if stager is not None:
+            stager.discard()
+        if isinstance(exc, (OSError, EOFError, zlib.error)) and not isinstance(exc, BundleError):
+            raise BundleError(
+                f"{source} is not a readable bundle ({exc}); nothing was added"
+            ) from exc
+        raise
+    return _Staged(manifest, stager.paths, stager.count)
 
 
 def import_(directory: Path, source: Path) -> ImportResult:
     """Add a bundle's events to this spool, once: a bundle already imported adds nothing.
 
-    The events are written as new sealed segments (durably) before the bundle is
-    recorded as imported; a crash in between can only import it twice, and a re-sent
-    event is harmless (Segment deduplicates on ``messageId``).
+    The bundle is read with bounded memory into temp files of the spool and verified
+    (checksum, count, the import limit) before anything is added; only then are the
+    files renamed into segments (durably) and the bundle recorded as imported. A crash
+    in between can only import it twice, and a re-sent event is harmless (Segment
+    deduplicates on ``messageId``).
     """
-    manifest, lines = read_bundle(source)
-    bundle_id = str(manifest["sha256"])
     store.check_dir(directory, create=True)
-    with state_lock(directory):
-        state = store.load_state(directory)
-        if bundle_id in state.imports:
-            return ImportResult(0, already=True)
-        chunk: list[bytes] = []
-        size = 0
-        for line in lines:
-            chunk.append(line)
-            size += len(line)
-            if size >= store.SEGMENT_MAX_BYTES:
-                store.write_segment(directory, b"".join(chunk))
-                chunk, size = [], 0
-        if chunk:
-            store.write_segment(directory, b"".join(chunk))
-        state = store.load_state(directory)
-        state.imports.append(bundle_id)
-        state.imported += len(lines)
-        store.save_state(directory, state)
+    staged = _stage(source, directory, import_limit(settings.max_bytes()))
+    try:
+        bundle_id = str(staged.manifest["sha256"])
+        with state_lock(directory):
+            state = store.load_state(directory)
+            if bundle_id in state.imports:
+                return ImportResult(0, already=True)
+            for path in staged.paths:
+                store.adopt_segment(directory, path)
+            store.fsync_dir(directory)  # the segments are durable before the import is recorded
+            state = store.load_state(directory)
+            state.imports.append(bundle_id)
+            state.imported += staged.count
+            store.save_state(directory, state)
+    finally:
+        for path in staged.paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # left over only when nothing was added
     store.enforce_cap(directory, settings.max_bytes())
-    return ImportResult(len(lines), already=False)
+    return ImportResult(staged.count, already=False)

@@ -12,7 +12,6 @@ nothing, and at most the range in flight is sent again (with the same messageIds
 from __future__ import annotations
 
 import errno
-import os
 import random
 import time
 from collections.abc import Callable
@@ -22,7 +21,7 @@ from typing import IO, Any
 
 from spool import exitcodes, record, settings, store
 from spool.errors import ConfigError, TelemetryError
-from spool.locking import Busy, flush_lock, state_lock
+from spool.locking import Busy, LockTimeout, flush_lock, state_lock
 from spool.upload import (
     ENVELOPE_BYTES,
     MAX_BATCH_EVENTS,
@@ -41,6 +40,9 @@ CAP_CHECK_INTERVAL = 0.5
 """Seconds between cap checks during a flush: appenders that found ``state.lock`` busy
 skipped theirs, so the flush checks for them, but listing every segment at every
 commit would cost a large backlog more than its upload."""
+FINISH_GRACE = 1.0
+"""Seconds past ``--max-time`` a flush may wait for ``state.lock`` to commit what the server
+already acknowledged, and to record its summary."""
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 
@@ -108,6 +110,7 @@ class _Run:
     consumed: list[str] = field(default_factory=list)  # acknowledged, unlinked at _settle
     settled: float = field(default_factory=time.monotonic)
     rng: random.Random = field(default_factory=random.Random)
+    too_old_before: float = float("-inf")  # see store.too_old_limit
 
 
 def flush(
@@ -189,8 +192,9 @@ def _locked_flush(
     out: IO[str] | None,
 ) -> None:
     store.seal(directory)
-    store.enforce_cap(directory, conf.max_bytes)
-    with state_lock(directory):
+    lock_deadline = started + conf.max_time  # no lock may hold a flush past --max-time
+    store.enforce_cap(directory, conf.max_bytes, deadline=lock_deadline)
+    with state_lock(directory, deadline=lock_deadline):
         state = store.load_state(directory)
         if not conf.dry_run:
             store.remove_consumed(directory, state)
@@ -218,9 +222,12 @@ def _locked_flush(
 
     uploader = None if conf.dry_run else Uploader(batch_url, conf.write_key, conf.gzip)
     run = _Run(directory, conf, uploader, started + conf.max_time, report, done_callback, out)
+    run.too_old_before = store.too_old_limit(
+        time.time(), conf.max_age_seconds, _newest_stamp(directory, names)
+    )
     try:
         _pipeline(run, names)
-    except _Stop as stop:
+    except (_Stop, LockTimeout) as stop:
         report.exit_code = stop.exit_code
         report.message = stop.message
     finally:
@@ -247,7 +254,7 @@ def _finish(run: _Run) -> None:
     """Record the last flush and the retry deadline; a full disk must not break the run."""
     report = run.report
     try:
-        with state_lock(run.directory):
+        with state_lock(run.directory, deadline=run.deadline + FINISH_GRACE):
             state = store.load_state(run.directory)
             _apply(run.unsaved, state)
             state.last_flush = {
@@ -265,7 +272,7 @@ def _finish(run: _Run) -> None:
             store.save_state(run.directory, state)  # durable: now the consumed can go
             store.discard_segments(run.directory, run.consumed)
             run.consumed.clear()
-    except OSError as exc:
+    except (OSError, LockTimeout) as exc:
         # The consumed segments stay until the next flush removes them (remove_consumed).
         store.log_warning("could not record the flush summary: %s", exc)
 
@@ -285,20 +292,36 @@ def _count_left(directory: Path, names: list[str]) -> int:
 
 
 def _parse(line: store.Line, oldest_allowed: float, oldest_stamp: bytes) -> _Item:
-    """Decide what one spooled line is: a record to send, unreadable, or too old."""
+    """Decide what one spooled line is: a record to send, unreadable, or too old.
+
+    Too old needs evidence: a stamp from an unset clock (before 2020) is none.
+    """
     stamp = record.canonical_timestamp(line.raw)
     if stamp is not None:  # the fast path: fixed-width timestamps compare as text
         return (
             _Item(line, False, "too_old", too_old=True)
-            if stamp < oldest_stamp
+            if stamp < oldest_stamp and stamp >= _EVIDENCE_STAMP
             else _Item(line, True)
         )
     message, problem = record.check_line(line.raw)
     if message is None:
         return _Item(line, False, problem)
-    if record.parse_timestamp(message["timestamp"]) < oldest_allowed:
+    when = record.parse_timestamp(message["timestamp"])
+    if when < oldest_allowed and store.is_evidence(when):
         return _Item(line, False, "too_old", too_old=True)
     return _Item(line, True)
+
+
+_EVIDENCE_STAMP = record.iso_timestamp(store.UNSET_CLOCK_BEFORE).encode()
+
+
+def _newest_stamp(directory: Path, names: list[str]) -> float | None:
+    """When the spool's newest record (the last one appended) was stamped, if readable."""
+    raw = store.last_line(directory / names[-1]) if names else None
+    if raw is None:
+        return None
+    message, _problem = record.check_line(raw)
+    return record.parse_timestamp(message["timestamp"]) if message is not None else None
 
 
 def _batches(items: list[_Item]) -> list[list[_Item]]:
@@ -358,14 +381,14 @@ def _pipeline(run: _Run, names: list[str]) -> None:
                 if not future.cancel():
                     prepared = future.exception() is None and future.result()
                     if prepared:
-                        os.close(prepared.claim)
+                        store.release_claim(prepared.claim)
 
 
 def _prepare(run: _Run, name: str) -> _Prepared | None:
     """Claim a segment (under ``state.lock``, where the cap looks for claims) and read it."""
     directory = run.directory
     path = directory / name
-    with state_lock(directory):
+    with state_lock(directory, deadline=run.deadline):
         state = store.load_state(directory)
         try:
             size = path.lstat().st_size
@@ -398,19 +421,20 @@ def _prepare(run: _Run, name: str) -> _Prepared | None:
                 for batch in _batches(_items(run, data, cursor, size))
             ]
     except BaseException:
-        os.close(claim)
+        store.release_claim(claim)
         raise
     return _Prepared(name, size, claim, batches, data, cursor)
 
 
 def _oldest_stamp(run: _Run) -> bytes:
-    return record.iso_timestamp(time.time() - run.conf.max_age_seconds).encode()
+    limit = run.too_old_before
+    return b"" if limit == float("-inf") else record.iso_timestamp(limit).encode()
 
 
 def _items(run: _Run, data: bytes, cursor: int, size: int) -> list[_Item]:
     """Each line of a segment's pending bytes, checked one by one."""
-    oldest_allowed = time.time() - run.conf.max_age_seconds
-    oldest_stamp = record.iso_timestamp(oldest_allowed).encode()
+    oldest_allowed = run.too_old_before
+    oldest_stamp = _oldest_stamp(run)
     items = [_parse(line, oldest_allowed, oldest_stamp) for line in store.split_lines(data, cursor)]
     if items and items[-1].line.end < size:
         # Trailing blank lines belong to the last range, so the segment is consumed whole.
@@ -447,7 +471,7 @@ def _send_prepared(run: _Run, prepared: _Prepared | None) -> None:
 def _release(run: _Run, name: str) -> None:
     claim = run.claims.pop(name, None)
     if claim is not None:
-        os.close(claim)
+        store.release_claim(claim)
 
 
 def _resolve(
@@ -571,7 +595,7 @@ def _account(
         run.progress(sent + old + len(entries))
     if run.uploader is None:
         return  # dry run: nothing changes
-    with state_lock(run.directory):
+    with state_lock(run.directory, deadline=run.deadline + FINISH_GRACE):
         state = store.load_state(run.directory)
         # Quarantine first and durably: if we crash after it, the range is resent and
         # quarantined again (a duplicate in quarantine), never lost.

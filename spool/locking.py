@@ -4,32 +4,112 @@
   happens only while it is held. Taken by every append; held for one ``write()``.
 - ``state.lock``: read-modify-write of ``state.json``, the quarantine file, and every
   deletion of a sealed segment. Held for milliseconds, never across the network.
-  Appenders take it only when a rotation pushed the spool over its cap, and then only
-  if it is free (they never wait for a flush).
+  Appenders take it only when a rotation finds the spool over its cap, waiting at most
+  0.5 s (a flush holds it for one commit), so that the cap holds under contention.
 - ``flush.lock`` (filelock): one flush, export or purge per spool at a time. Held for
   the whole run, network included; appenders never touch it.
 
-``flock`` locks belong to the open file description. ``state.lock`` and ``flush.lock``
-holders open their own descriptor and close it when done. The append path keeps the
-active file's descriptor between calls (see ``store``) but never holds its lock between
-them, serializes its own threads with a process lock, and a forked child forgets it.
+``flock`` locks belong to the open file description, which a forked child shares: a child
+that lives on would keep a lock its parent took through any descriptor open at the fork
+(another thread's included; ``O_CLOEXEC`` acts on exec only). So every lock taken here is
+released with an explicit ``LOCK_UN`` (which frees it for every copy of the descriptor)
+before its descriptor is closed, never by the close alone; and every lock descriptor is
+registered while open, and closed in a forked child at once (``os.register_at_fork``),
+so that no child holds a spool lock or its descriptor (issue 11, item 1).
+
+Every descriptor opened here is moved to 3 or above (``high_fd``): a host that closed
+its standard streams must not get a spool file as its fd 1 (issue 11, item 8).
 """
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+
+from spool import exitcodes
+from spool.errors import TelemetryError
 
 STATE_LOCK = "state.lock"
 FLUSH_LOCK = "flush.lock"
 
 
+def high_fd(fd: int) -> int:
+    """``fd``, or a close-on-exec duplicate of it at 3 or above when it is 0, 1 or 2.
+
+    A host that closed its standard streams would otherwise print into the spool (as
+    SQLite does, we never keep a file on a standard stream's number).
+    """
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
+
+
+# Lock descriptors open in this process, closed in a forked child (see the module's doc).
+# _fd_guard covers only the instant between open() and registering, never a lock's
+# holding, so a fork waits at most for that instant.
+_lock_fds: set[int] = set()
+_fd_guard = _thread.allocate_lock()
+
+
+def open_lock_fd(path: str | os.PathLike[str], flags: int, mode: int = 0o600) -> int:
+    """Open a descriptor that will carry a ``flock``, registered for ``close_lock_fd``."""
+    with _fd_guard:
+        fd = high_fd(os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode))
+        _lock_fds.add(fd)
+    return fd
+
+
+def register_lock_fd(fd: int) -> None:
+    """Register a descriptor opened elsewhere that now carries a ``flock``."""
+    with _fd_guard:
+        _lock_fds.add(fd)
+
+
+def close_lock_fd(fd: int) -> None:
+    """Unlock (for every copy of the descriptor, a forked child's included), then close."""
+    with _fd_guard:
+        _lock_fds.discard(fd)
+        with contextlib.suppress(OSError):  # not locked: the close is all there is to do
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _before_fork() -> None:
+    _fd_guard.acquire()
+
+
+def _after_fork_in_parent() -> None:
+    _fd_guard.release()
+
+
+def _after_fork_in_child() -> None:
+    """Close every inherited lock descriptor; never unlock (that would free the parent's)."""
+    global _fd_guard  # noqa: PLW0603
+    for fd in _lock_fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _lock_fds.clear()
+    _fd_guard = _thread.allocate_lock()
+
+
+os.register_at_fork(
+    before=_before_fork,
+    after_in_parent=_after_fork_in_parent,
+    after_in_child=_after_fork_in_child,
+)
+
+
 def private_open(path: str | os.PathLike[str], flags: int) -> int:
     """``os.open`` with ``O_CREAT``, the file made 0600 whatever the umask (``O_NOFOLLOW``)."""
-    fd = os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fd = high_fd(os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
     try:
         if os.fstat(fd).st_mode & 0o777 != 0o600:
             os.fchmod(fd, 0o600)  # the umask took bits away (e.g. umask 0277 gives 0400)
@@ -43,18 +123,83 @@ class Busy(Exception):
     """A lock that was asked for without waiting is held by someone else."""
 
 
+class LockTimeout(TelemetryError):
+    """A spool lock stayed held past the caller's deadline, e.g. a stopped process holds it."""
+
+    exit_code = exitcodes.TEMPFAIL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
 @contextlib.contextmanager
-def state_lock(directory: Path, wait: bool = True) -> Iterator[None]:
-    """Hold ``state.lock``; with ``wait=False`` raise ``Busy`` at once when it is taken."""
-    fd = private_open(directory / STATE_LOCK, os.O_RDWR)
+def state_lock(directory: Path, wait: bool = True, deadline: float | None = None) -> Iterator[None]:
+    """Hold ``state.lock``; with ``wait=False`` raise ``Busy`` at once when it is taken.
+
+    ``deadline`` (a ``time.monotonic()`` instant) bounds the wait: past it, raise
+    ``LockTimeout`` naming the holder. A flush passes its own, so that no lock holds it
+    past ``--max-time``.
+    """
+    path = directory / STATE_LOCK
+    fd = open_lock_fd(path, os.O_RDWR | os.O_CREAT)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise Busy(str(directory / STATE_LOCK)) from None
+        if os.fstat(fd).st_mode & 0o777 != 0o600:
+            os.fchmod(fd, 0o600)  # the umask took bits away
+        if not wait:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise Busy(str(path)) from None
+        elif deadline is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            flock_until(fd, fcntl.LOCK_EX, deadline, path)
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        close_lock_fd(fd)  # LOCK_UN first: a forked child's copy must not keep the lock
+
+
+def flock_until(fd: int, operation: int, deadline: float, path: Path) -> None:
+    """``flock(fd, operation)``, waiting at most until ``deadline``; else ``LockTimeout``."""
+    started = time.monotonic()
+    pause = 0.001
+    while True:
+        with contextlib.suppress(BlockingIOError):
+            fcntl.flock(fd, operation | fcntl.LOCK_NB)
+            return
+        now = time.monotonic()
+        if now >= deadline:
+            raise LockTimeout(
+                f"{path} stayed locked for {now - started:.1f} s by another process"
+                f"{_holder(fd)}, past this run's time limit (a stopped process, or a child "
+                "forked by an older rs-telemetry while it held the lock): nothing more was "
+                "done; the rest waits for a later run"
+            )
+        time.sleep(min(pause, max(0.0, deadline - now)))
+        pause = min(pause * 2, 0.05)
+
+
+def _holder(fd: int) -> str:
+    """`` (locked by pid N)`` from ``/proc/locks`` where Linux says who placed the lock."""
+    try:
+        st = os.fstat(fd)
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            table = locks.read()
+    except OSError:
+        return ""
+    suffix = f":{st.st_ino}"
+    pids: list[str] = []
+    for row in table.splitlines():
+        fields = row.split()
+        if (
+            len(fields) > 5
+            and fields[1] == "FLOCK"
+            and fields[5].endswith(suffix)
+            and fields[4] not in (str(os.getpid()), *pids)
+        ):
+            pids.append(fields[4])
+    return f" (locked by pid {', '.join(pids)})" if pids else ""
 
 
 @contextlib.contextmanager
@@ -80,7 +225,7 @@ def held(path: str | os.PathLike[str], shared_ok: bool = False) -> bool:
     for a shared lock); otherwise any holder does. A missing file is not held.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = open_lock_fd(path, os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -88,7 +233,7 @@ def held(path: str | os.PathLike[str], shared_ok: bool = False) -> bool:
     except BlockingIOError:
         return True
     finally:
-        os.close(fd)
+        close_lock_fd(fd)  # even a probe's lock must not outlive it in a forked child
     return False
 
 

@@ -22,9 +22,12 @@ def _log_once(kind: str, msg: str, *args: object) -> None:
     if kind in _logged:
         return
     _logged.add(kind)
-    import logging  # noqa: PLC0415 - the error path only; logging costs milliseconds to import
+    try:
+        import logging  # noqa: PLC0415 - the error path only; logging costs milliseconds to import
 
-    logging.getLogger("spool").warning(msg, *args)
+        logging.getLogger("spool").warning(msg, *args)
+    except Exception:  # noqa: BLE001 - e.g. no descriptor left to import logging: never raise
+        _logged.discard(kind)  # into the host; say it at the next failure instead
 
 
 class Session:
@@ -71,7 +74,7 @@ class Session:
             return OFF, f"{opted} is set"
         directory = self.spool_dir or settings.configured_dir()
         try:
-            dir_stat = store.check_dir(directory, create=True)
+            dir_stat = store.check_dir(directory, create=True, hot=True)
             if store.read_mode(directory, dir_stat) == "off":
                 return OFF, "telemetry is disabled (rs-telemetry enable turns it on)"
             store.append_line(

@@ -3,8 +3,10 @@
 Layout of a spool directory (0700, every file 0600):
 
 - ``active.jsonl``: where appenders write, one record per line, under ``flock``.
-- ``seg-<ns>-<pid>-<n>.jsonl``: sealed segments, immutable, oldest name first. An appender
-  seals the active file when it passes ``segment_bytes(cap)``; a flush seals it when it starts.
+- ``seg-<N>-<pid>-<n>.jsonl``: sealed segments, immutable, first appended first by name
+  (``N`` never goes backwards, whatever the clock). An appender seals the active file when
+  it passes ``segment_bytes(cap)``, enforcing the cap first; a flush seals it when it starts.
+- ``layout``: absent in this release's layout (1); a newer layout is refused (``_layout``).
 - ``state.json``: counters, per-segment cursors (bytes already resolved), the last
   flush and the retry deadline. Replaced atomically.
 - A flush *claims* the segment it uploads with a shared ``flock`` on it (taken under
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 from spool.store._append import (
     SEGMENT_MAX_BYTES,
+    adopt_segment,
     append_line,
     seal,
     segment_bytes,
@@ -44,16 +47,22 @@ from spool.store._files import (
     StrPath,
     atomic_write,
     check_dir,
+    fsync_dir,
     log_warning,
     make_dir,
     read_file,
 )
 from spool.store._limits import (
+    UNSET_CLOCK_BEFORE,
     claim,
     enforce_cap,
     enforce_cap_locked,
     is_claimed,
+    is_evidence,
+    pending_bytes,
     quarantine_cap,
+    release_claim,
+    too_old_limit,
 )
 from spool.store._mode import (
     read_mode,
@@ -73,6 +82,7 @@ from spool.store._reading import (
     PendingFile,
     count_lines,
     iter_pending,
+    last_line,
     pending_files,
     quarantine_lines,
     segments,
@@ -98,11 +108,13 @@ __all__ = [
     "SEGMENT_PREFIX",
     "SEGMENT_SUFFIX",
     "STATE",
+    "UNSET_CLOCK_BEFORE",
     "Line",
     "PendingFile",
     "State",
     "StrPath",
     "add_to_quarantine",
+    "adopt_segment",
     "append_line",
     "atomic_write",
     "check_dir",
@@ -111,12 +123,16 @@ __all__ = [
     "discard_segments",
     "enforce_cap",
     "enforce_cap_locked",
+    "fsync_dir",
     "is_claimed",
+    "is_evidence",
     "iter_pending",
     "json_line",
+    "last_line",
     "load_state",
     "log_warning",
     "make_dir",
+    "pending_bytes",
     "pending_files",
     "purge_pending",
     "purge_quarantine",
@@ -125,6 +141,7 @@ __all__ = [
     "quarantine_lines",
     "read_file",
     "read_mode",
+    "release_claim",
     "remove_consumed",
     "remove_segments",
     "save_state",
@@ -133,6 +150,7 @@ __all__ = [
     "segments",
     "split_lines",
     "sync_state",
+    "too_old_limit",
     "valid_cursor",
     "write_mode",
     "write_segment",

@@ -10,6 +10,7 @@ import os
 import time
 from pathlib import Path
 
+from spool.locking import LockTimeout, close_lock_fd, register_lock_fd, state_lock
 from spool.store._files import (
     ACTIVE,
     APPEND_FLAGS,
@@ -21,7 +22,7 @@ from spool.store._files import (
     open_spool_file,
     suppress_os,
 )
-from spool.store._limits import enforce_cap
+from spool.store._limits import enforce_cap_locked, pending_bytes
 
 SEGMENT_MAX_BYTES = 440_000
 """Size at which a segment is sealed (it may pass it by one record): one upload batch,
@@ -52,13 +53,20 @@ def _forget_active(close: bool = True) -> None:
     global _active  # noqa: PLW0603
     if _active is not None and close:
         with suppress_os():
+            # Unlock before closing: a child forked meanwhile shares the open file
+            # description, and the close alone would leave it holding our lock.
+            fcntl.flock(_active[1], fcntl.LOCK_UN)
+        with suppress_os():
             os.close(_active[1])
     _active = None
 
 
 def _forget_active_in_child() -> None:
-    global _active_lock  # noqa: PLW0603
-    _forget_active()  # closing the child's copy leaves the parent's lock, if any, alone
+    global _active, _active_lock  # noqa: PLW0603
+    if _active is not None:
+        with suppress_os():  # close, never unlock: unlocking would free the parent's lock
+            os.close(_active[1])
+    _active = None
     _active_lock = _thread.allocate_lock()  # another thread may have held it at fork time
 
 
@@ -74,10 +82,7 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
     """
     path = os.path.join(directory, ACTIVE)
     with _active_lock:
-        sealed = _append_locked(directory, path, line, fsync, cap)
-    if sealed:
-        with suppress_os():
-            enforce_cap(Path(directory), cap, wait=False)
+        _append_locked(directory, path, line, fsync, cap)
 
 
 def _open_active(path: str) -> tuple[str, int, int, int]:
@@ -97,7 +102,9 @@ def _open_active(path: str) -> tuple[str, int, int, int]:
 
 def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap: int) -> bool:
     """The body of ``append_line``; True when this append sealed the active file."""
-    for _attempt in range(16):
+    # Each retry follows a seal made meanwhile; under heavy contention (32 appenders,
+    # flock is not fair) one appender can meet many in a row before it wins the lock.
+    for _attempt in range(256):
         active = _active if _active is not None and _active[0] == path else _open_active(path)
         fd = active[1]
         try:
@@ -138,10 +145,18 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
                 with suppress_os():
                     os.ftruncate(fd, size)  # needs no free space
                 raise
-            # The record is spooled from here on: trouble while rotating or enforcing the
-            # cap (a full disk refusing the state write) must not report it as lost.
             if size + len(data) < segment_bytes(cap):
                 return False
+            # A rotation: the cap is enforced before the seal, under the active file's
+            # flock, so no appender adds to the spool meanwhile and the cap holds however
+            # many append at once (SPEC 8: 1.5x). When it cannot be (state.lock stuck, no
+            # descriptors left) and the spool is past 1.5x, this record is refused.
+            if not _cap_allows(Path(directory), cap):
+                with suppress_os():
+                    os.ftruncate(fd, size)  # needs no free space
+                raise OSError(errno.ENOSPC, "the spool is over its cap and cannot drop")
+            # The record is spooled from here on: trouble while rotating (a full disk
+            # refusing a rename) must not report it as lost.
             with suppress_os():
                 _seal_locked(directory, fd)
                 _forget_active()
@@ -153,11 +168,56 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
     raise OSError(errno.EAGAIN, "the active spool file kept being replaced")
 
 
-def _segment_name() -> str:
-    """A new segment name that sorts after older ones, e.g. ``seg-0179...-4242-0.jsonl``."""
-    return (
-        f"{SEGMENT_PREFIX}{time.time_ns():020d}-{os.getpid()}-{next(_seal_counter)}{SEGMENT_SUFFIX}"
-    )
+APPEND_CAP_WAIT = 0.5
+"""Seconds an appender that rotates an over-cap spool may wait for ``state.lock`` to drop
+the oldest data (held for milliseconds by a flush's commit, never across the network)."""
+
+
+def _cap_allows(directory: Path, cap: int) -> bool:
+    """Enforce the cap before a seal; False when the spool is past 1.5x and cannot drop.
+
+    The caller holds the active file's flock: appenders wait for this at most
+    ``APPEND_CAP_WAIT``, and only when the spool is over its cap.
+    """
+    try:
+        if pending_bytes(directory) <= cap:
+            return True
+        with state_lock(directory, deadline=time.monotonic() + APPEND_CAP_WAIT):
+            enforce_cap_locked(directory, cap)
+    except (OSError, LockTimeout):
+        pass  # judged below by what is pending
+    else:
+        return True
+    try:
+        return pending_bytes(directory) <= cap + cap // 2
+    except OSError:
+        return False  # nothing can be checked (no descriptors left): refuse, never overshoot
+
+
+def _segment_name(directory: StrPath) -> str:
+    """A new segment name that sorts after every existing one, e.g. ``seg-0179...-4242-0.jsonl``.
+
+    "Oldest" means appended first whatever the wall clock did (SPEC 4): the number is the
+    clock in nanoseconds, but always above every segment's in the spool, so a clock set
+    back (NTP, a board without a real-time clock) never sorts new data before old. The
+    sequence is persisted by the names themselves; 0.1.0 wrote the same shape, so its
+    segments keep their order among the new ones.
+    """
+    number = max(time.time_ns(), _highest_number(directory) + 1)
+    return f"{SEGMENT_PREFIX}{number:020d}-{os.getpid()}-{next(_seal_counter)}{SEGMENT_SUFFIX}"
+
+
+def _highest_number(directory: StrPath) -> int:
+    """The largest segment number in ``directory``, e.g. 1796156649779556904; -1 if none."""
+    highest = -1
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            name = entry.name
+            if name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX):
+                digits = name[len(SEGMENT_PREFIX) :].partition("-")[0]
+                if digits.isdigit():
+                    highest = max(highest, int(digits))
+    return highest
 
 
 def _seal_locked(directory: StrPath, fd: int) -> bool:
@@ -168,7 +228,9 @@ def _seal_locked(directory: StrPath, fd: int) -> bool:
     """
     os.utime(fd, ns=(SEALED_MTIME_NS, SEALED_MTIME_NS))
     try:
-        os.rename(os.path.join(directory, ACTIVE), os.path.join(directory, _segment_name()))
+        os.rename(
+            os.path.join(directory, ACTIVE), os.path.join(directory, _segment_name(directory))
+        )
     except OSError:
         os.utime(fd)  # not sealed after all: unstamp it, or no appender could use it again
         raise
@@ -177,8 +239,18 @@ def _seal_locked(directory: StrPath, fd: int) -> bool:
 
 def write_segment(directory: Path, data: bytes) -> str:
     """Add a sealed segment holding ``data`` (whole lines), durably; returns its name."""
-    name = _segment_name()
+    name = _segment_name(directory)
     atomic_write(directory, name, data)
+    return name
+
+
+def adopt_segment(directory: Path, tmp: Path) -> str:
+    """Rename a complete, fsynced file of whole lines into a new segment; returns its name.
+
+    The caller fsyncs the directory (once for many segments).
+    """
+    name = _segment_name(directory)
+    os.rename(tmp, directory / name)
     return name
 
 
@@ -197,6 +269,7 @@ def seal(directory: Path) -> None:
         fd = open_spool_file(directory / ACTIVE, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return
+    register_lock_fd(fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         st = os.fstat(fd)
@@ -208,4 +281,4 @@ def seal(directory: Path) -> None:
         if st.st_size and same:  # stamped already: a killed sealer's work, finished here
             _seal_locked(directory, fd)
     finally:
-        os.close(fd)
+        close_lock_fd(fd)  # LOCK_UN first: a child forked meanwhile must not keep the lock

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from spool.errors import SpoolUnusable
-from spool.locking import private_open
+from spool.locking import high_fd, private_open
 
 ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine.jsonl"
@@ -34,10 +34,12 @@ def _euid(refresh: bool = False) -> int:
     return _cached_euid
 
 
-def check_dir(directory: StrPath, create: bool) -> os.stat_result | None:
+def check_dir(directory: StrPath, create: bool, hot: bool = False) -> os.stat_result | None:
     """Refuse a directory we do not own or others can write; its stat, or None when absent.
 
-    Raises ``SpoolUnusable`` with the reason and the fix, e.g. ``chmod 700 DIR``.
+    Raises ``SpoolUnusable`` with the reason and the fix, e.g. ``chmod 700 DIR``; also for
+    a spool of a newer layout (``_layout``), except with ``hot`` (the append path, where
+    ``read_mode`` checks the layout whenever its cached answer lapses).
     """
     try:
         st = os.stat(directory)
@@ -70,6 +72,10 @@ def check_dir(directory: StrPath, create: bool) -> os.stat_result | None:
             str(directory),
             f"run: chmod 700 {directory}",
         )
+    if not hot:
+        from spool.store._layout import check_layout  # noqa: PLC0415 - an import cycle
+
+        check_layout(directory)
     return st
 
 
@@ -84,11 +90,16 @@ def make_dir(directory: Path) -> None:
 
 
 def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = high_fd(os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make renames and links in ``directory`` durable."""
+    _fsync_dir(directory)
 
 
 def atomic_write(directory: Path, name: str, data: bytes, durable: bool = True) -> None:
@@ -120,7 +131,7 @@ def atomic_write(directory: Path, name: str, data: bytes, durable: bool = True) 
 
 def sync_file(directory: Path, name: str) -> None:
     """Make a file written with ``atomic_write(durable=False)`` durable, rename included."""
-    fd = os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = high_fd(os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
     try:
         os.fsync(fd)
     finally:
@@ -149,7 +160,7 @@ def open_spool_file(path: StrPath, flags: int) -> int:
     only the owner or root can have put the link there.
     """
     try:
-        return os.open(path, flags, 0o600)
+        return high_fd(os.open(path, flags, 0o600))
     except OSError as exc:
         if exc.errno != errno.ELOOP:
             raise

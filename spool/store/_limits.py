@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import fcntl
-import os
 from pathlib import Path
 
-from spool.locking import Busy, held, state_lock
+from spool.locking import Busy, close_lock_fd, held, register_lock_fd, state_lock
 from spool.store._files import READ_FLAGS, open_spool_file, read_file
 from spool.store._reading import pending_files, split_lines
 from spool.store._state import load_state, remove_segments
 
 
-def enforce_cap(directory: Path, cap: int, wait: bool = True) -> None:
+def enforce_cap(
+    directory: Path, cap: int, wait: bool = True, deadline: float | None = None
+) -> None:
     """Drop the oldest pending events while the spool holds more than ``cap`` bytes.
 
     Events are dropped from the front of the oldest sealed segments by moving their
@@ -20,11 +21,12 @@ def enforce_cap(directory: Path, cap: int, wait: bool = True) -> None:
     it is, down to the newest record, which is always kept. The drops are counted under
     ``spool_full`` in the same durable state write that moves the cursors, before any
     file goes. The segment a running flush is uploading is left alone (the flush owns
-    it). With ``wait=False`` (appenders) a busy ``state.lock`` skips the check: the next
-    rotation or flush enforces the cap instead.
+    it). With ``wait=False`` a busy ``state.lock`` skips the check; ``deadline`` bounds
+    the wait (see ``state_lock``). Appenders enforce the cap before each seal instead
+    (``_append._cap_allows``).
     """
     try:
-        with state_lock(directory, wait=wait):
+        with state_lock(directory, wait=wait, deadline=deadline):
             enforce_cap_locked(directory, cap)
     except Busy:
         return
@@ -51,12 +53,18 @@ def claim(path: Path) -> int:
     with its process. Returns the descriptor; closing it ends the claim.
     """
     fd = open_spool_file(path, READ_FLAGS)
+    register_lock_fd(fd)
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
     except OSError:
-        os.close(fd)
+        close_lock_fd(fd)
         raise
     return fd
+
+
+def release_claim(fd: int) -> None:
+    """End a claim: unlock, then close (a child forked meanwhile must not keep the claim)."""
+    close_lock_fd(fd)
 
 
 def is_claimed(path: Path) -> bool:
@@ -98,6 +106,35 @@ def _drop_over_cap(directory: Path, cap: int) -> bool:
     return dropped > 0
 
 
+def pending_bytes(directory: Path) -> int:
+    """Bytes pending in the spool (sealed segments past their cursors, and the active file)."""
+    return sum(pf.size - pf.cursor for pf in pending_files(directory, load_state(directory)))
+
+
 def quarantine_cap(cap: int) -> int:
     """Bytes the quarantine may hold, e.g. 16 MiB for the default 64 MiB cap."""
     return max(64 * 1024, cap // 4)
+
+
+UNSET_CLOCK_BEFORE = 1_577_836_800.0
+"""2020-01-01T00:00:00Z: a timestamp before it comes from a clock that was never set (a
+board without a real-time clock starts at 1970), which is no evidence of age."""
+
+
+def too_old_limit(now: float, max_age: float, newest: float | None) -> float:
+    """Events stamped before the returned instant are too old; ``-inf`` when none is.
+
+    Dropping is irreversible, so only evidence counts (SPEC 7): a flush whose clock stands
+    more than ``max_age`` past the spool's own newest record has a clock that jumped
+    ahead, and drops nothing as too old; nor is a stamp before 2020 evidence (see
+    ``is_evidence``).
+    """
+    limit = now - max_age
+    if newest is not None and newest < limit:
+        return float("-inf")
+    return limit
+
+
+def is_evidence(stamp: float) -> bool:
+    """True when a record's timestamp can show its age (not from an unset clock)."""
+    return stamp >= UNSET_CLOCK_BEFORE

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from spool.store._files import MODE, StrPath, atomic_write, read_file
+from spool.store._layout import check_layout
 
 _mode_cache: dict[str, tuple[tuple[int, int], str, float]] = {}
 
@@ -25,6 +26,8 @@ def read_mode(directory: StrPath, dir_stat: os.stat_result | None = None) -> str
     cached = _mode_cache.get(path)
     if key is not None and cached is not None and cached[0] == key and now - cached[2] < 1.0:
         return cached[1]
+    if key is not None:
+        check_layout(directory, state_too=False)  # an appender never writes a newer layout
     mode = _read_mode_file(path)
     if key is not None:
         _mode_cache[path] = (key, mode, now)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
     from spool.store._state import State
+from spool.locking import high_fd
 from spool.store._files import (
     ACTIVE,
     QUARANTINE,
@@ -113,7 +114,7 @@ def valid_cursor(path: Path, cursor: int, size: int) -> int:
     if cursor > size:
         return 0
     try:
-        fd = os.open(path, READ_FLAGS)
+        fd = high_fd(os.open(path, READ_FLAGS))
     except OSError:
         return cursor
     try:
@@ -139,3 +140,18 @@ def quarantine_lines(directory: Path) -> list[Line]:
         return list(split_lines(read_file(directory / QUARANTINE)))
     except FileNotFoundError:
         return []
+
+
+def last_line(path: Path, tail: int = 64 * 1024) -> bytes | None:
+    """The last complete non-empty line of a file (read from its last ``tail`` bytes)."""
+    try:
+        fd = high_fd(os.open(path, READ_FLAGS))
+    except OSError:
+        return None
+    try:
+        size = os.fstat(fd).st_size
+        data = os.pread(fd, min(size, tail), max(0, size - tail))
+    finally:
+        os.close(fd)
+    lines = [ln for ln in data.split(b"\n")[:-1] if ln]
+    return lines[-1] if lines else None

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from spool.errors import SpoolUnusable
+from spool.locking import LockTimeout, close_lock_fd, flock_until, open_lock_fd
 from spool.store._files import (
     SEALED_MTIME_NS,
     STATE,
@@ -23,6 +24,7 @@ from spool.store._files import (
     suppress_os,
     sync_file,
 )
+from spool.store._layout import check_state_version
 from spool.store._reading import segments, valid_cursor
 
 
@@ -65,6 +67,7 @@ def load_state(directory: Path) -> State:
         ) from None
     try:
         data = json.loads(raw)
+        check_state_version(directory, data)  # a newer release's state: refused, not set aside
         if not isinstance(data, dict) or data.get("version") != 1:
             raise ValueError("unknown state version")
         data.pop("version")
@@ -187,6 +190,10 @@ def discard_segments(directory: Path, names: list[str]) -> None:
             _discard(directory / name)
 
 
+DISCARD_WAIT = 2.0
+"""Seconds a consumed segment's removal waits for its flock (held for a write, else stuck)."""
+
+
 def _discard(path: Path) -> None:
     """Empty, stamp and unlink a consumed segment, under its flock.
 
@@ -195,14 +202,18 @@ def _discard(path: Path) -> None:
     full disk needs that space back). The sealed stamp, set again after the truncation
     changed the mtime, sends that appender to the new active file.
     """
-    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = open_lock_fd(path, os.O_WRONLY)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        # Bounded: a claim kept by a stuck process must not hang the caller; the segment
+        # is consumed already and the next run's remove_consumed tries again.
+        flock_until(fd, fcntl.LOCK_EX, time.monotonic() + DISCARD_WAIT, path)
         os.ftruncate(fd, 0)
         os.utime(fd, ns=(SEALED_MTIME_NS, SEALED_MTIME_NS))
         os.unlink(path)
+    except LockTimeout:
+        log_warning("%s stays locked by another process; it is removed by a later run", path)
     finally:
-        os.close(fd)
+        close_lock_fd(fd)
 
 
 def _sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:

@@ -1,0 +1,210 @@
+"""Export never overwrites, never loses; import is bounded whatever the bundle holds
+(SPEC 10, v2; issue 11, items 3 and 10). Real processes throughout."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from kit import accounted
+
+import spool
+
+Cli = Callable[..., Any]
+
+
+def status(cli: Cli, *where: str) -> dict[str, Any]:
+    result = cli(*where, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def append_many(count: int, prefix: str) -> None:
+    for i in range(count):
+        assert spool.append("server_start", {"commit_id": f"{prefix}{i}"})
+
+
+def bundle_ids(path: Path) -> list[str]:
+    with gzip.open(path, "rb") as gz:
+        lines = gz.read().splitlines()
+    return [json.loads(line)["properties"]["commit_id"] for line in lines[1:]]
+
+
+def one_line_error(result: Any) -> str:
+    assert result.returncode == 1, (result.stdout, result.stderr)
+    line = str(result.stderr).strip()
+    assert len(line.splitlines()) == 1, line
+    assert "Traceback" not in line
+    return line
+
+
+def test_a_second_export_to_the_same_file_is_refused_and_loses_nothing(
+    cli: Cli, tmp_path: Path
+) -> None:
+    target = tmp_path / "telemetry-host1.rsbundle"
+    append_many(5, "first-")
+    assert cli("export", str(target)).returncode == 0
+    first = target.read_bytes()
+    append_many(3, "second-")
+    line = one_line_error(cli("export", str(target)))
+    assert "exists" in line, line
+    assert "never overwrites" in line, line
+    assert "choose a new FILE, e.g." in line, line
+    assert target.read_bytes() == first
+    assert bundle_ids(target) == [f"first-{i}" for i in range(5)]
+    st = status(cli)
+    assert st["pending"]["events"] == 3
+    assert st["removed"]["exported"] == 5
+    assert accounted(st) == 8
+
+
+def test_exports_racing_for_one_name_never_overwrite_each_other(cli: Cli, tmp_path: Path) -> None:
+    spools = [tmp_path / f"spool{n}" for n in range(4)]
+    for n, directory in enumerate(spools):
+        for i in range(20):
+            assert spool.Session(spool_dir=directory).append(
+                "server_start", {"commit_id": f"s{n}-{i}"}
+            )
+    for round_ in range(3):
+        target = tmp_path / f"race{round_}.rsbundle"
+        results: list[Any] = [None] * len(spools)
+
+        def run(n: int, target: Path = target, results: list[Any] = results) -> None:
+            results[n] = cli("--spool-dir", str(spools[n]), "export", "--keep", str(target))
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(len(spools))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        winners = [n for n, r in enumerate(results) if r.returncode == 0]
+        assert len(winners) == 1, [(r.returncode, r.stderr) for r in results]
+        for n, result in enumerate(results):
+            if n not in winners:
+                assert "never overwrites" in one_line_error(result)
+        assert bundle_ids(target) == [f"s{winners[0]}-{i}" for i in range(20)]
+    for directory in spools:
+        assert status(cli, "--spool-dir", str(directory))["pending"]["events"] == 20
+
+
+def test_export_into_a_missing_directory_loses_nothing(cli: Cli, tmp_path: Path) -> None:
+    append_many(4, "e")
+    target = tmp_path / "no" / "such" / "dir" / "x.rsbundle"
+    line = one_line_error(cli("export", str(target)))
+    assert "does not exist" in line, line
+    assert "nothing was removed" in line, line
+    st = status(cli)
+    assert st["pending"]["events"] == 4
+    assert st["removed"]["exported"] == 0
+    assert not target.parent.exists()
+
+
+MIB = 1024 * 1024
+BLOCK = 16 * MIB
+
+MEASURED_IMPORT = r"""
+import json, resource, subprocess, sys
+result = subprocess.run([sys.executable, "-m", "spool", "import", sys.argv[1]],
+                        capture_output=True, text=True)
+peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+print(json.dumps({"code": result.returncode, "stderr": result.stderr, "peak_kib": peak_kib}))
+"""
+
+
+def measured_import(bundle: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``import`` in a real process and measure its peak resident memory."""
+    result = subprocess.run(
+        [sys.executable, "-c", MEASURED_IMPORT, str(bundle)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def gzip_bomb(path: Path, inflated: int, manifest: dict[str, Any], fill: bytes) -> int:
+    """A real gzip file of many members (legal gzip) that inflates to ``inflated`` bytes."""
+    block = fill * (BLOCK // len(fill))
+    member = gzip.compress(block, compresslevel=9)
+    with path.open("wb") as out:
+        out.write(gzip.compress(json.dumps(manifest).encode() + b"\n" + block, compresslevel=9))
+        for _ in range(inflated // BLOCK - 1):
+            out.write(member)
+    return path.stat().st_size
+
+
+def test_a_gzip_bomb_is_refused_with_bounded_memory_and_adds_nothing(
+    cli: Cli, spool_dir: Path, tmp_path: Path
+) -> None:
+    append_many(2, "mine-")  # what the spool held before must stay exactly so
+    before = status(cli)
+    for n, fill in enumerate((b"\0", b"\n", b'{"type":"track"}\n')):
+        bomb = tmp_path / f"bomb{n}.rsbundle"
+        manifest = {"rs_telemetry_bundle": 1, "count": 3, "sha256": "0" * 64, "created": "x"}
+        size = gzip_bomb(bomb, 2048 * MIB, manifest, fill)
+        assert size < 8 * MIB  # 2 GiB inflated from a few MB on disk
+        got = measured_import(bomb)
+        assert got["code"] == 1, got
+        assert "damaged" in got["stderr"], got
+        assert len(got["stderr"].strip().splitlines()) == 1, got
+        assert got["peak_kib"] < 80 * 1024, got  # the bomb never reaches memory
+        after = status(cli)
+        assert after["pending"] == before["pending"], after
+        assert not [p.name for p in spool_dir.iterdir() if p.name.startswith(".import-")]
+
+
+def honest_bundle(path: Path, lines: list[bytes], **override: Any) -> None:
+    body = b"".join(lines)
+    manifest = {
+        "rs_telemetry_bundle": 1,
+        "count": len(lines),
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "created": "2026-12-01T00:00:00.000Z",
+        **override,
+    }
+    path.write_bytes(gzip.compress(json.dumps(manifest).encode() + b"\n" + body))
+
+
+def test_a_bundle_whose_lines_are_not_what_its_manifest_says_adds_nothing(
+    cli: Cli, spool_dir: Path, tmp_path: Path
+) -> None:
+    append_many(30, "x")
+    source = tmp_path / "good.rsbundle"
+    assert cli("export", "--keep", str(source)).returncode == 0
+    with gzip.open(source, "rb") as gz:
+        lines = [line + b"\n" for line in gz.read().splitlines()[1:]]
+    assert len(lines) == 30
+    other = ["--spool-dir", str(tmp_path / "other")]
+    cases = {
+        "count": {"count": 29},
+        "more": {"count": 1},
+        "checksum": {"sha256": hashlib.sha256(b"something else").hexdigest()},
+    }
+    for name, override in cases.items():
+        bundle = tmp_path / f"{name}.rsbundle"
+        honest_bundle(bundle, lines, **override)
+        line = one_line_error(cli(*other, "import", str(bundle)))
+        assert "damaged" in line, line
+        st = status(cli, *other)
+        assert st["pending"]["events"] == 0, (name, st)
+        assert accounted(st) == 0
+        assert not [p for p in (tmp_path / "other").iterdir() if p.name.startswith(".import-")]
+    # The honest bundle imports, and only once.
+    honest = tmp_path / "honest.rsbundle"
+    honest_bundle(honest, lines)
+    assert cli(*other, "import", str(honest)).returncode == 0
+    assert cli(*other, "import", str(honest)).returncode == 0
+    st = status(cli, *other)
+    assert st["pending"]["events"] == 30
+    assert accounted(st) == 30

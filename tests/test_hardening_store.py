@@ -1,0 +1,202 @@
+"""The store under hostile hosts (issue 11): forks that live on, closed standard streams.
+
+Every test here runs real processes: a host whose thread appends while its main thread
+forks long-lived children, a host that closed its standard streams, a process that sits
+on a spool lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kit import assert_accounted
+
+from spool.locking import held
+from spool.receiver import Receiver
+
+Cli = Callable[..., Any]
+WRITE_KEY = "test-write-key"
+
+FORKING_HOST = r"""
+import json, os, sys, threading, time
+import spool
+
+stop = threading.Event()
+appended = [0]
+
+def appender():
+    while not stop.is_set():
+        if spool.append("server_start", {"commit_id": f"h{appended[0]}"}):
+            appended[0] += 1
+
+thread = threading.Thread(target=appender)
+thread.start()
+children = []
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    pid = os.fork()
+    if pid == 0:  # a pre-fork server's worker: lives on, never touches the spool
+        null = os.open(os.devnull, os.O_RDWR)
+        for std in (0, 1, 2):
+            os.dup2(null, std)
+        time.sleep(60)
+        os._exit(0)
+    children.append(pid)
+    time.sleep(0.01)
+stop.set()
+thread.join()
+print(json.dumps({"children": children, "appended": appended[0]}), flush=True)
+"""
+
+
+@pytest.fixture
+def doomed() -> Iterator[list[int]]:
+    """Pids of processes a test started that must not outlive it (killed by id)."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def run_host(script: str, *args: str, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", script, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def test_children_forked_while_a_thread_appends_hold_no_spool_lock(
+    cli: Cli, spool_dir: Path, receiver: Receiver, doomed: list[int]
+) -> None:
+    # A 4,000-byte cap seals every few appends and enforces the cap under state.lock, so
+    # the forks meet every lock the library takes, in the appending thread.
+    env = {"RS_TELEMETRY_MAX_BYTES": "4000"}
+    out = json.loads(run_host(FORKING_HOST, "1.5", env=env))
+    doomed.extend(out["children"])
+    assert len(out["children"]) > 20
+    assert out["appended"] > 0
+    # The children live on: not one of them may hold a lock of the spool.
+    for name in ("state.lock", "flush.lock", "active.jsonl"):
+        assert not held(spool_dir / name), name
+    for segment in spool_dir.glob("seg-*.jsonl"):
+        assert not held(segment), segment.name
+    started = time.monotonic()
+    result = cli(
+        "flush",
+        "--endpoint",
+        receiver.url,
+        "--max-time",
+        "3",
+        "--json",
+        env={"RS_SEGMENT_WRITE_KEY": WRITE_KEY, **env},
+        timeout=30,
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed < 6, elapsed
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["sent"] == len(receiver.events) > 0
+    assert_accounted(out["appended"])
+
+
+LOCK_SITTER = r"""
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(60)
+"""
+
+
+def test_flush_waits_on_a_held_state_lock_no_longer_than_its_max_time(
+    cli: Cli, spool_dir: Path, receiver: Receiver, doomed: list[int]
+) -> None:
+    assert cli("append", "server_start").returncode == 0
+    sitter = subprocess.Popen(
+        [sys.executable, "-c", LOCK_SITTER, str(spool_dir / "state.lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    doomed.append(sitter.pid)
+    assert sitter.stdout is not None
+    assert sitter.stdout.readline().strip() == "locked"
+    started = time.monotonic()
+    result = cli(
+        "flush",
+        "--endpoint",
+        receiver.url,
+        "--max-time",
+        "2",
+        env={"RS_SEGMENT_WRITE_KEY": WRITE_KEY},
+        timeout=30,
+    )
+    elapsed = time.monotonic() - started
+    assert elapsed < 5, elapsed
+    assert result.returncode == 75, result.stderr
+    line = result.stderr.strip()
+    assert len(line.splitlines()) == 1, line
+    assert "state.lock" in line, line
+    assert f"pid {sitter.pid}" in line, line
+    assert "Traceback" not in result.stderr
+    sitter.kill()
+    sitter.wait()
+    sitter.stdout.close()
+    # With the lock free, the next flush delivers.
+    result = cli("flush", "--endpoint", receiver.url, env={"RS_SEGMENT_WRITE_KEY": WRITE_KEY})
+    assert result.returncode == 0, result.stderr
+    assert len(receiver.events) == 1
+
+
+CLOSED_STREAMS_HOST = r"""
+import os, sys
+import spool
+
+os.closerange(0, 3)  # a daemon that closed its standard streams...
+os.open(os.devnull, os.O_RDONLY)  # ...and reopened only stdin: our next open would be fd 1
+ok = 0
+for i in range(3):
+    ok += spool.append("server_start", {"commit_id": f"c{i}"})
+    for std in (1, 2):
+        try:
+            os.write(std, b"HOST-PRINT\n")  # the host prints, as it believes, to nowhere
+        except OSError:
+            pass
+kept = sorted(int(fd) for fd in os.listdir("/proc/self/fd"))
+with open(sys.argv[1], "w") as report:
+    report.write(f"{ok} {kept}")
+"""
+
+
+def test_a_host_that_closed_its_standard_streams_never_prints_into_the_spool(
+    spool_dir: Path, tmp_path: Path
+) -> None:
+    report = tmp_path / "report.txt"
+    result = subprocess.run(
+        [sys.executable, "-c", CLOSED_STREAMS_HOST, str(report)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert report.read_text().startswith("3 "), report.read_text()
+    for path in spool_dir.iterdir():
+        assert b"HOST-PRINT" not in path.read_bytes(), path.name
+    assert_accounted(3)
+    lines = (spool_dir / "active.jsonl").read_bytes().splitlines()
+    assert [json.loads(line)["properties"]["commit_id"] for line in lines] == ["c0", "c1", "c2"]
