@@ -18,12 +18,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from spool import keys, settings
+from spool import _launch, keys, settings
 from spool.errors import ConfigError, UnitError
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "SystemUnit",
     "UninstallResult",
     "default_unit_dir",
+    "find_command",
     "find_executable",
     "install",
     "render",
@@ -70,7 +71,8 @@ class InstallResult:
     unit_dir: Path
     files: tuple[Path, ...]
     enabled: bool
-    executable: str = field(default="", compare=False)  # for the cron hint
+    # The command the units run, e.g. ("/usr/bin/rs-telemetry",), for the cron hint.
+    executable: tuple[str, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,43 @@ def find_executable() -> str:
         f"PATH nor beside {sys.executable}; install the package (pip install rs-telemetry) "
         "so that its console script exists, then run this again"
     )
+
+
+def find_command() -> tuple[str, ...]:
+    """What ExecStart= runs, e.g. ``("/usr/bin/rs-telemetry",)``.
+
+    Run from the one-file zipapp, nothing is installed: the units start the same archive with
+    the same interpreter, e.g. ``("/usr/bin/python3.11", "/opt/rs-telemetry.pyz")`` (issue 9).
+    """
+    archive = _launch.archive()
+    if archive is not None:
+        return (os.path.abspath(sys.executable), archive)
+    return (find_executable(),)
+
+
+def _command(executable: str | Sequence[str]) -> tuple[str, ...]:
+    return (executable,) if isinstance(executable, str) else tuple(executable)
+
+
+def _exec_line(executable: str | Sequence[str]) -> str:
+    """A command written for ExecStart=, e.g. ``/usr/bin/python3 "/opt/my rs/rs.pyz"``."""
+    first, *arguments = _command(executable)
+    return " ".join([_exec_path(first), *map(_exec_argument, arguments)])
+
+
+def _exec_argument(argument: str) -> str:
+    """One argument of ExecStart=: '%' and '$' escaped, quoted when it holds a space."""
+    if any(ch in '"\\' or ord(ch) < 32 or ord(ch) == 127 for ch in argument):
+        raise UnitError(
+            f"systemd cannot be given a path containing quotes, backslashes or control "
+            f"characters: {argument!r}; move rs-telemetry.pyz under a plainer path"
+        )
+    escaped = argument.replace("%", "%%").replace("$", "$$")
+    return f'"{escaped}"' if " " in escaped else escaped
+
+
+def _shell(executable: str | Sequence[str]) -> str:
+    return shlex.join(_command(executable))
 
 
 def _exec_path(executable: str) -> str:
@@ -189,7 +228,7 @@ def _template(file: str) -> str:
 
 def render(
     name: str,
-    executable: str,
+    executable: str | Sequence[str],
     environment: Mapping[str, str] | None = None,
     system: SystemUnit | None = None,
 ) -> str:
@@ -200,7 +239,7 @@ def render(
     """
     if name not in UNIT_NAMES:
         raise ValueError(f"unknown unit {name!r}; expected one of {', '.join(UNIT_NAMES)}")
-    exe = _exec_path(executable)
+    exe = _exec_line(executable)
     if name != UNIT_NAMES[0]:
         return _template(name + ".in").replace(_PLACEHOLDER, exe)
     if system is None:
@@ -209,7 +248,7 @@ def render(
         if not _USER_NAME.match(system.user):
             raise UnitError(f"not a user name systemd accepts in User=: {system.user!r}")
         home_tree = any(
-            path.startswith(_HOME_TREES) for path in (executable, system.spool_dir or "")
+            path.startswith(_HOME_TREES) for path in (*_command(executable), system.spool_dir or "")
         )
         text = (
             _template("rs-telemetry-flush-system.service.in")
@@ -385,7 +424,7 @@ def check_user(name: str) -> None:
 def install(
     unit_dir: Path | None = None,
     enable: bool = True,
-    executable: str | None = None,
+    executable: str | Sequence[str] | None = None,
     systemctl: str = "systemctl",
     environment: Mapping[str, str] | None = None,
     system: SystemUnit | None = None,
@@ -400,7 +439,7 @@ def install(
         check_user(system.user)
     default = SYSTEM_UNIT_DIR if system is not None else default_unit_dir()
     directory = default if unit_dir is None else unit_dir
-    exe = find_executable() if executable is None else executable
+    exe = find_command() if executable is None else _command(executable)
     # render all before writing any
     texts = {name: render(name, exe, environment, system) for name in UNIT_NAMES}
     try:
@@ -420,7 +459,10 @@ def install(
 
 
 def enable_timer(
-    directory: Path, executable: str, system: SystemUnit | None, systemctl: str = "systemctl"
+    directory: Path,
+    executable: str | Sequence[str],
+    system: SystemUnit | None,
+    systemctl: str = "systemctl",
 ) -> None:
     """``daemon-reload`` and ``enable --now`` the timer; UnitError says how to finish by hand."""
     scope = "" if system is not None else " --user"
@@ -430,7 +472,7 @@ def enable_timer(
         if why is None:
             continue
         if system is not None:
-            cron = f"17 * * * * {system.user} {shlex.quote(executable)} flush --quiet"
+            cron = f"17 * * * * {system.user} {_shell(executable)} flush --quiet"
             raise UnitError(
                 f"wrote {', '.join(UNIT_NAMES)} to {directory}, but could not enable the "
                 f"timer: `systemctl {' '.join(args)}` failed: {why}. On a host whose PID 1 "
@@ -438,7 +480,7 @@ def enable_timer(
                 f"{TIMER}`; in a container without it, rerun with --no-enable, or use cron "
                 f"(/etc/cron.d/rs-telemetry): `{cron}`"
             )
-        cron = f"17 * * * * {shlex.quote(executable)} flush --quiet"
+        cron = f"17 * * * * {_shell(executable)} flush --quiet"
         raise UnitError(
             f"wrote {', '.join(UNIT_NAMES)} to {directory}, but could not enable the "
             f"timer: `systemctl{scope} {' '.join(args)}` failed: {why}. To finish, run "

@@ -19,6 +19,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+import unitkit
 from tls_server import TLSServer
 
 from spool.receiver import Receiver
@@ -157,3 +158,24 @@ def test_the_exit_flush_of_a_host_running_from_the_archive_starts_the_archive(
     while not receiver.events and time.monotonic() < deadline:
         time.sleep(0.1)
     assert [e["event"] for e in receiver.events] == ["server_start"]
+
+
+def test_timer_install_from_the_archive_runs_the_archive(
+    python: str, spool_dir: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    units = tmp_path / "units"
+    installed = pyz(
+        python, "timer", "install", "--unit-dir", str(units), "--no-enable",
+        spool_dir=spool_dir, cwd=tmp_path, RS_SEGMENT_ENDPOINT=receiver.url,
+    )  # fmt: skip
+    assert installed.returncode == 0, installed.stderr
+    service = units / unitkit.SERVICE
+    command = unitkit.exec_start(service)
+    assert command == [os.path.abspath(python), str(PYZ.resolve()), "flush", "--quiet"]
+    if unitkit.ANALYZE:
+        unitkit.verify(units, user=False, home=tmp_path)
+    # The unit's own command line, in the environment systemd gives it, delivers.
+    assert pyz(python, "append", "adapter_start", spool_dir=spool_dir, cwd=tmp_path).returncode == 0
+    ran = unitkit.run_as_systemd_would(service, tmp_path, {"RS_SEGMENT_WRITE_KEY": KEY})
+    assert ran.returncode == 0, ran.stderr
+    assert [e["event"] for e in receiver.events] == ["adapter_start"]
