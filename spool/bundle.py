@@ -118,7 +118,8 @@ def _write_bundle(target: Path, lines: list[bytes]) -> None:
         raise
     except OSError as exc:
         raise BundleError(
-            f"could not write {target} ({exc.strerror or exc}); nothing was removed from the spool"
+            f"could not write {target} ({exc.strerror or exc}); nothing was removed from the "
+            "spool: choose another path"
         ) from exc
     finally:
         with contextlib.suppress(OSError):

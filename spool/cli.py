@@ -864,10 +864,10 @@ def _check_export_path(file: Path) -> None:
         )
     parent = file.parent
     if not parent.is_dir():
-        raise click.BadParameter(
-            f"the directory {parent} does not exist: create it "
-            f"(mkdir -p {shlex.quote(str(parent))}) or choose another path",
-            param_hint="FILE",
+        # Exit 1, not 2: the command is right, the place is missing (as for an unwritable one).
+        raise TelemetryError(
+            f"cannot export to {file}: the directory {parent} does not exist: create it "
+            f"(mkdir -p {shlex.quote(str(parent))}) or choose another path; nothing was removed"
         )
 
 

@@ -84,7 +84,7 @@ CASES = {
     "a loose spool directory": Case(("status",), 1, ("chmod 700",), _loose),
     "a foreign spool directory": Case(("show",), 1, ("uid 54321", "--spool-dir"), _foreign),
     "export into a missing directory": Case(
-        ("export", "{tmp}/nowhere/t.rsbundle"), 2, ("{tmp}/nowhere", "mkdir -p"), _pending
+        ("export", "{tmp}/nowhere/t.rsbundle"), 1, ("{tmp}/nowhere", "mkdir -p"), _pending
     ),
     "export to an empty name": Case(("export", ""), 2, ("directory", "name a file"), _pending),
     "export where nothing can be written": Case(
