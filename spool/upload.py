@@ -12,12 +12,13 @@ import enum
 import math
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import requests
 
 from spool._version import __version__
+from spool.exchange import Exchange
 from spool.record import iso_timestamp
 
 MAX_BODY_BYTES = 475_000
@@ -149,12 +150,24 @@ class Answer:
 
 
 class Uploader:
-    """Sends bodies to ``{endpoint}/v1/batch`` over one keep-alive connection."""
+    """Sends bodies to ``{endpoint}/v1/batch`` over one keep-alive connection.
 
-    def __init__(self, batch_url: str, write_key: str, gzip: bool) -> None:
+    Each request is bounded in wall time and reads at most 64 KiB of the answer
+    (``spool.exchange``). ``interrupted``: polled while a request is in flight; when it
+    turns true the request is cut short (the run was asked to stop).
+    """
+
+    def __init__(
+        self,
+        batch_url: str,
+        write_key: str,
+        gzip: bool,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> None:
         self.url = batch_url
         self.gzip = gzip
-        self.session = requests.Session()
+        self._exchange = Exchange(interrupted)
+        self.session = self._exchange.session
         # HTTPS_PROXY, NO_PROXY and REQUESTS_CA_BUNDLE are read once per run, as requests
         # reads them, instead of at every request (with ~/.netrc, which could even replace
         # our Authorization header with a password of its own).
@@ -170,6 +183,9 @@ class Uploader:
             "Content-Type": "application/json",
             "Authorization": f"Basic {token}",
             "User-Agent": f"rs-telemetry/{__version__}",
+            # The answer's body is read raw, at most 64 KiB: no content coding to undo
+            # (and no decompression bomb).
+            "Accept-Encoding": "identity",
         }
         if gzip:
             self.headers["Content-Encoding"] = "gzip"
@@ -181,24 +197,22 @@ class Uploader:
         return text
 
     def send(self, data: bytes, timeout: float) -> Answer:
-        """POST one body; never raises for network trouble (it is in ``Answer.error``)."""
+        """POST one body within ``timeout`` s of wall time; never raises for network trouble
+        (it is in ``Answer.error``)."""
         try:
-            response = self.session.post(
+            status, headers, raw = self._exchange.post(
                 self.url,
-                data=data,
-                headers=self.headers,
-                timeout=timeout,
+                data,
+                self.headers,
+                timeout,
                 allow_redirects=False,  # a redirect is a misconfigured endpoint, not a hop
                 verify=self._verify,
                 proxies=self._proxies,
             )
-            try:
-                body = self.redact(response.content.decode("utf-8", "replace"))[:BODY_EXCERPT]
-            except requests.RequestException:
-                body = ""
-            return Answer(response.status_code, response.headers, body)
         except requests.RequestException as exc:
             return Answer(None, {}, "", exc)
+        body = self.redact(raw[: BODY_EXCERPT * 4].decode("utf-8", "replace"))[:BODY_EXCERPT]
+        return Answer(status, headers, body)
 
     def close(self) -> None:
-        self.session.close()
+        self._exchange.close()
