@@ -379,7 +379,7 @@ def flush(
             dry_run=dry_run,
             force=force,
             progress=on_progress if progress is not None else None,
-            out=sys.stdout,
+            out=None if as_json else sys.stdout,  # --json: stdout holds one object only
         )
     finally:
         if progress is not None:

@@ -57,9 +57,11 @@ class FlushReport:
     exit_code: int = exitcodes.OK
     seconds: float = 0.0
     message: str = ""
+    dry_run: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        """The stable ``flush --json`` object (``version`` 1)."""
+        """The stable ``flush --json`` object (``version`` 1; ``message`` and ``dry_run``
+        added in SPEC v2)."""
         return {
             "version": 1,
             "sent": self.sent,
@@ -69,6 +71,8 @@ class FlushReport:
             "left_pending": self.left_pending,
             "exit_code": self.exit_code,
             "seconds": round(self.seconds, 3),
+            "message": self.message or None,
+            "dry_run": self.dry_run,
         }
 
 
@@ -129,12 +133,14 @@ def flush(
     ``--dry-run`` batches.
     """
     started = time.monotonic()
-    report = FlushReport()
+    report = FlushReport(dry_run=dry_run)
     try:
         _flush(spool_dir, endpoint, max_time, timeout, gzip, dry_run, force, progress, out, report)
     except TelemetryError as exc:
         report.exit_code = exc.exit_code
         report.message = str(exc)
+        # Stopped before sending (no key, a refused endpoint): all of it is still pending.
+        report.left_pending = _pending_now(spool_dir)
     report.seconds = time.monotonic() - started
     return report
 
@@ -156,6 +162,7 @@ def _flush(
     opted = settings.opted_out_by()
     if opted is not None:
         report.message = f"telemetry is off in this process ({opted} is set): nothing sent"
+        report.left_pending = _pending_now(directory)
         return
     if not store.check_dir(directory, create=False):
         report.message = "nothing pending"
@@ -163,6 +170,7 @@ def _flush(
     mode = store.read_mode(directory)
     if mode != "on":
         report.message = f"mode is {mode!r}: nothing is sent (rs-telemetry enable turns it on)"
+        report.left_pending = _pending_now(directory)
         return
     conf = settings.FlushSettings.resolve(endpoint, max_time, timeout, gzip, dry_run, force)
     batch_url = settings.check_endpoint(conf.endpoint)
@@ -177,6 +185,7 @@ def _flush(
     except Busy:
         report.exit_code = exitcodes.TEMPFAIL
         report.message = "another flush is running on this spool; try again later"
+        report.left_pending = _pending_now(directory)
 
 
 def _locked_flush(
@@ -227,11 +236,17 @@ def _locked_flush(
         if uploader is not None:
             uploader.close()
     if conf.dry_run:
+        # Nothing was sent, quarantined or dropped: the counts say so, and the message
+        # says what a real run would do.
+        would = (
+            f"dry run: {report.batches} batch(es), {report.sent} event(s) would be sent"
+            + (f", {report.quarantined} quarantined" if report.quarantined else "")
+            + (f", {report.dropped} dropped as too old" if report.dropped else "")
+        )
+        report.sent = report.batches = report.quarantined = report.dropped = 0
         report.left_pending = _count_left(directory, names)
         report.exit_code = exitcodes.OK
-        report.message = report.message or (
-            f"dry run: {report.batches} batch(es), {report.sent} event(s) would be sent"
-        )
+        report.message = report.message or would
         return
     report.left_pending = _count_left(directory, names)
     if report.exit_code == exitcodes.OK:
@@ -267,6 +282,19 @@ def _finish(run: _Run) -> None:
     except OSError as exc:
         # The consumed segments stay until the next flush removes them (remove_consumed).
         store.log_warning("could not record the flush summary: %s", exc)
+
+
+def _pending_now(spool_dir: str | Path | None) -> int:
+    """Every pending event, for a run that stopped before taking any on; 0 when the spool
+    cannot be read (the reason is reported already)."""
+    try:
+        directory = settings.spool_dir(spool_dir)
+        if not store.check_dir(directory, create=False):
+            return 0
+        state = store.load_state(directory)
+        return sum(1 for _ in store.iter_pending(directory, state))
+    except (TelemetryError, OSError):
+        return 0
 
 
 def _count_left(directory: Path, names: list[str]) -> int:
