@@ -7,7 +7,10 @@ to stdout; narration and errors go to stderr.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -298,6 +301,7 @@ class _Progress:
 
 
 PROGRESS_THRESHOLD = 10_000
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -353,7 +357,8 @@ def flush(
       rs-telemetry flush --endpoint http://127.0.0.1:8787 --json
       17 * * * * rs-telemetry flush --quiet        (a crontab line)
     """
-    from spool.flushing import flush as run_flush  # noqa: PLC0415 - loads requests
+    from spool.flushing import SIGNAL_EXIT_BASE, StopRequest  # noqa: PLC0415 - loads requests
+    from spool.flushing import flush as run_flush  # noqa: PLC0415
 
     # This process is ours: its sender thread wakes from network and disk waits needing
     # the GIL back, and with the default 5 ms switch interval it would wait that long
@@ -369,6 +374,12 @@ def flush(
         if progress is not None and total >= PROGRESS_THRESHOLD:
             progress(done, total)
 
+    # SIGINT (Ctrl-C) and SIGTERM (systemd's stop) end the run at its next safe point:
+    # what was acknowledged is committed and last_flush recorded (SPEC 5).
+    stop = StopRequest()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # only it may set handlers
+        previous = {signum: signal.signal(signum, stop.handle) for signum in STOP_SIGNALS}
     try:
         report = run_flush(
             spool_dir=ctx.obj,
@@ -380,10 +391,13 @@ def flush(
             force=force,
             progress=on_progress if progress is not None else None,
             out=None if as_json else sys.stdout,  # --json: stdout holds one object only
+            stop=stop,
         )
     finally:
         if progress is not None:
             progress.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if as_json:
         click.echo(json.dumps(report.to_json()))
     failed = report.exit_code == exitcodes.FAILURE
@@ -394,9 +408,19 @@ def flush(
             f"left pending {report.left_pending} ({report.seconds:.1f} s)"
         )
         if report.message:
-            partial = report.batches and not dry_run  # a run that sent some, then stopped
+            # A run that sent some, then stopped, or was stopped: the counts matter.
+            partial = (report.batches or stop.signum is not None) and not dry_run
             summary = f"{report.message}. {summary}" if partial else report.message
         _say(("error: " if failed else "") + summary)
+    if stop.signum == signal.SIGTERM:
+        # End by the signal itself, so that systemd (and any parent) sees a clean stop by
+        # SIGTERM rather than a failure code.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    if stop.signum is not None:
+        sys.exit(SIGNAL_EXIT_BASE + stop.signum)
     sys.exit(report.exit_code)
 
 

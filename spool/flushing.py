@@ -14,6 +14,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -43,6 +44,30 @@ skipped theirs, so the flush checks for them, but listing every segment at every
 commit would cost a large backlog more than its upload."""
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
+SIGNAL_EXIT_BASE = 128
+"""A run stopped by signal N reports exit code 128 + N (130 for SIGINT), as shells do."""
+_STOP_POLL = 0.1
+
+
+class StopRequest:
+    """Asks a running flush to stop at its next safe point, e.g. from a signal handler.
+
+    ``signum`` is a plain attribute on purpose: a handler runs between two bytecodes of the
+    main thread, which may hold any lock at that moment, so setting an Event (which takes
+    one) could deadlock. The flush polls it: before each request, during backoff waits,
+    and (through the uploader's watchdog) while a request is in flight, which it cuts
+    short; whatever was acknowledged is committed.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def handle(self, signum: int, _frame: object) -> None:
+        """A ``signal.signal`` handler: remember the signal, nothing else."""
+        self.signum = signum
 
 
 @dataclass
@@ -104,6 +129,7 @@ class _Run:
     report: FlushReport
     progress: Callable[[int], None] | None
     out: IO[str] | None
+    stop: StopRequest | None = None
     server_asked_until: float | None = None
     acknowledged: bool = False
     unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
@@ -124,18 +150,32 @@ def flush(
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
     out: IO[str] | None = None,
+    stop: StopRequest | None = None,
 ) -> FlushReport:
     """Upload what is pending, oldest first; return a report whose ``exit_code`` is flush's.
 
     Configuration trouble (no write key, a refused endpoint, a spool directory that must
     not be used) is reported, not raised: ``exit_code`` 1 and the reason in ``message``.
     ``progress`` is called with (events done, events taken on); ``out`` receives
-    ``--dry-run`` batches.
+    ``--dry-run`` batches; ``stop``, once set, ends the run at its next safe point with
+    exit code 128 + the signal number.
     """
     started = time.monotonic()
     report = FlushReport(dry_run=dry_run)
     try:
-        _flush(spool_dir, endpoint, max_time, timeout, gzip, dry_run, force, progress, out, report)
+        _flush(
+            spool_dir,
+            endpoint,
+            max_time,
+            timeout,
+            gzip,
+            dry_run,
+            force,
+            progress,
+            out,
+            report,
+            stop,
+        )
     except TelemetryError as exc:
         report.exit_code = exc.exit_code
         report.message = str(exc)
@@ -156,6 +196,7 @@ def _flush(
     progress: Callable[[int, int], None] | None,
     out: IO[str] | None,
     report: FlushReport,
+    stop: StopRequest | None = None,
 ) -> None:
     started = time.monotonic()
     directory = settings.spool_dir(spool_dir)
@@ -181,7 +222,7 @@ def _flush(
         )
     try:
         with flush_lock(directory):
-            _locked_flush(directory, conf, batch_url, started, report, progress, out)
+            _locked_flush(directory, conf, batch_url, started, report, progress, out, stop)
     except Busy:
         report.exit_code = exitcodes.TEMPFAIL
         report.message = "another flush is running on this spool; try again later"
@@ -196,6 +237,7 @@ def _locked_flush(
     report: FlushReport,
     progress: Callable[[int, int], None] | None,
     out: IO[str] | None,
+    stop: StopRequest | None = None,
 ) -> None:
     store.seal(directory)
     store.enforce_cap(directory, conf.max_bytes)
@@ -225,16 +267,23 @@ def _locked_flush(
             done[0] += n
             progress(done[0], total)
 
-    uploader = None if conf.dry_run else Uploader(batch_url, conf.write_key, conf.gzip)
-    run = _Run(directory, conf, uploader, started + conf.max_time, report, done_callback, out)
+    uploader = (
+        None if conf.dry_run else Uploader(batch_url, conf.write_key, conf.gzip, interrupted=stop)
+    )
+    run = _Run(directory, conf, uploader, started + conf.max_time, report, done_callback, out, stop)
     try:
         _pipeline(run, names)
-    except _Stop as stop:
-        report.exit_code = stop.exit_code
-        report.message = stop.message
+    except _Stop as stopped:
+        report.exit_code = stopped.exit_code
+        report.message = stopped.message
     finally:
         if uploader is not None:
             uploader.close()
+    if stop is not None and stop.signum is not None:
+        # Asked to stop (even if the run had just ended): the code says so, as a shell's
+        # 128 + N would, and the summary and last_flush below are recorded all the same.
+        report.exit_code = SIGNAL_EXIT_BASE + stop.signum
+        report.message = _stopped_by(stop.signum)
     if conf.dry_run:
         # Nothing was sent, quarantined or dropped: the counts say so, and the message
         # says what a real run would do.
@@ -256,6 +305,32 @@ def _locked_flush(
         elif report.quarantined:
             report.exit_code = exitcodes.QUARANTINED
     _finish(run)
+
+
+def _stopped_by(signum: int) -> str:
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    return f"stopped by {name}: what was acknowledged is kept as delivered, the rest waits"
+
+
+def _check_stop(run: _Run) -> None:
+    """A safe point: nothing is in flight; raise ``_Stop`` if the run was asked to stop."""
+    if run.stop is not None and run.stop.signum is not None:
+        signum = run.stop.signum
+        raise _Stop(SIGNAL_EXIT_BASE + signum, _stopped_by(signum))
+
+
+def _sleep(run: _Run, seconds: float) -> None:
+    """Wait ``seconds``, ending early (by ``_Stop``) if the run is asked to stop."""
+    end = time.monotonic() + seconds
+    while True:
+        _check_stop(run)
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, _STOP_POLL) if run.stop is not None else left)
 
 
 def _finish(run: _Run) -> None:
@@ -512,6 +587,7 @@ def _send(run: _Run, valid: list[_Item], body: Body | None = None) -> Answer | N
 
     Returns an ACK or SPLIT answer; raises ``_Stop`` for the rest.
     """
+    _check_stop(run)
     if body is None:
         body = Body([it.line.raw for it in valid], run.conf.gzip)
     run.report.batches += 1
@@ -529,7 +605,8 @@ def _send(run: _Run, valid: list[_Item], body: Body | None = None) -> Answer | N
         if verdict is Verdict.ACK:
             run.acknowledged = True
             run.server_asked_until = None
-            return answer
+            return answer  # committed by the caller, even if a stop was asked meanwhile
+        _check_stop(run)  # cut short by the stop, or a failure we need not retry now
         if verdict is Verdict.SPLIT:
             return answer
         if verdict is Verdict.AUTH:
@@ -556,7 +633,7 @@ def _send(run: _Run, valid: list[_Item], body: Body | None = None) -> Answer | N
                 + (f"the server asked to wait {asked:.0f} s; " if asked is not None else "")
                 + "the rest waits for a later run",
             )
-        time.sleep(wait)
+        _sleep(run, wait)
         attempt += 1
 
 
