@@ -520,6 +520,38 @@ def purge(ctx: click.Context, quarantine: bool, yes: bool) -> None:
     _purge(_directory(ctx), quarantine)
 
 
+@main.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def requeue(ctx: click.Context, yes: bool) -> None:
+    """Put quarantined events that are valid records back into pending, oldest first.
+
+    For events an endpoint refused by mistake (a proxy answering 400 to everything):
+    the next flush sends them again. Unreadable quarantined bytes stay in the quarantine.
+
+    \b
+    Examples:
+      rs-telemetry requeue --yes
+      rs-telemetry show --quarantine --json     (look first)
+    """
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("refusing to requeue quarantined events without --yes")
+        click.confirm("Put the quarantined events back into pending?", abort=True, err=True)
+    directory = _directory(ctx)
+    if not store.check_dir(directory, create=False):
+        _say("nothing is quarantined")
+        return
+    with flush_lock(directory):
+        back, kept = store.requeue(directory)
+    stays = (
+        f"; {kept} entr{'y' if kept == 1 else 'ies'} that are not valid records stay"
+        if kept
+        else ""
+    )
+    _say(f"requeued {back} event(s) into pending{stays}")
+
+
 # --- export / import --------------------------------------------------------------------
 
 

@@ -44,6 +44,12 @@ skipped theirs, so the flush checks for them, but listing every segment at every
 commit would cost a large backlog more than its upload."""
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
+BLANKET_REFUSALS = 5
+"""Lone events refused (400/413) in a run that has had no 2xx, after which the endpoint is
+taken for one that refuses everything (a proxy answering 400 to any request): the run
+stops before its next request, keeps the rest pending and exits 1 (SPEC 7). Our records
+are checked before they are sent, so a real refusal is rare, and halving reaches an
+acceptable event of a working endpoint long before five refused ones in a row."""
 SIGNAL_EXIT_BASE = 128
 """A run stopped by signal N reports exit code 128 + N (130 for SIGINT), as shells do."""
 _STOP_POLL = 0.1
@@ -132,6 +138,7 @@ class _Run:
     stop: StopRequest | None = None
     server_asked_until: float | None = None
     acknowledged: bool = False
+    lone_refusals: int = 0  # lone events refused while no 2xx had come
     unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
     claims: dict[str, int] = field(default_factory=dict)  # segment -> claiming descriptor
     cap_checked: float = 0.0
@@ -575,6 +582,8 @@ def _resolve(
         return
     if len(valid) == 1:
         _commit(run, name, size, items, [(valid[0], answer)])
+        if not run.acknowledged:
+            run.lone_refusals += 1
         return
     middle = valid[len(valid) // 2]
     cut = items.index(middle)
@@ -588,6 +597,16 @@ def _send(run: _Run, valid: list[_Item], body: Body | None = None) -> Answer | N
     Returns an ACK or SPLIT answer; raises ``_Stop`` for the rest.
     """
     _check_stop(run)
+    if run.lone_refusals >= BLANKET_REFUSALS and not run.acknowledged:
+        # Checked before the next request, so that a run whose every event was refused
+        # ends as 65 (all quarantined) when nothing more is left to send.
+        raise _Stop(
+            exitcodes.FAILURE,
+            f"the endpoint refuses everything: {run.uploader.url if run.uploader else ''} "
+            f"refused {run.lone_refusals} events sent one by one and accepted none (a proxy "
+            "or a service that is not Segment?); the rest is kept pending: check --endpoint "
+            "or RS_SEGMENT_ENDPOINT, then `rs-telemetry requeue` puts the refused back",
+        )
     if body is None:
         body = Body([it.line.raw for it in valid], run.conf.gzip)
     run.report.batches += 1

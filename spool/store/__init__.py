@@ -67,6 +67,7 @@ from spool.store._quarantine import (
     add_to_quarantine,
     json_line,
     quarantine_entry,
+    requeue,
 )
 from spool.store._reading import (
     Line,
@@ -127,6 +128,7 @@ __all__ = [
     "read_mode",
     "remove_consumed",
     "remove_segments",
+    "requeue",
     "save_state",
     "seal",
     "segment_bytes",
