@@ -250,6 +250,7 @@ def test_quarantine_is_capped_oldest_out_and_counted(
     cap = 60_000
     pad = 2000
     monkeypatch.setenv("RS_TELEMETRY_MAX_BYTES", str(cap))
+
     # Each run also delivers one event, its oldest: a run with a 2xx is no blanket
     # refusal (SPEC 7), so every other event is refused alone and quarantined.
     def refuse_tagged(request: Recorded) -> Action:
