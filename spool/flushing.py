@@ -28,6 +28,7 @@ from spool.upload import (
     ENVELOPE_BYTES,
     MAX_BATCH_EVENTS,
     MAX_BODY_BYTES,
+    MAX_RETRY_AFTER,
     Answer,
     Body,
     Uploader,
@@ -138,6 +139,7 @@ class _Run:
     stop: StopRequest | None = None
     server_asked_until: float | None = None
     acknowledged: bool = False
+    deadline_ignored: bool = False  # a stored retry deadline from a wrong clock: cleared
     lone_refusals: int = 0  # lone events refused while no 2xx had come
     unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
     claims: dict[str, int] = field(default_factory=dict)  # segment -> claiming descriptor
@@ -257,6 +259,16 @@ def _locked_flush(
         report.message = "nothing pending"
         return
     wait_until = state.retry_not_before
+    clock_note = ""
+    if wait_until and wait_until > time.time() + MAX_RETRY_AFTER:
+        # No server asks for more than the cap: the deadline was recorded while the clock
+        # was wrong (a year ahead, say), and honouring it would block the spool for as
+        # long. Ignored, and cleared at the end of this run (SPEC 7).
+        clock_note = (
+            f"ignored a stored retry deadline ({_when(wait_until)}) more than an hour "
+            "ahead: it was recorded under a wrong clock"
+        )
+        wait_until = None
     if wait_until and wait_until > time.time() and not conf.force and not conf.dry_run:
         report.exit_code = exitcodes.TEMPFAIL
         report.left_pending = _count_left(directory, names)
@@ -278,6 +290,7 @@ def _locked_flush(
         None if conf.dry_run else Uploader(batch_url, conf.write_key, conf.gzip, interrupted=stop)
     )
     run = _Run(directory, conf, uploader, started + conf.max_time, report, done_callback, out, stop)
+    run.deadline_ignored = bool(clock_note)
     try:
         _pipeline(run, names)
     except _Stop as stopped:
@@ -311,7 +324,18 @@ def _locked_flush(
             report.message = report.message or "some events are left for a later run"
         elif report.quarantined:
             report.exit_code = exitcodes.QUARANTINED
+    if clock_note:
+        report.message = f"{clock_note}; {report.message}" if report.message else clock_note
     _finish(run)
+
+
+def _when(timestamp: float) -> str:
+    """A stored time for a message, e.g. ``2027-12-01T20:40:00.000Z``; a date past what a
+    calendar holds (a damaged or absurd value) is said in words."""
+    try:
+        return record.iso_timestamp(timestamp)
+    except (OverflowError, ValueError, OSError):
+        return "a date beyond the calendar"
 
 
 def _stopped_by(signum: int) -> str:
@@ -356,7 +380,7 @@ def _finish(run: _Run) -> None:
             }
             if run.server_asked_until is not None:
                 state.retry_not_before = run.server_asked_until
-            elif run.acknowledged:
+            elif run.acknowledged or run.deadline_ignored:
                 state.retry_not_before = None
             store.save_state(run.directory, state)  # durable: now the consumed can go
             store.discard_segments(run.directory, run.consumed)
