@@ -54,6 +54,8 @@ acceptable event of a working endpoint long before five refused ones in a row.""
 SIGNAL_EXIT_BASE = 128
 """A run stopped by signal N reports exit code 128 + N (130 for SIGINT), as shells do."""
 _STOP_POLL = 0.1
+LEFT = "\x00left\x00"
+"""Stands in a stop message for the number of events left pending, known only later."""
 
 
 class StopRequest:
@@ -296,6 +298,8 @@ def _locked_flush(
     except _Stop as stopped:
         report.exit_code = stopped.exit_code
         report.message = stopped.message
+        # LEFT is filled in once the count is known (replace, not format: the message may
+        # quote a server's text).
     finally:
         if uploader is not None:
             uploader.close()
@@ -318,6 +322,7 @@ def _locked_flush(
         report.message = report.message or would
         return
     report.left_pending = _count_left(directory, names)
+    report.message = report.message.replace(LEFT, str(report.left_pending))
     if report.exit_code == exitcodes.OK:
         if report.left_pending:
             report.exit_code = exitcodes.TEMPFAIL
@@ -639,11 +644,15 @@ def _send(run: _Run, valid: list[_Item], body: Body | None = None) -> Answer | N
             run.out.write(body.plain().decode("utf-8") + "\n")
         return None
     attempt = 0
+    uploader = run.uploader
+    where = uploader.where
+    last: Answer | None = None
     while True:
         remaining = run.deadline - time.monotonic()
         if remaining <= 0:
-            raise _Stop(exitcodes.TEMPFAIL, "time limit reached; the rest waits for a later run")
-        answer = run.uploader.send(body.render(), min(run.conf.timeout, remaining))
+            raise _Stop(exitcodes.TEMPFAIL, _max_time_reached(run, last))
+        answer = uploader.send(body.render(), min(run.conf.timeout, remaining))
+        last = answer
         verdict = answer.verdict
         if verdict is Verdict.ACK:
             run.acknowledged = True
@@ -655,14 +664,17 @@ def _send(run: _Run, valid: list[_Item], body: Body | None = None) -> Answer | N
         if verdict is Verdict.AUTH:
             raise _Stop(
                 exitcodes.FAILURE,
-                f"the write key was refused ({answer.describe()}): check RS_SEGMENT_WRITE_KEY; "
-                "everything is kept",
+                f"the write key was refused ({answer.describe(where)}): check "
+                "RS_SEGMENT_WRITE_KEY; everything is kept",
             )
         if verdict is Verdict.MISCONFIGURED:
+            if answer.status is None:  # a TLS certificate, an unusable URL
+                raise _Stop(exitcodes.FAILURE, f"{answer.describe(where)}; everything is kept")
             raise _Stop(
                 exitcodes.FAILURE,
-                f"{run.uploader.url} answered {answer.describe()}: check --endpoint or "
-                "RS_SEGMENT_ENDPOINT; everything is kept",
+                f"{uploader.url} answered HTTP {answer.status}: check --endpoint or "
+                "RS_SEGMENT_ENDPOINT (the base URL, e.g. https://api.segment.io); "
+                "everything is kept",
             )
         backoff = run.rng.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
         asked = retry_after(answer.headers)
@@ -670,14 +682,30 @@ def _send(run: _Run, valid: list[_Item], body: Body | None = None) -> Answer | N
         if time.monotonic() + wait > run.deadline:
             if asked is not None:
                 run.server_asked_until = time.time() + asked
-            raise _Stop(
-                exitcodes.TEMPFAIL,
-                f"{answer.describe()} after {attempt + 1} attempt(s); "
-                + (f"the server asked to wait {asked:.0f} s; " if asked is not None else "")
-                + "the rest waits for a later run",
-            )
+                raise _Stop(
+                    exitcodes.TEMPFAIL,
+                    f"{answer.describe(where)} asked to wait {asked:.0f} s, past --max-time "
+                    f"{run.conf.max_time:g} s: {LEFT} left pending, for a run after that "
+                    "(--force tries sooner)",
+                )
+            raise _Stop(exitcodes.TEMPFAIL, _max_time_reached(run, answer))
         _sleep(run, wait)
         attempt += 1
+
+
+def _max_time_reached(run: _Run, last: Answer | None) -> str:
+    """The end of ``--max-time``, named, with the last trouble and what to do about it."""
+    message = f"stopped: --max-time {run.conf.max_time:g} s reached, {LEFT} left pending"
+    if last is None or run.uploader is None:
+        return message
+    where = run.uploader.where
+    if last.status is not None:
+        return f"{message} ({last.describe(where)}; a later run tries again)"
+    return (
+        f"{message} ({last.describe(where)}; check the network, the endpoint "
+        "(--endpoint, RS_SEGMENT_ENDPOINT) or the proxy (HTTPS_PROXY), or let a later "
+        "run try again)"
+    )
 
 
 def _commit(
