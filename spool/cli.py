@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -282,25 +283,59 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 class _Progress:
-    """A one-line progress bar on a terminal stderr."""
+    """A one-line progress bar on a terminal stderr, for a flush running past a moment.
+
+    The flush reports (done, total) as it commits; a ticker thread redraws the line every
+    ``PROGRESS_REDRAW`` s once the run is ``PROGRESS_AFTER`` s old, so that a run waiting on
+    a slow server shows too, with its rate and the time left.
+    """
 
     def __init__(self) -> None:
-        self.last = -1
+        self.started = time.monotonic()
+        self.done = 0
+        self.total = 0
+        self.drawn = False
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(
+            target=self._tick, name="rs-telemetry-progress", daemon=True
+        )
+        self._ticker.start()
 
     def __call__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def _tick(self) -> None:
+        if self._stop.wait(PROGRESS_AFTER):
+            return
+        while True:
+            self._draw()
+            if self._stop.wait(PROGRESS_REDRAW):
+                return
+
+    def _draw(self) -> None:
+        done, total = self.done, self.total
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = f"~{(total - done) / rate:.0f} s left" if rate > 0 else "time left unknown"
         percent = 100 * done // max(total, 1)
-        if percent != self.last:
-            self.last = percent
-            bar = "#" * (percent // 4)
-            sys.stderr.write(f"\rrs-telemetry: flushing [{bar:<25}] {done}/{total}")
-            sys.stderr.flush()
+        bar = "#" * (percent // 4)
+        sys.stderr.write(
+            f"\rrs-telemetry: flushing [{bar:<25}] {done}/{total} events, "
+            f"{rate:.0f} events/s, {left}\x1b[K"
+        )
+        sys.stderr.flush()
+        self.drawn = True
 
     def close(self) -> None:
-        if self.last >= 0:
+        self._stop.set()
+        self._ticker.join()
+        if self.drawn:
             sys.stderr.write("\n")
 
 
-PROGRESS_THRESHOLD = 10_000
+PROGRESS_AFTER = 2.0
+"""Seconds a flush runs before its progress bar shows (on a terminal only)."""
+PROGRESS_REDRAW = 0.5
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
@@ -370,10 +405,6 @@ def flush(
     if not quiet and not as_json and not dry_run and sys.stderr.isatty():
         progress = _Progress()
 
-    def on_progress(done: int, total: int) -> None:
-        if progress is not None and total >= PROGRESS_THRESHOLD:
-            progress(done, total)
-
     # SIGINT (Ctrl-C) and SIGTERM (systemd's stop) end the run at its next safe point:
     # what was acknowledged is committed and last_flush recorded (SPEC 5).
     stop = StopRequest()
@@ -389,7 +420,7 @@ def flush(
             gzip=not no_gzip,
             dry_run=dry_run,
             force=force,
-            progress=on_progress if progress is not None else None,
+            progress=progress,
             out=None if as_json else sys.stdout,  # --json: stdout holds one object only
             stop=stop,
         )

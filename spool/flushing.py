@@ -288,6 +288,8 @@ def _locked_flush(
             done[0] += n
             progress(done[0], total)
 
+        progress(0, total)  # the size of the run, before the first commit
+
     uploader = (
         None if conf.dry_run else Uploader(batch_url, conf.write_key, conf.gzip, interrupted=stop)
     )
