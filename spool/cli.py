@@ -31,6 +31,8 @@ Exit codes:
   65  flush: something was quarantined in this run and nothing else is left
   75  flush: something is left pending for a later run (network, 5xx, 429,
       time limit, another flush running)
+  130 flush: stopped by SIGINT (what was acknowledged is kept); SIGTERM ends
+      it by SIGTERM
 """
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
