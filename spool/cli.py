@@ -394,8 +394,8 @@ def flush(
       rs-telemetry flush --endpoint http://127.0.0.1:8787 --json
       17 * * * * rs-telemetry flush --quiet        (a crontab line)
     """
-    from spool.flushing import SIGNAL_EXIT_BASE, StopRequest  # noqa: PLC0415 - loads requests
-    from spool.flushing import flush as run_flush  # noqa: PLC0415
+    from spool.flushing import flush as run_flush  # noqa: PLC0415 - loads requests
+    from spool.stopping import SIGNAL_EXIT_BASE, StopRequest  # noqa: PLC0415 - flush only
 
     # This process is ours: its sender thread wakes from network and disk waits needing
     # the GIL back, and with the default 5 ms switch interval it would wait that long

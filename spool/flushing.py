@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import os
 import random
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import IO, Any
 from spool import exitcodes, record, settings, store
 from spool.errors import ConfigError, TelemetryError
 from spool.locking import Busy, flush_lock, state_lock
+from spool.stopping import SIGNAL_EXIT_BASE, StopRequest, stopped_by
 from spool.upload import (
     ENVELOPE_BYTES,
     MAX_BATCH_EVENTS,
@@ -51,32 +51,9 @@ taken for one that refuses everything (a proxy answering 400 to any request): th
 stops before its next request, keeps the rest pending and exits 1 (SPEC 7). Our records
 are checked before they are sent, so a real refusal is rare, and halving reaches an
 acceptable event of a working endpoint long before five refused ones in a row."""
-SIGNAL_EXIT_BASE = 128
-"""A run stopped by signal N reports exit code 128 + N (130 for SIGINT), as shells do."""
 _STOP_POLL = 0.1
 LEFT = "\x00left\x00"
 """Stands in a stop message for the number of events left pending, known only later."""
-
-
-class StopRequest:
-    """Asks a running flush to stop at its next safe point, e.g. from a signal handler.
-
-    ``signum`` is a plain attribute on purpose: a handler runs between two bytecodes of the
-    main thread, which may hold any lock at that moment, so setting an Event (which takes
-    one) could deadlock. The flush polls it: before each request, during backoff waits,
-    and (through the uploader's watchdog) while a request is in flight, which it cuts
-    short; whatever was acknowledged is committed.
-    """
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def handle(self, signum: int, _frame: object) -> None:
-        """A ``signal.signal`` handler: remember the signal, nothing else."""
-        self.signum = signum
 
 
 @dataclass
@@ -309,7 +286,7 @@ def _locked_flush(
         # Asked to stop (even if the run had just ended): the code says so, as a shell's
         # 128 + N would, and the summary and last_flush below are recorded all the same.
         report.exit_code = SIGNAL_EXIT_BASE + stop.signum
-        report.message = _stopped_by(stop.signum)
+        report.message = stopped_by(stop.signum)
     if conf.dry_run:
         # Nothing was sent, quarantined or dropped: the counts say so, and the message
         # says what a real run would do.
@@ -345,19 +322,11 @@ def _when(timestamp: float) -> str:
         return "a date beyond the calendar"
 
 
-def _stopped_by(signum: int) -> str:
-    try:
-        name = signal.Signals(signum).name
-    except ValueError:
-        name = f"signal {signum}"
-    return f"stopped by {name}: what was acknowledged is kept as delivered, the rest waits"
-
-
 def _check_stop(run: _Run) -> None:
     """A safe point: nothing is in flight; raise ``_Stop`` if the run was asked to stop."""
     if run.stop is not None and run.stop.signum is not None:
         signum = run.stop.signum
-        raise _Stop(SIGNAL_EXIT_BASE + signum, _stopped_by(signum))
+        raise _Stop(SIGNAL_EXIT_BASE + signum, stopped_by(signum))
 
 
 def _sleep(run: _Run, seconds: float) -> None:
