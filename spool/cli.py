@@ -12,6 +12,8 @@ import os
 import shlex
 import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,7 +33,8 @@ Exit codes:
   65  flush: something was quarantined in this run and nothing else is left
   75  flush: something is left pending for a later run (network, 5xx, 429,
       time limit, another flush running)
-  130 interrupted (Ctrl-C)
+  130 interrupted (Ctrl-C); for flush, what was acknowledged is kept;
+      SIGTERM ends a flush by SIGTERM
 """
 
 _CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
@@ -540,25 +543,60 @@ def events(as_json: bool) -> None:
 
 
 class _Progress:
-    """A one-line progress bar on a terminal stderr."""
+    """A one-line progress bar on a terminal stderr, for a flush running past a moment.
+
+    The flush reports (done, total) as it commits; a ticker thread redraws the line every
+    ``PROGRESS_REDRAW`` s once the run is ``PROGRESS_AFTER`` s old, so that a run waiting on
+    a slow server shows too, with its rate and the time left.
+    """
 
     def __init__(self) -> None:
-        self.last = -1
+        self.started = time.monotonic()
+        self.done = 0
+        self.total = 0
+        self.drawn = False
+        self._stop = threading.Event()
+        self._ticker = threading.Thread(
+            target=self._tick, name="rs-telemetry-progress", daemon=True
+        )
+        self._ticker.start()
 
     def __call__(self, done: int, total: int) -> None:
+        self.done, self.total = done, total
+
+    def _tick(self) -> None:
+        if self._stop.wait(PROGRESS_AFTER):
+            return
+        while True:
+            self._draw()
+            if self._stop.wait(PROGRESS_REDRAW):
+                return
+
+    def _draw(self) -> None:
+        done, total = self.done, self.total
+        elapsed = time.monotonic() - self.started
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = f"~{(total - done) / rate:.0f} s left" if rate > 0 else "time left unknown"
         percent = 100 * done // max(total, 1)
-        if percent != self.last:
-            self.last = percent
-            bar = "#" * (percent // 4)
-            sys.stderr.write(f"\rrs-telemetry: flushing [{bar:<25}] {done}/{total}")
-            sys.stderr.flush()
+        bar = "#" * (percent // 4)
+        sys.stderr.write(
+            f"\rrs-telemetry: flushing [{bar:<25}] {done}/{total} events, "
+            f"{rate:.0f} events/s, {left}\x1b[K"
+        )
+        sys.stderr.flush()
+        self.drawn = True
 
     def close(self) -> None:
-        if self.last >= 0:
+        self._stop.set()
+        self._ticker.join()
+        if self.drawn:
             sys.stderr.write("\n")
 
 
-PROGRESS_THRESHOLD = 10_000
+PROGRESS_AFTER = 2.0
+"""Seconds a flush runs before its progress bar shows (on a terminal only)."""
+PROGRESS_REDRAW = 0.5
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @main.command(epilog=EXIT_CODES_HELP)
@@ -624,6 +662,7 @@ def flush(
       17 * * * * rs-telemetry flush --quiet        (a crontab line)
     """
     from spool.flushing import flush as run_flush  # noqa: PLC0415 - loads requests
+    from spool.stopping import SIGNAL_EXIT_BASE, StopRequest  # noqa: PLC0415 - flush only
 
     # This process is ours: its sender thread wakes from network and disk waits needing
     # the GIL back, and with the default 5 ms switch interval it would wait that long
@@ -635,10 +674,12 @@ def flush(
     if not quiet and not as_json and not dry_run and sys.stderr.isatty():
         progress = _Progress()
 
-    def on_progress(done: int, total: int) -> None:
-        if progress is not None and total >= PROGRESS_THRESHOLD:
-            progress(done, total)
-
+    # SIGINT (Ctrl-C) and SIGTERM (systemd's stop) end the run at its next safe point:
+    # what was acknowledged is committed and last_flush recorded (SPEC 5).
+    stop = StopRequest()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():  # only it may set handlers
+        previous = {signum: signal.signal(signum, stop.handle) for signum in STOP_SIGNALS}
     try:
         report = run_flush(
             spool_dir=ctx.obj,
@@ -648,12 +689,15 @@ def flush(
             gzip=not no_gzip,
             dry_run=dry_run,
             force=force,
-            progress=on_progress if progress is not None else None,
-            out=sys.stdout,
+            progress=progress,
+            out=None if as_json else sys.stdout,  # --json: stdout holds one object only
+            stop=stop,
         )
     finally:
         if progress is not None:
             progress.close()
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
     if as_json:
         click.echo(json.dumps(report.to_json()))
     failed = report.exit_code == exitcodes.FAILURE
@@ -664,9 +708,19 @@ def flush(
             f"left pending {report.left_pending} ({report.seconds:.1f} s)"
         )
         if report.message:
-            partial = report.batches and not dry_run  # a run that sent some, then stopped
+            # A run that sent some, then stopped, or was stopped: the counts matter.
+            partial = (report.batches or stop.signum is not None) and not dry_run
             summary = f"{report.message}. {summary}" if partial else report.message
         _say(("error: " if failed else "") + summary)
+    if stop.signum == signal.SIGTERM:
+        # End by the signal itself, so that systemd (and any parent) sees a clean stop by
+        # SIGTERM rather than a failure code.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+    if stop.signum is not None:
+        sys.exit(SIGNAL_EXIT_BASE + stop.signum)
     sys.exit(report.exit_code)
 
 
@@ -850,6 +904,38 @@ def purge(ctx: click.Context, quarantine: bool, yes: bool) -> None:
             _say(f"nothing deleted: {what} kept")
             sys.exit(exitcodes.FAILURE)
     _purge(_directory(ctx), quarantine)
+
+
+@main.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def requeue(ctx: click.Context, yes: bool) -> None:
+    """Put quarantined events that are valid records back into pending, oldest first.
+
+    For events an endpoint refused by mistake (a proxy answering 400 to everything):
+    the next flush sends them again. Unreadable quarantined bytes stay in the quarantine.
+
+    \b
+    Examples:
+      rs-telemetry requeue --yes
+      rs-telemetry show --quarantine --json     (look first)
+    """
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("refusing to requeue quarantined events without --yes")
+        click.confirm("Put the quarantined events back into pending?", abort=True, err=True)
+    directory = _directory(ctx)
+    if not store.check_dir(directory, create=False):
+        _say("nothing is quarantined")
+        return
+    with flush_lock(directory):
+        back, kept = store.requeue(directory)
+    stays = (
+        f"; {kept} entr{'y' if kept == 1 else 'ies'} that are not valid records stay"
+        if kept
+        else ""
+    )
+    _say(f"requeued {back} event(s) into pending{stays}")
 
 
 # --- export / import --------------------------------------------------------------------

@@ -22,10 +22,12 @@ from typing import IO, Any
 from spool import exitcodes, record, settings, store
 from spool.errors import ConfigError, TelemetryError
 from spool.locking import Busy, LockTimeout, flush_lock, state_lock
+from spool.stopping import SIGNAL_EXIT_BASE, StopRequest, stopped_by
 from spool.upload import (
     ENVELOPE_BYTES,
     MAX_BATCH_EVENTS,
     MAX_BODY_BYTES,
+    MAX_RETRY_AFTER,
     Answer,
     Body,
     Uploader,
@@ -45,6 +47,15 @@ FINISH_GRACE = 1.0
 already acknowledged, and to record its summary."""
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
+BLANKET_REFUSALS = 5
+"""Lone events refused (400/413) in a run that has had no 2xx, after which the endpoint is
+taken for one that refuses everything (a proxy answering 400 to any request): the run
+stops before its next request, keeps the rest pending and exits 1 (SPEC 7). Our records
+are checked before they are sent, so a real refusal is rare, and halving reaches an
+acceptable event of a working endpoint long before five refused ones in a row."""
+_STOP_POLL = 0.1
+LEFT = "\x00left\x00"
+"""Stands in a stop message for the number of events left pending, known only later."""
 
 
 @dataclass
@@ -59,9 +70,11 @@ class FlushReport:
     exit_code: int = exitcodes.OK
     seconds: float = 0.0
     message: str = ""
+    dry_run: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        """The stable ``flush --json`` object (``version`` 1)."""
+        """The stable ``flush --json`` object (``version`` 1; ``message`` and ``dry_run``
+        added in SPEC v2)."""
         return {
             "version": 1,
             "sent": self.sent,
@@ -71,6 +84,8 @@ class FlushReport:
             "left_pending": self.left_pending,
             "exit_code": self.exit_code,
             "seconds": round(self.seconds, 3),
+            "message": self.message or None,
+            "dry_run": self.dry_run,
         }
 
 
@@ -102,8 +117,11 @@ class _Run:
     report: FlushReport
     progress: Callable[[int], None] | None
     out: IO[str] | None
+    stop: StopRequest | None = None
     server_asked_until: float | None = None
     acknowledged: bool = False
+    deadline_ignored: bool = False  # a stored retry deadline from a wrong clock: cleared
+    lone_refusals: int = 0  # lone events refused while no 2xx had come
     unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
     claims: dict[str, int] = field(default_factory=dict)  # segment -> claiming descriptor
     cap_checked: float = 0.0
@@ -123,21 +141,37 @@ def flush(
     force: bool = False,
     progress: Callable[[int, int], None] | None = None,
     out: IO[str] | None = None,
+    stop: StopRequest | None = None,
 ) -> FlushReport:
     """Upload what is pending, oldest first; return a report whose ``exit_code`` is flush's.
 
     Configuration trouble (no write key, a refused endpoint, a spool directory that must
     not be used) is reported, not raised: ``exit_code`` 1 and the reason in ``message``.
     ``progress`` is called with (events done, events taken on); ``out`` receives
-    ``--dry-run`` batches.
+    ``--dry-run`` batches; ``stop``, once set, ends the run at its next safe point with
+    exit code 128 + the signal number.
     """
     started = time.monotonic()
-    report = FlushReport()
+    report = FlushReport(dry_run=dry_run)
     try:
-        _flush(spool_dir, endpoint, max_time, timeout, gzip, dry_run, force, progress, out, report)
+        _flush(
+            spool_dir,
+            endpoint,
+            max_time,
+            timeout,
+            gzip,
+            dry_run,
+            force,
+            progress,
+            out,
+            report,
+            stop,
+        )
     except TelemetryError as exc:
         report.exit_code = exc.exit_code
         report.message = str(exc)
+        # Stopped before sending (no key, a refused endpoint): all of it is still pending.
+        report.left_pending = _pending_now(spool_dir)
     report.seconds = time.monotonic() - started
     return report
 
@@ -153,12 +187,14 @@ def _flush(
     progress: Callable[[int, int], None] | None,
     out: IO[str] | None,
     report: FlushReport,
+    stop: StopRequest | None = None,
 ) -> None:
     started = time.monotonic()
     directory = settings.spool_dir(spool_dir)
     opted = settings.opted_out_by()
     if opted is not None:
         report.message = f"telemetry is off in this process ({opted} is set): nothing sent"
+        report.left_pending = _pending_now(directory)
         return
     if not store.check_dir(directory, create=False):
         report.message = "nothing pending"
@@ -166,6 +202,7 @@ def _flush(
     mode = store.read_mode(directory)
     if mode != "on":
         report.message = f"mode is {mode!r}: nothing is sent (rs-telemetry enable turns it on)"
+        report.left_pending = _pending_now(directory)
         return
     conf = settings.FlushSettings.resolve(endpoint, max_time, timeout, gzip, dry_run, force)
     batch_url = settings.check_endpoint(conf.endpoint)
@@ -176,10 +213,11 @@ def _flush(
         )
     try:
         with flush_lock(directory):
-            _locked_flush(directory, conf, batch_url, started, report, progress, out)
+            _locked_flush(directory, conf, batch_url, started, report, progress, out, stop)
     except Busy:
         report.exit_code = exitcodes.TEMPFAIL
         report.message = "another flush is running on this spool; try again later"
+        report.left_pending = _pending_now(directory)
 
 
 def _locked_flush(
@@ -190,6 +228,7 @@ def _locked_flush(
     report: FlushReport,
     progress: Callable[[int, int], None] | None,
     out: IO[str] | None,
+    stop: StopRequest | None = None,
 ) -> None:
     store.seal(directory)
     lock_deadline = started + conf.max_time  # no lock may hold a flush past --max-time
@@ -203,6 +242,16 @@ def _locked_flush(
         report.message = "nothing pending"
         return
     wait_until = state.retry_not_before
+    clock_note = ""
+    if wait_until and wait_until > time.time() + MAX_RETRY_AFTER:
+        # No server asks for more than the cap: the deadline was recorded while the clock
+        # was wrong (a year ahead, say), and honouring it would block the spool for as
+        # long. Ignored, and cleared at the end of this run (SPEC 7).
+        clock_note = (
+            f"ignored a stored retry deadline ({_when(wait_until)}) more than an hour "
+            "ahead: it was recorded under a wrong clock"
+        )
+        wait_until = None
     if wait_until and wait_until > time.time() and not conf.force and not conf.dry_run:
         report.exit_code = exitcodes.TEMPFAIL
         report.left_pending = _count_left(directory, names)
@@ -220,34 +269,82 @@ def _locked_flush(
             done[0] += n
             progress(done[0], total)
 
-    uploader = None if conf.dry_run else Uploader(batch_url, conf.write_key, conf.gzip)
-    run = _Run(directory, conf, uploader, started + conf.max_time, report, done_callback, out)
+        progress(0, total)  # the size of the run, before the first commit
+
+    uploader = (
+        None if conf.dry_run else Uploader(batch_url, conf.write_key, conf.gzip, interrupted=stop)
+    )
+    run = _Run(directory, conf, uploader, started + conf.max_time, report, done_callback, out, stop)
+    run.deadline_ignored = bool(clock_note)
     run.too_old_before = store.too_old_limit(
         time.time(), conf.max_age_seconds, _newest_stamp(directory, names)
     )
     try:
         _pipeline(run, names)
-    except (_Stop, LockTimeout) as stop:
-        report.exit_code = stop.exit_code
-        report.message = stop.message
+    except (_Stop, LockTimeout) as stopped:
+        report.exit_code = stopped.exit_code
+        report.message = stopped.message
+        # LEFT is filled in once the count is known (replace, not format: the message may
+        # quote a server's text).
     finally:
         if uploader is not None:
             uploader.close()
+    if stop is not None and stop.signum is not None:
+        # Asked to stop (even if the run had just ended): the code says so, as a shell's
+        # 128 + N would, and the summary and last_flush below are recorded all the same.
+        report.exit_code = SIGNAL_EXIT_BASE + stop.signum
+        report.message = stopped_by(stop.signum)
     if conf.dry_run:
+        # Nothing was sent, quarantined or dropped: the counts say so, and the message
+        # says what a real run would do.
+        would = (
+            f"dry run: {report.batches} batch(es), {report.sent} event(s) would be sent"
+            + (f", {report.quarantined} quarantined" if report.quarantined else "")
+            + (f", {report.dropped} dropped as too old" if report.dropped else "")
+        )
+        report.sent = report.batches = report.quarantined = report.dropped = 0
         report.left_pending = _count_left(directory, names)
         report.exit_code = exitcodes.OK
-        report.message = report.message or (
-            f"dry run: {report.batches} batch(es), {report.sent} event(s) would be sent"
-        )
+        report.message = report.message or would
         return
     report.left_pending = _count_left(directory, names)
+    report.message = report.message.replace(LEFT, str(report.left_pending))
     if report.exit_code == exitcodes.OK:
         if report.left_pending:
             report.exit_code = exitcodes.TEMPFAIL
             report.message = report.message or "some events are left for a later run"
         elif report.quarantined:
             report.exit_code = exitcodes.QUARANTINED
+    if clock_note:
+        report.message = f"{clock_note}; {report.message}" if report.message else clock_note
     _finish(run)
+
+
+def _when(timestamp: float) -> str:
+    """A stored time for a message, e.g. ``2027-12-01T20:40:00.000Z``; a date past what a
+    calendar holds (a damaged or absurd value) is said in words."""
+    try:
+        return record.iso_timestamp(timestamp)
+    except (OverflowError, ValueError, OSError):
+        return "a date beyond the calendar"
+
+
+def _check_stop(run: _Run) -> None:
+    """A safe point: nothing is in flight; raise ``_Stop`` if the run was asked to stop."""
+    if run.stop is not None and run.stop.signum is not None:
+        signum = run.stop.signum
+        raise _Stop(SIGNAL_EXIT_BASE + signum, stopped_by(signum))
+
+
+def _sleep(run: _Run, seconds: float) -> None:
+    """Wait ``seconds``, ending early (by ``_Stop``) if the run is asked to stop."""
+    end = time.monotonic() + seconds
+    while True:
+        _check_stop(run)
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        time.sleep(min(left, _STOP_POLL) if run.stop is not None else left)
 
 
 def _finish(run: _Run) -> None:
@@ -267,7 +364,7 @@ def _finish(run: _Run) -> None:
             }
             if run.server_asked_until is not None:
                 state.retry_not_before = run.server_asked_until
-            elif run.acknowledged:
+            elif run.acknowledged or run.deadline_ignored:
                 state.retry_not_before = None
             store.save_state(run.directory, state)  # durable: now the consumed can go
             store.discard_segments(run.directory, run.consumed)
@@ -275,6 +372,19 @@ def _finish(run: _Run) -> None:
     except (OSError, LockTimeout) as exc:
         # The consumed segments stay until the next flush removes them (remove_consumed).
         store.log_warning("could not record the flush summary: %s", exc)
+
+
+def _pending_now(spool_dir: str | Path | None) -> int:
+    """Every pending event, for a run that stopped before taking any on; 0 when the spool
+    cannot be read (the reason is reported already)."""
+    try:
+        directory = settings.spool_dir(spool_dir)
+        if not store.check_dir(directory, create=False):
+            return 0
+        state = store.load_state(directory)
+        return sum(1 for _ in store.iter_pending(directory, state))
+    except (TelemetryError, OSError):
+        return 0
 
 
 def _count_left(directory: Path, names: list[str]) -> int:
@@ -497,6 +607,8 @@ def _resolve(
         return
     if len(valid) == 1:
         _commit(run, name, size, items, [(valid[0], answer)])
+        if not run.acknowledged:
+            run.lone_refusals += 1
         return
     middle = valid[len(valid) // 2]
     cut = items.index(middle)
@@ -509,6 +621,17 @@ def _send(run: _Run, valid: list[_Item], body: Body | None = None) -> Answer | N
 
     Returns an ACK or SPLIT answer; raises ``_Stop`` for the rest.
     """
+    _check_stop(run)
+    if run.lone_refusals >= BLANKET_REFUSALS and not run.acknowledged:
+        # Checked before the next request, so that a run whose every event was refused
+        # ends as 65 (all quarantined) when nothing more is left to send.
+        raise _Stop(
+            exitcodes.FAILURE,
+            f"the endpoint refuses everything: {run.uploader.url if run.uploader else ''} "
+            f"refused {run.lone_refusals} events sent one by one and accepted none (a proxy "
+            "or a service that is not Segment?); the rest is kept pending: check --endpoint "
+            "or RS_SEGMENT_ENDPOINT, then `rs-telemetry requeue` puts the refused back",
+        )
     if body is None:
         body = Body([it.line.raw for it in valid], run.conf.gzip)
     run.report.batches += 1
@@ -517,29 +640,37 @@ def _send(run: _Run, valid: list[_Item], body: Body | None = None) -> Answer | N
             run.out.write(body.plain().decode("utf-8") + "\n")
         return None
     attempt = 0
+    uploader = run.uploader
+    where = uploader.where
+    last: Answer | None = None
     while True:
         remaining = run.deadline - time.monotonic()
         if remaining <= 0:
-            raise _Stop(exitcodes.TEMPFAIL, "time limit reached; the rest waits for a later run")
-        answer = run.uploader.send(body.render(), min(run.conf.timeout, remaining))
+            raise _Stop(exitcodes.TEMPFAIL, _max_time_reached(run, last))
+        answer = uploader.send(body.render(), min(run.conf.timeout, remaining))
+        last = answer
         verdict = answer.verdict
         if verdict is Verdict.ACK:
             run.acknowledged = True
             run.server_asked_until = None
-            return answer
+            return answer  # committed by the caller, even if a stop was asked meanwhile
+        _check_stop(run)  # cut short by the stop, or a failure we need not retry now
         if verdict is Verdict.SPLIT:
             return answer
         if verdict is Verdict.AUTH:
             raise _Stop(
                 exitcodes.FAILURE,
-                f"the write key was refused ({answer.describe()}): check RS_SEGMENT_WRITE_KEY; "
-                "everything is kept",
+                f"the write key was refused ({answer.describe(where)}): check "
+                "RS_SEGMENT_WRITE_KEY; everything is kept",
             )
         if verdict is Verdict.MISCONFIGURED:
+            if answer.status is None:  # a TLS certificate, an unusable URL
+                raise _Stop(exitcodes.FAILURE, f"{answer.describe(where)}; everything is kept")
             raise _Stop(
                 exitcodes.FAILURE,
-                f"{run.uploader.url} answered {answer.describe()}: check --endpoint or "
-                "RS_SEGMENT_ENDPOINT; everything is kept",
+                f"{uploader.url} answered HTTP {answer.status}: check --endpoint or "
+                "RS_SEGMENT_ENDPOINT (the base URL, e.g. https://api.segment.io); "
+                "everything is kept",
             )
         backoff = run.rng.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
         asked = retry_after(answer.headers)
@@ -547,14 +678,30 @@ def _send(run: _Run, valid: list[_Item], body: Body | None = None) -> Answer | N
         if time.monotonic() + wait > run.deadline:
             if asked is not None:
                 run.server_asked_until = time.time() + asked
-            raise _Stop(
-                exitcodes.TEMPFAIL,
-                f"{answer.describe()} after {attempt + 1} attempt(s); "
-                + (f"the server asked to wait {asked:.0f} s; " if asked is not None else "")
-                + "the rest waits for a later run",
-            )
-        time.sleep(wait)
+                raise _Stop(
+                    exitcodes.TEMPFAIL,
+                    f"{answer.describe(where)} asked to wait {asked:.0f} s, past --max-time "
+                    f"{run.conf.max_time:g} s: {LEFT} left pending, for a run after that "
+                    "(--force tries sooner)",
+                )
+            raise _Stop(exitcodes.TEMPFAIL, _max_time_reached(run, answer))
+        _sleep(run, wait)
         attempt += 1
+
+
+def _max_time_reached(run: _Run, last: Answer | None) -> str:
+    """The end of ``--max-time``, named, with the last trouble and what to do about it."""
+    message = f"stopped: --max-time {run.conf.max_time:g} s reached, {LEFT} left pending"
+    if last is None or run.uploader is None:
+        return message
+    where = run.uploader.where
+    if last.status is not None:
+        return f"{message} ({last.describe(where)}; a later run tries again)"
+    return (
+        f"{message} ({last.describe(where)}; check the network, the endpoint "
+        "(--endpoint, RS_SEGMENT_ENDPOINT) or the proxy (HTTPS_PROXY), or let a later "
+        "run try again)"
+    )
 
 
 def _commit(

@@ -306,8 +306,13 @@ def endpoint(explicit: str | None = None) -> str:
 
 
 def is_loopback_host(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and localhost, e.g. ``is_loopback_host("127.0.0.2")``."""
-    if host.lower() in ("localhost", "localhost."):
+    """True for a literal 127.0.0.0/8 or ::1 address and the exact name ``localhost``, e.g.
+    ``is_loopback_host("127.0.0.2")``; False for ``localhost.`` or ``127.1``.
+
+    Any other name is resolved through DNS (or a proxy), and a resolver could steer the
+    write key, sent in plain http, off the host (issue 11 item 12).
+    """
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -327,7 +332,10 @@ def check_endpoint(url: str) -> str:
         )
     if parts.username or parts.password:
         raise ConfigError("endpoint must not carry credentials; set RS_SEGMENT_WRITE_KEY instead")
-    return f"{url.rstrip('/')}/v1/batch"
+    base = url.rstrip("/")
+    if base.endswith("/v1/batch"):  # the batch URL itself was given: take it as meant
+        base = base[: -len("/v1/batch")]
+    return f"{base}/v1/batch"
 
 
 @dataclass(frozen=True)

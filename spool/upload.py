@@ -9,15 +9,20 @@ from __future__ import annotations
 import base64
 import email.utils
 import enum
+import http.client
 import math
+import socket
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 from spool._version import __version__
+from spool.exchange import Exchange, Interrupted, RequestDeadline
 from spool.record import iso_timestamp
 
 MAX_BODY_BYTES = 475_000
@@ -140,21 +145,90 @@ class Answer:
     def verdict(self) -> Verdict:
         return classify(self.status, self.error)
 
-    def describe(self) -> str:
-        """One line for the operator, e.g. ``HTTP 503`` or ``ConnectionError: reset``."""
+    def describe(self, where: str = "the endpoint") -> str:
+        """One line of our own for the operator, e.g. ``HTTP 503 from api.segment.io`` or
+        ``connection to 127.0.0.1:9 refused``, never requests' own text."""
         if self.status is not None:
-            return f"HTTP {self.status}"
-        text = str(self.error).splitlines()[0][:200] if self.error else "no answer"
-        return f"{type(self.error).__name__}: {text}"
+            return f"HTTP {self.status} from {where}"
+        return transport_problem(self.error, where)
+
+
+def transport_problem(error: BaseException | None, where: str) -> str:
+    """What went wrong on the way, in words, e.g. ``could not resolve host.example (DNS)``."""
+    if error is None:
+        return f"no answer from {where}"
+    if isinstance(error, (RequestDeadline, Interrupted)):
+        return f"{error} ({where})"
+    chain = _causes(error)
+    host = where.rsplit(":", 1)[0] if where.count(":") == 1 else where
+    if isinstance(error, requests.exceptions.SSLError):
+        if any("CERTIFICATE_VERIFY_FAILED" in str(c) for c in chain):
+            return (
+                f"the TLS certificate of {where} is not trusted (set REQUESTS_CA_BUNDLE to a "
+                "CA bundle that trusts it)"
+            )
+        return f"TLS with {where} failed"
+    if isinstance(error, requests.exceptions.ProxyError):
+        return f"the proxy failed to reach {where} (check HTTPS_PROXY / NO_PROXY)"
+    if any(isinstance(c, (socket.gaierror, urllib3.exceptions.NameResolutionError)) for c in chain):
+        return f"could not resolve {host} (DNS)"
+    if isinstance(error, requests.exceptions.ConnectTimeout):
+        return f"no connection to {where} in time"
+    if isinstance(error, requests.exceptions.Timeout):
+        return f"no answer from {where} in time"
+    if any(isinstance(c, ConnectionRefusedError) for c in chain):
+        return f"connection to {where} refused"
+    if any(isinstance(c, ConnectionResetError) for c in chain):
+        return f"the connection to {where} was reset"
+    if any(isinstance(c, http.client.RemoteDisconnected) for c in chain):
+        return f"{where} closed the connection without answering"
+    if any(isinstance(c, (http.client.BadStatusLine, http.client.LineTooLong)) for c in chain):
+        return f"{where} did not answer in HTTP"
+    if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
+        return f"the endpoint URL is not usable ({where})"
+    if any(isinstance(c, OSError) and c.strerror for c in chain):
+        reason = next(c.strerror for c in chain if isinstance(c, OSError) and c.strerror)
+        return f"could not reach {where} ({str(reason).lower()})"
+    return f"could not reach {where} ({type(error).__name__})"
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and what caused it, however requests and urllib3 wrapped it."""
+    seen: list[BaseException] = []
+    todo: list[BaseException | None] = [error]
+    while todo and len(seen) < 20:
+        item = todo.pop()
+        if item is None or any(item is s for s in seen):
+            continue
+        seen.append(item)
+        todo += [item.__cause__, item.__context__]
+        todo += [a for a in item.args if isinstance(a, BaseException)]
+        reason = getattr(item, "reason", None)
+        if isinstance(reason, BaseException):
+            todo.append(reason)
+    return seen
 
 
 class Uploader:
-    """Sends bodies to ``{endpoint}/v1/batch`` over one keep-alive connection."""
+    """Sends bodies to ``{endpoint}/v1/batch`` over one keep-alive connection.
 
-    def __init__(self, batch_url: str, write_key: str, gzip: bool) -> None:
+    Each request is bounded in wall time and reads at most 64 KiB of the answer
+    (``spool.exchange``). ``interrupted``: polled while a request is in flight; when it
+    turns true the request is cut short (the run was asked to stop).
+    """
+
+    def __init__(
+        self,
+        batch_url: str,
+        write_key: str,
+        gzip: bool,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> None:
         self.url = batch_url
+        self.where = urlsplit(batch_url).netloc or batch_url  # e.g. api.segment.io
         self.gzip = gzip
-        self.session = requests.Session()
+        self._exchange = Exchange(interrupted)
+        self.session = self._exchange.session
         # HTTPS_PROXY, NO_PROXY and REQUESTS_CA_BUNDLE are read once per run, as requests
         # reads them, instead of at every request (with ~/.netrc, which could even replace
         # our Authorization header with a password of its own).
@@ -170,6 +244,9 @@ class Uploader:
             "Content-Type": "application/json",
             "Authorization": f"Basic {token}",
             "User-Agent": f"rs-telemetry/{__version__}",
+            # The answer's body is read raw, at most 64 KiB: no content coding to undo
+            # (and no decompression bomb).
+            "Accept-Encoding": "identity",
         }
         if gzip:
             self.headers["Content-Encoding"] = "gzip"
@@ -181,24 +258,22 @@ class Uploader:
         return text
 
     def send(self, data: bytes, timeout: float) -> Answer:
-        """POST one body; never raises for network trouble (it is in ``Answer.error``)."""
+        """POST one body within ``timeout`` s of wall time; never raises for network trouble
+        (it is in ``Answer.error``)."""
         try:
-            response = self.session.post(
+            status, headers, raw = self._exchange.post(
                 self.url,
-                data=data,
-                headers=self.headers,
-                timeout=timeout,
+                data,
+                self.headers,
+                timeout,
                 allow_redirects=False,  # a redirect is a misconfigured endpoint, not a hop
                 verify=self._verify,
                 proxies=self._proxies,
             )
-            try:
-                body = self.redact(response.content.decode("utf-8", "replace"))[:BODY_EXCERPT]
-            except requests.RequestException:
-                body = ""
-            return Answer(response.status_code, response.headers, body)
         except requests.RequestException as exc:
             return Answer(None, {}, "", exc)
+        body = self.redact(raw[: BODY_EXCERPT * 4].decode("utf-8", "replace"))[:BODY_EXCERPT]
+        return Answer(status, headers, body)
 
     def close(self) -> None:
-        self.session.close()
+        self._exchange.close()

@@ -78,7 +78,27 @@ class Redirect:
     location: str = "/redirected"
 
 
-Action = Union[Respond, Reset, Close, Stall, Garbage, Redirect]  # noqa: UP007 - a runtime alias
+@dataclass(frozen=True)
+class Trickle:
+    """Answer one byte every ``interval`` s, e.g. ``Trickle(0.5)``: a whole response, status
+    line and headers included, that never ends before the client gives up (``body_only``:
+    the status line and headers at once, then a 10 MB body, byte by byte)."""
+
+    interval: float = 0.5
+    body_only: bool = False
+    status: int = 200
+
+
+@dataclass(frozen=True)
+class Flood:
+    """Answer ``status`` with a body of ``size`` bytes made on the fly, e.g. ``Flood(size=300 MB)``;
+    ``size=None``: an endless chunked body. Stops when the client hangs up."""
+
+    status: int = 200
+    size: int | None = 300 * 1024 * 1024
+
+
+Action = Union[Respond, Reset, Close, Stall, Garbage, Redirect, Trickle, Flood]  # noqa: UP007
 
 OK = Respond(200, json={"success": True})
 
@@ -296,6 +316,12 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             with contextlib.suppress(OSError):
                 self.wfile.write(action.data)
+        elif isinstance(action, Trickle):
+            self.close_connection = True
+            self._trickle(request, action)
+        elif isinstance(action, Flood):
+            self.close_connection = True
+            self._flood(request, action)
         elif isinstance(action, Reset):
             self.close_connection = True
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -337,6 +363,53 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             request.status = None
             self.close_connection = True  # the client gave up (a timeout): no answer seen
+
+    def _trickle(self, request: Recorded, action: Trickle) -> None:
+        """One byte per interval until the client hangs up or the server stops."""
+        phrase = HTTPStatus(action.status).phrase
+        head = f"HTTP/1.1 {action.status} {phrase}\r\nContent-Type: application/json\r\n".encode()
+        if action.body_only:
+            request.status = action.status
+            head += b"Content-Length: 10000000\r\n\r\n"
+            if not self._write(head):
+                return
+            head = b"{" + b" " * 10_000_000
+        else:
+            head += b"X-Padding: " + b"x" * 10_000_000 + b"\r\n\r\n"
+        for i in range(len(head)):
+            if self.server.owner.stopping.wait(action.interval) or not self._write(head[i : i + 1]):
+                return
+
+    def _flood(self, request: Recorded, action: Flood) -> None:
+        """A body of ``action.size`` bytes (or endless chunks), written as fast as it is read."""
+        reason = HTTPStatus(action.status).phrase
+        framing = (
+            "Transfer-Encoding: chunked"
+            if action.size is None
+            else f"Content-Length: {action.size}"
+        )
+        request.status = action.status
+        if not self._write(f"HTTP/1.1 {action.status} {reason}\r\n{framing}\r\n\r\n".encode()):
+            return
+        block = b"refused " * 8192  # 64 KiB
+        chunk = f"{len(block):x}\r\n".encode() + block + b"\r\n"
+        left = action.size
+        while not self.server.owner.stopping.is_set():
+            if left is None:
+                data = chunk
+            else:
+                data = block[: min(len(block), left)]
+                left -= len(data)
+            if not data or not self._write(data):
+                return
+
+    def _write(self, data: bytes) -> bool:
+        try:
+            self.wfile.write(data)
+            self.wfile.flush()
+        except OSError:
+            return False  # the client hung up
+        return True
 
     def _read_body(self) -> bytes:
         if (self.headers.get("Transfer-Encoding") or "").lower() == "chunked":

@@ -32,6 +32,8 @@ REPORT_KEYS = {
     "left_pending",
     "exit_code",
     "seconds",
+    "message",  # SPEC 5 v2
+    "dry_run",  # SPEC 5 v2
 }
 
 
@@ -93,8 +95,9 @@ def test_json_report_is_one_object_with_the_contract_keys(
     assert set(report) == REPORT_KEYS
     assert report["version"] == 1
     assert report["exit_code"] == code
-    for key in REPORT_KEYS - {"seconds"}:
+    for key in REPORT_KEYS - {"seconds", "message", "dry_run"}:
         assert type(report[key]) is int, key
+    assert report["dry_run"] is False
     assert isinstance(report["seconds"], float)
     assert 0 <= report["seconds"] < 30
     expected = {

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from kit import accounted
-from scripted_server import Respond, ScriptedServer, closed_port_url
+from scripted_server import Action, Recorded, Respond, ScriptedServer, closed_port_url
 
 import spool
 from spool import record
@@ -250,17 +250,26 @@ def test_quarantine_is_capped_oldest_out_and_counted(
     cap = 60_000
     pad = 2000
     monkeypatch.setenv("RS_TELEMETRY_MAX_BYTES", str(cap))
-    scripted_server.default = Respond(400, json={"success": False, "error": "refused"})
+
+    # Each run also delivers one event, its oldest: a run with a 2xx is no blanket
+    # refusal (SPEC 7), so every other event is refused alone and quarantined.
+    def refuse_tagged(request: Recorded) -> Action:
+        if any("commit_id" in e.get("properties", {}) for e in request.events):
+            return Respond(400, json={"success": False, "error": "refused"})
+        return Respond(200, json={"success": True})
+
+    scripted_server.handler = refuse_tagged
     per_round = int(0.8 * cap) // record_size(pad)
     n = 0
-    for _round in range(4):
+    for round_ in range(4):
+        assert spool.append("server_stop") is True
         append_many(n, per_round, pad)
         n += per_round
         result = flush(cli, scripted_server.url)
         assert result.returncode == 65, result.stderr
         st = status(cli)
         assert st["dropped"]["by_reason"].get("spool_full", 0) == 0
-        assert accounted(st) == n
+        assert accounted(st) == n + round_ + 1
     # Four rounds put more than 3x the cap into the quarantine: it must have been trimmed.
     assert n * record_size(pad) > 3 * cap
 
@@ -268,7 +277,7 @@ def test_quarantine_is_capped_oldest_out_and_counted(
     assert st["pending"]["events"] == 0
     assert st["dropped"]["by_reason"].get("quarantine_full", 0) > 0
     assert st["quarantined"]["events"] + st["dropped"]["by_reason"]["quarantine_full"] == n
-    assert accounted(st) == n
+    assert accounted(st) == n + 4
     kept = ids(show(cli, "--quarantine"))
     assert len(kept) == st["quarantined"]["events"]
     # Oldest out: what is left is the newest refusals.

@@ -76,6 +76,7 @@ from spool.store._quarantine import (
     add_to_quarantine,
     json_line,
     quarantine_entry,
+    requeue,
 )
 from spool.store._reading import (
     Line,
@@ -144,6 +145,7 @@ __all__ = [
     "release_claim",
     "remove_consumed",
     "remove_segments",
+    "requeue",
     "save_state",
     "seal",
     "segment_bytes",

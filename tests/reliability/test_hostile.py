@@ -24,7 +24,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from scripted_server import Respond, ScriptedServer
+from scripted_server import Action, Recorded, Respond, ScriptedServer
 
 import spool
 from spool import store
@@ -365,24 +365,33 @@ def _raw_controls(text: str) -> list[str]:
 def test_control_characters_never_reach_the_terminal_raw(
     cli: Cli, scripted_server: ScriptedServer, spool_dir: Path
 ) -> None:
+    # One event the server accepts, oldest: a run with a 2xx is no blanket refusal (SPEC 7).
+    assert spool.append("server_stop")
     for i, value in enumerate(NASTY):
         assert spool.append("server_start", {"commit_id": value, "server_version": f"v{i}"})
     result = cli("show")
     assert result.returncode == 0, result.stderr
     assert not _raw_controls(result.stdout + result.stderr), result.stdout
-    assert result.stdout.count("\n") == len(NASTY), "a value broke a line in two"
+    assert result.stdout.count("\n") == len(NASTY) + 1, "a value broke a line in two"
     assert "\\x1b" in result.stdout  # shown, escaped, not dropped
 
     # The server refuses every one of them: each lands in the quarantine with its values,
     # and with the start of the server's answer, which holds control characters too.
     answer = b"\x1b[31mrefused\x1b[0m \x07\r\n"
-    scripted_server.default = Respond(400, body=answer)
+
+    def refuse_nasty(request: Recorded) -> Action:
+        if any(e.get("event") == "server_start" for e in request.events):
+            return Respond(400, body=answer)
+        return Respond(200, json={"success": True})
+
+    scripted_server.handler = refuse_nasty
     code, _report, stderr = flush_json(cli, scripted_server.url)
     assert code == 65, stderr
     assert not _raw_controls(stderr), stderr
     # Unreadable bytes with escape sequences, straight from a damaged segment.
     write_segment(spool_dir, b"\x1b[2J\x1b]0;pwn\x07\x9b\xff garbage\n")
     append_bytes(spool_dir / store.ACTIVE, b"\x1b[5m\x07blink\r")
+    scripted_server.handler = None
     scripted_server.default = Respond(200, json={"success": True})
     code, _report, stderr = flush_json(cli, scripted_server.url)
     assert code == 65, stderr

@@ -1,0 +1,261 @@
+"""One HTTP exchange bounded in wall time and in memory, whatever the server does.
+
+requests' ``timeout=`` bounds each socket operation, not the request: a server that sends
+one byte just before each read timeout holds the call forever, and ``.content`` reads a
+body whole, however large (TRAPS.md; issue 11 item 2). Here:
+
+- a ``Watchdog`` thread hangs up the connection of a request that passes its deadline
+  (``shutdown()`` on a duplicate of the socket's descriptor, which ends the connection for
+  every descriptor of it, plain or TLS, during the handshake too, and wakes any blocked
+  ``recv``/``send``); every socket operation is also given the time left as its timeout;
+- the answer's body is read to at most ``BODY_LIMIT`` bytes, undecoded, and the
+  connection is closed rather than drained when more follows.
+
+requests stays the HTTP library, so ``HTTPS_PROXY``, ``NO_PROXY`` and the CA bundle work as
+it defines them; only urllib3's connection classes are subclassed, to learn each socket.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import requests
+import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+BODY_LIMIT = 64 * 1024
+"""The most of an answer's body ever read, e.g. the start of a 300 MB error page."""
+_READ_CHUNK = 16 * 1024
+_POLL = 0.1
+"""Seconds between looks at ``interrupted`` while a request is in flight (a signal handler
+sets a plain flag; taking a lock inside one could deadlock)."""
+
+
+class RequestDeadline(requests.exceptions.Timeout):
+    """No complete answer within the request's wall-clock deadline, e.g. ``--timeout 10``."""
+
+
+class Interrupted(requests.exceptions.RequestException):
+    """The request was cut short because the run was asked to stop (SIGINT, SIGTERM)."""
+
+
+_current = threading.local()  # .watchdog: the Watchdog of the request this thread is making
+
+
+class _Watched:
+    """Mixin for urllib3 connections: tell the current request's watchdog our socket."""
+
+    _rs_dup: socket.socket | None = None
+
+    def _new_conn(self) -> socket.socket:
+        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+        # A duplicate of the descriptor, ours alone: the TLS wrapper detaches the original
+        # object, and a descriptor number alone could be reused by another file once the
+        # connection closes. shutdown() acts on the connection, not on the descriptor.
+        self._rs_close_dup()
+        self._rs_dup = sock.dup()
+        watchdog = getattr(_current, "watchdog", None)
+        if watchdog is not None:
+            watchdog.attach(self)
+        return sock
+
+    def request(self, *args: Any, **kwargs: Any) -> Any:
+        watchdog = getattr(_current, "watchdog", None)
+        if watchdog is not None:
+            watchdog.attach(self)  # a kept-alive connection, reused
+        return super().request(*args, **kwargs)  # type: ignore[misc]
+
+    def rs_hang_up(self) -> None:
+        dup = self._rs_dup
+        if dup is not None:
+            with contextlib.suppress(OSError):
+                dup.shutdown(socket.SHUT_RDWR)
+
+    def _rs_close_dup(self) -> None:
+        dup, self._rs_dup = self._rs_dup, None
+        if dup is not None:
+            dup.close()
+
+    def close(self) -> None:
+        try:
+            super().close()  # type: ignore[misc]
+        finally:
+            self._rs_close_dup()
+
+
+class _HTTPConnection(_Watched, HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Watched, HTTPSConnection):
+    pass
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter with watched connections, direct or through an HTTP(S) proxy."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        fresh = proxy not in self.proxy_manager
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if fresh and not proxy.lower().startswith("socks"):  # SOCKS brings its own pools
+            manager.pool_classes_by_scheme = _POOLS
+        return manager
+
+
+class Watchdog:
+    """A thread that hangs up a request's connections once its deadline has passed.
+
+    ``arm(seconds)`` before a request, ``disarm()`` after it; connections attach themselves
+    while it is armed. Concurrent calls are serialized by one condition.
+    """
+
+    def __init__(self, interrupted: Callable[[], bool] | None = None) -> None:
+        self._cond = threading.Condition()
+        self._deadline: float | None = None
+        self._connections: list[_Watched] = []
+        self._closed = False
+        self._interrupted = interrupted
+        self.fired: type[requests.RequestException] | None = None
+        self._thread = threading.Thread(target=self._run, name="rs-telemetry-watchdog", daemon=True)
+        self._thread.start()
+
+    def arm(self, seconds: float) -> None:
+        with self._cond:
+            self._deadline = time.monotonic() + seconds
+            self._connections = []
+            self.fired = None
+            self._cond.notify_all()
+
+    def attach(self, connection: _Watched) -> None:
+        with self._cond:
+            if self._deadline is None:
+                return
+            self._connections.append(connection)
+            if self.fired is not None:
+                connection.rs_hang_up()  # connected after the deadline passed
+
+    def disarm(self) -> None:
+        with self._cond:
+            self._deadline = None
+            self._connections = []
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(1.0)
+
+    def _run(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if self._deadline is None or self.fired is not None:
+                    self._cond.wait()
+                    continue
+                left = self._deadline - time.monotonic()
+                stop = self._interrupted is not None and self._interrupted()
+                if left <= 0 or stop:
+                    self.fired = Interrupted if stop else RequestDeadline
+                    for connection in self._connections:
+                        connection.rs_hang_up()
+                    continue
+                self._cond.wait(min(left, _POLL) if self._interrupted else left)
+
+
+class Exchange:
+    """A requests session whose every POST is bounded in wall time and in memory."""
+
+    def __init__(self, interrupted: Callable[[], bool] | None = None) -> None:
+        self.session = requests.Session()
+        adapter = _Adapter()
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self._watchdog = Watchdog(interrupted)
+
+    def post(
+        self, url: str, data: bytes, headers: Mapping[str, str], seconds: float, **kwargs: Any
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """POST and read at most ``BODY_LIMIT`` bytes of the answer, all within ``seconds``.
+
+        Returns (status, headers, start of body). Raises ``requests.RequestException`` on
+        transport trouble: ``RequestDeadline`` when the deadline cut the exchange before a
+        status line came, ``Interrupted`` when the run was asked to stop. A body cut short
+        by the deadline is returned as far as it came: the status is the server's word.
+        """
+        watchdog = self._watchdog
+        started = time.monotonic()
+        watchdog.arm(seconds)
+        _current.watchdog = watchdog
+        try:
+            try:
+                response = self.session.post(
+                    url, data=data, headers=headers, timeout=seconds, stream=True, **kwargs
+                )
+            except requests.RequestException as exc:
+                fired = watchdog.fired
+                if fired is not None:
+                    raise fired(_deadline_text(fired, seconds)) from exc
+                raise
+            complete = False
+            try:
+                body, complete = self._read_body(response, started + seconds)
+            finally:
+                if complete:
+                    # Read to its end: the connection goes back to the pool, kept alive
+                    # (closing it would cost a TCP and TLS handshake per batch).
+                    response.raw.release_conn()
+                else:
+                    response.close()  # more may follow: hang up rather than drain it
+            return response.status_code, response.headers, body
+        finally:
+            _current.watchdog = None
+            watchdog.disarm()
+
+    @staticmethod
+    def _read_body(response: requests.Response, deadline: float) -> tuple[bytes, bool]:
+        """Up to BODY_LIMIT bytes, as sent (we ask for no content coding), and whether that
+        was the whole body."""
+        raw = response.raw
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while size < BODY_LIMIT and time.monotonic() < deadline:
+                chunk = raw.read(min(_READ_CHUNK, BODY_LIMIT - size), decode_content=False)
+                if not chunk:
+                    return b"".join(parts), True
+                parts.append(chunk)
+                size += len(chunk)
+        except (urllib3.exceptions.HTTPError, requests.RequestException, OSError, ValueError):
+            pass  # cut by the deadline or by the server: the status line came already
+        return b"".join(parts), False
+
+    def close(self) -> None:
+        self._watchdog.close()
+        self.session.close()
+
+
+def _deadline_text(fired: type[requests.RequestException], seconds: float) -> str:
+    if fired is Interrupted:
+        return "the request was cut short: the flush was asked to stop"
+    return f"no complete answer within {seconds:.3g} s"

@@ -1,0 +1,136 @@
+"""SPEC 7 (v2): a blanket refusal (lone events refused, no 2xx in the run) stops the run
+early and keeps the rest pending; SPEC 5 (v2): ``requeue`` puts quarantined valid records
+back into pending, oldest first, and leaves unreadable bytes in the quarantine.
+Real flush processes against a real loopback server.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kit import assert_accounted, view
+from scripted_server import OK, Action, Recorded, Respond, ScriptedServer
+
+import spool
+from spool.flushing import BLANKET_REFUSALS
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+KEY = "wk-requeue-test"
+
+
+@pytest.fixture(autouse=True)
+def write_key(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", KEY)
+    return KEY
+
+
+def fill(n: int) -> list[dict[str, Any]]:
+    session = spool.Session()
+    for i in range(n):
+        assert session.append("deployment_finished", {"commit_id": f"c{i:05d}"})
+    return shown()
+
+
+def shown(*extra: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in view("show", "--json", *extra).splitlines()]
+
+
+def flush(cli: Cli, url: str) -> tuple[int, dict[str, Any], str]:
+    result = cli("flush", "--endpoint", url, "--json", "--max-time", "20")
+    return result.returncode, json.loads(result.stdout), result.stderr
+
+
+def test_a_blanket_refusal_stops_early_and_requeue_puts_it_back(
+    scripted_server: ScriptedServer, cli: Cli
+) -> None:
+    before = fill(300)
+    scripted_server.default = Respond(400, json={"error": "proxy says no"})
+
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["exit_code"]) == (1, 1), stderr
+    assert "refuses everything" in report["message"]
+    assert "requeue" in stderr
+    assert (report["sent"], report["quarantined"]) == (0, BLANKET_REFUSALS)
+    assert report["left_pending"] == 300 - BLANKET_REFUSALS
+    assert len(scripted_server.requests) < 40, "split down to every event of the spool"
+    s = assert_accounted(300)
+    assert (s["quarantined"]["events"], s["pending"]["events"]) == (BLANKET_REFUSALS, 295)
+    # The oldest were refused and quarantined; the rest keep their order in pending.
+    assert [e["messageId"] for e in shown()] == [e["messageId"] for e in before[5:]]
+
+    # requeue asks first: without a terminal, --yes is needed.
+    refused = cli("requeue")
+    assert refused.returncode == 2, refused.stderr
+    assert "--yes" in refused.stderr
+    assert assert_accounted(300)["quarantined"]["events"] == BLANKET_REFUSALS
+
+    result = cli("requeue", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert f"requeued {BLANKET_REFUSALS} event(s)" in result.stderr
+    s = assert_accounted(300)
+    assert (s["quarantined"]["events"], s["pending"]["events"]) == (0, 300)
+    # Put back as they were, oldest first among themselves.
+    by_id = {e["messageId"]: e for e in before}
+    requeued = shown()[-BLANKET_REFUSALS:]
+    assert requeued == before[:BLANKET_REFUSALS]
+    assert all(by_id[e["messageId"]] == e for e in shown())
+
+    # A working endpoint that refuses a few events is no blanket refusal: after its first
+    # 2xx, every refused event is isolated and quarantined, and the run goes on.
+    poison = {before[i]["messageId"] for i in (40, 90, 130, 170, 210, 250, 280, 299)}
+
+    def refuse_poison(request: Recorded) -> Action:
+        return Respond(400, json={"error": "bad"}) if poison & set(request.message_ids) else OK
+
+    scripted_server.handler = refuse_poison
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["quarantined"], report["sent"]) == (65, 8, 292), stderr
+    delivered = [e["messageId"] for e in scripted_server.accepted_events()]
+    assert sorted(delivered) == sorted(set(by_id) - poison)
+    s = assert_accounted(300)
+    assert (s["delivered"]["events"], s["quarantined"]["events"]) == (292, 8)
+
+
+def test_requeue_leaves_unreadable_bytes_in_the_quarantine(
+    scripted_server: ScriptedServer, cli: Cli, spool_dir: Path
+) -> None:
+    fill(2)
+    with (spool_dir / "active.jsonl").open("ab") as active:
+        active.write(b'{"type":"track", not json\n')
+    scripted_server.default = Respond(400)
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["quarantined"]) == (65, 3), stderr
+    assert assert_accounted(3)["quarantined"]["events"] == 3
+
+    result = cli("requeue", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "requeued 2 event(s)" in result.stderr
+    assert "1 entry" in result.stderr
+    s = assert_accounted(3)
+    assert (s["pending"]["events"], s["quarantined"]["events"]) == (2, 1)
+    (left,) = shown("--quarantine")
+    assert "not json" in left["raw"]
+
+    # Nothing valid left: a second requeue changes nothing.
+    again = cli("requeue", "--yes")
+    assert again.returncode == 0, again.stderr
+    assert "requeued 0 event(s)" in again.stderr
+    assert assert_accounted(3)["quarantined"]["events"] == 1
+
+    scripted_server.default = OK
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["sent"]) == (0, 2), stderr
+    assert assert_accounted(3)["delivered"]["events"] == 2
+
+
+def test_requeue_on_a_spool_that_does_not_exist(cli: Cli, spool_dir: Path) -> None:
+    result = cli("requeue", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "nothing is quarantined" in result.stderr
+    assert not spool_dir.exists()
