@@ -412,7 +412,7 @@ def test_a_reader_never_sees_a_partial_textfile(spool_dir: Path, textfile_dir: P
         text=True,
     )
     try:
-        deadline = time.monotonic() + 4
+        deadline = time.monotonic() + 6
         writes = 0
         while time.monotonic() < deadline:
             # Sizes vary from write to write, so a torn read cannot pass for a whole file.
@@ -424,8 +424,10 @@ def test_a_reader_never_sees_a_partial_textfile(spool_dir: Path, textfile_dir: P
         stop.touch()
         out, _ = reader.communicate(timeout=30)
     result = json.loads(out)
-    assert writes > 200
-    assert result["reads"] > 200, result
+    # Enough reads to catch a torn file (a non-atomic write gave thousands of torn reads),
+    # few enough for a loaded 2-core machine running tests in parallel.
+    assert writes > 100
+    assert result["reads"] > 50, result
     assert result["bad"] == 0, result
     assert os.listdir(textfile_dir) == ["rs_telemetry.prom"]
 

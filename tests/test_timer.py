@@ -7,6 +7,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -278,13 +279,16 @@ needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is n
 def _verify(unit_dir: Path, *, user: bool, home: Path) -> None:
     """``systemd-analyze [--user] verify`` on both units: exit 0 and not a word about them."""
     assert ANALYZE is not None
-    runtime = home / "runtime"
-    runtime.mkdir(mode=0o700, exist_ok=True)
+    # Short: the user manager puts sockets there (108 bytes at most for a socket's path).
+    runtime = Path(tempfile.mkdtemp(prefix="rs-rt-", dir="/tmp"))
     # The user manager needs a runtime dir to start; %h resolves from HOME.
     env = {**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)}
     argv = [ANALYZE, *(["--user"] if user else []), "verify"]
     argv += [str(unit_dir / name) for name in timer.UNIT_NAMES]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
     if user and "Failed to initialize manager" in proc.stderr:
         pytest.skip(f"systemd-analyze --user cannot start here: {proc.stderr.strip()}")
     about_units = [

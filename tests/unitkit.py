@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -78,12 +79,15 @@ def run_as_systemd_would(
 def verify(unit_dir: Path, *, user: bool, home: Path) -> None:
     """``systemd-analyze [--user] verify`` on both units: exit 0 and not a word about them."""
     assert ANALYZE is not None
-    runtime = home / "runtime"
-    runtime.mkdir(mode=0o700, exist_ok=True)
+    # Short: the user manager puts sockets there (108 bytes at most for a socket's path).
+    runtime = Path(tempfile.mkdtemp(prefix="rs-rt-", dir="/tmp"))
     env = {**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)}
     argv = [ANALYZE, *(["--user"] if user else []), "verify"]
     argv += [str(unit_dir / name) for name in (SERVICE, TIMER)]
-    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
     if user and "Failed to initialize manager" in proc.stderr:
         pytest.skip(f"systemd-analyze --user cannot start here: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
