@@ -286,7 +286,9 @@ def _verify(unit_dir: Path, *, user: bool, home: Path) -> None:
     argv = [ANALYZE, *(["--user"] if user else []), "verify"]
     argv += [str(unit_dir / name) for name in timer.UNIT_NAMES]
     try:
-        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, check=False)
+        proc = subprocess.run(
+            argv, capture_output=True, text=True, env=env, timeout=60, check=False
+        )
     finally:
         shutil.rmtree(runtime, ignore_errors=True)
     if user and "Failed to initialize manager" in proc.stderr:
