@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from spool import exitcodes, record, settings, store
+from spool._sleep import sleep
 from spool.errors import ConfigError, TelemetryError
 from spool.locking import Busy, LockTimeout, flush_lock, state_lock
 from spool.stopping import SIGNAL_EXIT_BASE, StopRequest, stopped_by
@@ -344,7 +345,7 @@ def _sleep(run: _Run, seconds: float) -> None:
         left = end - time.monotonic()
         if left <= 0:
             return
-        time.sleep(min(left, _STOP_POLL) if run.stop is not None else left)
+        sleep(min(left, _STOP_POLL) if run.stop is not None else left)
 
 
 def _finish(run: _Run) -> None:

@@ -32,6 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from spool import exitcodes
+from spool._sleep import sleep
 from spool.errors import TelemetryError
 
 STATE_LOCK = "state.lock"
@@ -176,7 +177,7 @@ def flock_until(fd: int, operation: int, deadline: float, path: Path) -> None:
                 "forked by an older rs-telemetry while it held the lock): nothing more was "
                 "done; the rest waits for a later run"
             )
-        time.sleep(min(pause, max(0.0, deadline - now)))
+        sleep(min(pause, max(0.0, deadline - now)))
         pause = min(pause * 2, 0.05)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from kit import assert_accounted
+from scripted_server import Respond, ScriptedServer
 
 from spool.receiver import Receiver
 
@@ -62,7 +63,9 @@ def append(prefix: str, count: int, when: str | None = None, **env: str) -> list
     return [f"{prefix}{i}" for i in range(count)]
 
 
-def flush(cli: Cli, receiver: Receiver, when: str | None = None, **env: str) -> dict[str, Any]:
+def flush(
+    cli: Cli, receiver: Receiver | ScriptedServer, when: str | None = None, **env: str
+) -> dict[str, Any]:
     result = cli(
         "flush",
         "--endpoint",
@@ -158,3 +161,41 @@ def test_segments_sealed_under_a_clock_set_back_sort_after_those_of_release_0_1_
     report = flush(cli, receiver, "-1d")
     assert report["exit_code"] == 0, report
     assert sent(receiver) == [*EXPECTED["pending"], *new]
+
+
+@pytest.mark.parametrize("when", ["-1h", "+200d", "@1970-01-02 00:00:00"])
+def test_a_flush_that_backs_off_and_waits_for_a_lock_under_a_shifted_clock_delivers(
+    cli: Cli, spool_dir: Path, scripted_server: ScriptedServer, when: str
+) -> None:
+    """Every wait of a flush (a retry's backoff, a held lock) is relative: under a shifted
+    clock, where ``time.sleep`` fails (libfaketime), the flush still waits and delivers."""
+    made = append("wait-", 4, when)
+    scripted_server.script(Respond(503), Respond(503))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STATE_LOCK, str(spool_dir / "state.lock")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "locked"
+        report = flush(cli, scripted_server, when)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert report["exit_code"] == 0, report
+    assert [e["properties"]["commit_id"] for e in scripted_server.accepted_events()] == made
+    assert len(scripted_server.requests) == 3, "two 503s were retried after a backoff"
+    assert_accounted(len(made))
+
+
+# Holds state.lock for 1.5 s, so that the flush waits for it (a poll with a pause).
+HOLD_STATE_LOCK = r"""
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(1.5)
+fcntl.flock(fd, fcntl.LOCK_UN)
+time.sleep(60)
+"""
