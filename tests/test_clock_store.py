@@ -182,7 +182,7 @@ def test_a_flush_that_backs_off_and_waits_for_a_lock_under_a_shifted_clock_deliv
         report = flush(cli, scripted_server, when)
     finally:
         holder.kill()
-        holder.wait()
+        holder.communicate()
     assert report["exit_code"] == 0, report
     assert [e["properties"]["commit_id"] for e in scripted_server.accepted_events()] == made
     assert len(scripted_server.requests) == 3, "two 503s were retried after a backoff"
