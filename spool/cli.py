@@ -21,8 +21,8 @@ import click
 
 from spool import audit, catalogue, exitcodes, settings, store
 from spool._version import __version__
-from spool.errors import InvalidEvent, TelemetryError
-from spool.locking import Busy, flush_lock
+from spool.errors import Busy, InvalidEvent, TelemetryError
+from spool.locking import flush_lock
 
 EXIT_CODES_HELP = """\b
 Exit codes:

@@ -31,8 +31,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from spool import exitcodes
-from spool.errors import TelemetryError
+from spool.errors import Busy, LockTimeout
 
 STATE_LOCK = "state.lock"
 FLUSH_LOCK = "flush.lock"
@@ -117,20 +116,6 @@ def private_open(path: str | os.PathLike[str], flags: int) -> int:
         os.close(fd)
         raise
     return fd
-
-
-class Busy(Exception):
-    """A lock that was asked for without waiting is held by someone else."""
-
-
-class LockTimeout(TelemetryError):
-    """A spool lock stayed held past the caller's deadline, e.g. a stopped process holds it."""
-
-    exit_code = exitcodes.TEMPFAIL
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @contextlib.contextmanager
