@@ -196,7 +196,9 @@ def flush_lock(directory: Path) -> Iterator[None]:
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise Busy(str(directory / FLUSH_LOCK)) from None
+        raise Busy(
+            "a flush, purge or export is running on this spool; try again when it ends"
+        ) from None
     try:
         yield
     finally:
