@@ -110,11 +110,7 @@ def _write_bundle(target: Path, lines: list[bytes]) -> None:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)  # the new name is durable only once its directory is
-    finally:
-        os.close(dir_fd)
+    store.fsync_dir(target.parent)  # the new name is durable only once its directory is
 
 
 def _write_new(path: Path, head: bytes, lines: list[bytes]) -> None:

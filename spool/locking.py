@@ -106,12 +106,13 @@ os.register_at_fork(
 )
 
 
-def private_open(path: str | os.PathLike[str], flags: int) -> int:
-    """``os.open`` with ``O_CREAT``, the file made 0600 whatever the umask (``O_NOFOLLOW``)."""
-    fd = high_fd(os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+def private_open(path: str | os.PathLike[str], flags: int, mode: int = 0o600) -> int:
+    """``os.open`` with ``O_CREAT``, the file made ``mode`` (0600) whatever the umask
+    (``O_NOFOLLOW``)."""
+    fd = high_fd(os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode))
     try:
-        if os.fstat(fd).st_mode & 0o777 != 0o600:
-            os.fchmod(fd, 0o600)  # the umask took bits away (e.g. umask 0277 gives 0400)
+        if os.fstat(fd).st_mode & 0o777 != mode:
+            os.fchmod(fd, mode)  # the umask took bits away (e.g. umask 0277 gives 0400)
     except OSError:
         os.close(fd)
         raise

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any
 
 from spool.locking import private_open
 from spool.record import iso_timestamp
-from spool.store._files import APPEND_FLAGS, QUARANTINE, atomic_write, read_file, suppress_os
+from spool.store._files import APPEND_FLAGS, QUARANTINE, atomic_write, read_file, write_once
 from spool.store._reading import split_lines
 from spool.store._state import save_state
 from spool.store._types import State
@@ -54,21 +53,9 @@ def add_to_quarantine(directory: Path, entries: list[bytes], state: State, cap: 
     """
     if not entries:
         return
-    data = b"".join(entries)
     fd = private_open(directory / QUARANTINE, APPEND_FLAGS)
     try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            data = b"\n" + data
-        try:
-            if os.write(fd, data) != len(data):
-                raise OSError(errno.ENOSPC, "short write to the quarantine")
-            os.fsync(fd)
-        except OSError:
-            with suppress_os():
-                os.ftruncate(fd, size)
-            raise
-        size += len(data)
+        size = write_once(fd, b"".join(entries), fsync=True, what="the quarantine")
     finally:
         os.close(fd)
     if size <= cap:
