@@ -12,6 +12,7 @@ from typing import Any
 
 from click.testing import CliRunner
 
+import spool
 from spool.cli import main as rs_telemetry
 
 # The seed's TrackBody enum and Properties object (seed/readyset-telemetry-doc.txt), restated
@@ -91,3 +92,25 @@ def chosen_seed() -> int:
     seed = int(chosen) if chosen else random.randrange(1 << 30)  # noqa: S311 - not secret
     print(f"RS_TELEMETRY_TEST_SEED={seed}")  # pytest shows it with a failure
     return seed
+
+
+def shown_lines(*extra: str) -> list[str]:
+    """The pending records as ``show --json`` prints them, oldest first."""
+    return view("show", "--json", *extra).splitlines()
+
+
+def shown(*extra: str) -> list[dict[str, Any]]:
+    """The pending records of ``show --json``, decoded, oldest first."""
+    return [json.loads(line) for line in shown_lines(*extra)]
+
+
+def fill(
+    n: int,
+    event: str = "server_start",
+    properties: dict[str, str] | None = None,
+    session: spool.Session | None = None,
+) -> None:
+    """Append ``n`` events through one session (a new one unless given); each must spool."""
+    session = session or spool.Session()
+    for _ in range(n):
+        assert session.append(event, properties)

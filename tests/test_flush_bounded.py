@@ -24,25 +24,19 @@ from typing import Any
 
 import pytest
 from kit import assert_accounted, view
+from kit import fill as kit_fill
 from scripted_server import Action, Flood, ScriptedServer, Trickle
-
-import spool
 
 KEY = "wk-bounded-test"
 RSS_LIMIT_KIB = 120 * 1024
 """Far above a flush's own ~40 MB, far below the 300 MB body it must not hold."""
 
 
-@pytest.fixture(autouse=True)
-def write_key(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", KEY)
-    return KEY
+pytestmark = pytest.mark.usefixtures("write_key")  # KEY above, set by conftest
 
 
 def fill(n: int) -> None:
-    session = spool.Session()
-    for _ in range(n):
-        assert session.append("server_start", {"server_version": "1.9.0"})
+    kit_fill(n, properties={"server_version": "1.9.0"})
 
 
 # The flush is started by a small launcher process that reaps it with wait4() and reports
