@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,10 @@ SEED_EVENTS = (
     "installer_finished",
 )
 SEED_PROPERTIES = ("db_backend", "adapter_version", "server_version", "docker_version", "commit_id")
+
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+"""The ``cli`` fixture: ``cli("show", "--json")`` runs ``python -m spool`` in a real process."""
 
 
 def view(*args: str) -> str:
@@ -114,3 +120,10 @@ def fill(
     session = session or spool.Session()
     for _ in range(n):
         assert session.append(event, properties)
+
+
+def cli_status(cli: Cli, *where: str) -> dict[str, Any]:
+    """``status --json`` of a real process, e.g. ``cli_status(cli, "--spool-dir", str(other))``."""
+    result = cli(*where, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
