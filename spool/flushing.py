@@ -23,6 +23,7 @@ from spool._delivery import (
     BLANKET_REFUSALS,
     FINISH_GRACE,
     LEFT,
+    Counts,
     Run,
     apply,
     deliver,
@@ -36,13 +37,9 @@ __all__ = ["BLANKET_REFUSALS", "FlushReport", "flush"]
 
 
 @dataclass
-class FlushReport:
+class FlushReport(Counts):
     """What one flush did, e.g. ``FlushReport(sent=120, batches=1, exit_code=0, ...)``."""
 
-    sent: int = 0
-    batches: int = 0
-    quarantined: int = 0
-    dropped: int = 0
     left_pending: int = 0
     exit_code: int = exitcodes.OK
     seconds: float = 0.0
@@ -212,6 +209,7 @@ def _locked_flush(
         call.out,
         call.stop,
         checker,
+        counts=report,  # the run counts into the report itself
     )
     stopped: TelemetryError | None = None
     try:
@@ -221,8 +219,6 @@ def _locked_flush(
     finally:
         if uploader is not None:
             uploader.close()
-    for name in ("sent", "batches", "quarantined", "dropped"):
-        setattr(report, name, getattr(run.counts, name))
     report.left_pending = _count_left(directory, names)
     report.exit_code, report.message = _outcome(run, report, stopped)
     if conf.dry_run:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from scripted_server import receiver, scripted_server  # noqa: F401 - fixtures
-from tls_server import tls_server  # noqa: F401 - fixture
+from tls_server import certificate, tls_server  # noqa: F401 - fixtures
 
 
 def pytest_configure(config: pytest.Config) -> None:
