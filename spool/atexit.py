@@ -33,15 +33,6 @@ def flush_on_exit(max_time: float = 30.0, spool_dir: str | os.PathLike[str] | No
     atexit.register(_at_exit, max_time, given)
 
 
-def _has_pending(directory: Path) -> bool:
-    if store.segments(directory):
-        return True
-    try:
-        return os.stat(directory / store.ACTIVE, follow_symlinks=False).st_size > 0
-    except FileNotFoundError:
-        return False
-
-
 def _at_exit(max_time: float, spool_dir: Path | None) -> None:
     try:
         start_detached_flush(max_time, spool_dir)
@@ -56,7 +47,7 @@ def start_detached_flush(max_time: float, spool_dir: Path | None) -> bool:
     directory = settings.spool_dir(spool_dir)
     if not store.check_dir(directory, create=False) or store.read_mode(directory) != "on":
         return False
-    if not _has_pending(directory) or flush_running(directory):
+    if not store.might_have_pending(directory) or flush_running(directory):
         return False
     # The child imports the code this process runs, from where it was imported: site-packages
     # or the rs-telemetry.pyz a host runs from, where `-m spool` would find nothing (issue 9).

@@ -57,6 +57,12 @@ def quarantined(directory: Path) -> Iterator[dict[str, Any]]:
         yield entry
 
 
+def _timestamp_of(raw: bytes) -> str | None:
+    """A valid record's ``timestamp``, e.g. ``"2026-11-27T22:05:10.123Z"``; None otherwise."""
+    message, _ = decode(raw)
+    return None if message is None else str(message["timestamp"])
+
+
 LAST_FLUSH_KEYS = ("at", "exit_code", "sent", "quarantined", "left_pending")
 """``last_flush`` in ``status --json``: exactly SPEC's keys, whatever else the state records."""
 
@@ -78,24 +84,11 @@ def status(directory: Path) -> dict[str, Any]:
     """The stable ``status --json`` object (``version`` 1)."""
     exists = store.check_dir(directory, create=False)
     state = store.load_state(directory) if exists else store.State()
-    events = 0
-    size = 0
-    oldest: str | None = None
-    if exists:
-        for pf in store.pending_files(directory, state):
-            try:
-                data = store.read_file(directory / pf.name, pf.cursor)
-            except FileNotFoundError:
-                continue
-            size += len(data)
-            lines = list(store.split_lines(data, complete_only=not pf.sealed))
-            events += len(lines)
-            if oldest is None:
-                for line in lines:
-                    message, _ = decode(line.raw)
-                    if message is not None:
-                        oldest = str(message["timestamp"])
-                        break
+    pending = (
+        store.summary(directory, state, first=_timestamp_of)
+        if exists
+        else store.Summary(0, 0, None, ())
+    )
     quarantine = len(store.quarantine_lines(directory)) if exists else 0
     retry = state.retry_not_before
     key_source = settings.find_write_key().source  # a refused key file still shows
@@ -104,7 +97,7 @@ def status(directory: Path) -> dict[str, Any]:
         "mode": store.read_mode(directory) if exists else "on",
         "opted_out_by": settings.opted_out_by(),
         "spool_dir": str(directory),
-        "pending": {"events": events, "bytes": size, "oldest": oldest},
+        "pending": {"events": pending.events, "bytes": pending.size, "oldest": pending.oldest},
         "delivered": {"events": state.delivered},
         "quarantined": {"events": quarantine},
         "dropped": {"events": sum(state.dropped.values()), "by_reason": dict(state.dropped)},

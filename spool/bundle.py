@@ -23,7 +23,7 @@ from pathlib import Path
 
 from spool import record, settings, store
 from spool.errors import TelemetryError
-from spool.locking import flush_lock, private_open, state_lock
+from spool.locking import flush_lock
 
 FORMAT_KEY = "rs_telemetry_bundle"
 
@@ -59,22 +59,8 @@ def export(directory: Path, target: Path, keep: bool = False) -> ExportResult:
         _write_bundle(target, [])
         return ExportResult(0, target)
     with flush_lock(directory):
-        store.seal(directory)
-        with state_lock(directory):
-            state = store.load_state(directory)
-            files = [pf for pf in store.pending_files(directory, state) if pf.sealed]
-            lines: list[bytes] = []
-            for pf in files:
-                data = store.read_file(directory / pf.name, pf.cursor)
-                lines.extend(line.raw + b"\n" for line in store.split_lines(data))
-            _write_bundle(target, lines)
-            if not keep:
-                # The bundle is durable (fsync + rename) before the events leave the spool.
-                for pf in files:
-                    state.cursors[pf.name] = pf.size
-                state.exported += len(lines)
-                store.remove_segments(directory, state, [pf.name for pf in files])
-    return ExportResult(len(lines), target)
+        count = store.export_pending(directory, lambda lines: _write_bundle(target, lines), keep)
+    return ExportResult(count, target)
 
 
 def _write_bundle(target: Path, lines: list[bytes]) -> None:
@@ -124,11 +110,7 @@ def _write_bundle(target: Path, lines: list[bytes]) -> None:
     finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-    dir_fd = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)  # the new name is durable only once its directory is
-    finally:
-        os.close(dir_fd)
+    store.fsync_dir(target.parent)  # the new name is durable only once its directory is
 
 
 def _write_new(path: Path, head: bytes, lines: list[bytes]) -> None:
@@ -196,13 +178,12 @@ class _Stager:
 
     def __init__(self, source: Path, directory: Path, expected: int, limit: int) -> None:
         self.source, self.directory, self.expected, self.limit = source, directory, expected, limit
-        self.paths: list[Path] = []
+        self.staging = store.Staging(directory)
+        self.paths = self.staging.paths
         self.digest = hashlib.sha256()
         self.total = 0
         self.count = 0
         self.in_line = False  # the last byte seen is inside a non-empty line
-        self.fd = -1
-        self.size = 0
 
     def feed(self, data: bytes) -> None:
         self.digest.update(data)
@@ -222,7 +203,7 @@ class _Stager:
             self.in_line = True
         if self.count > self.expected:
             raise _damaged(self.source, f"more lines than the {self.expected} its manifest says")
-        cut = data.find(b"\n") + 1 if self.size >= store.SEGMENT_MAX_BYTES else 0
+        cut = data.find(b"\n") + 1 if self.staging.size >= store.SEGMENT_MAX_BYTES else 0
         if cut:  # a segment ends at a line end, once it is large enough
             self._write(data[:cut])
             self._close()
@@ -237,30 +218,13 @@ class _Stager:
         self._close()
 
     def discard(self) -> None:
-        self._close()
-        for path in self.paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        self.staging.discard()
 
     def _write(self, data: bytes) -> None:
-        if self.fd < 0:
-            name = f".import-{os.getpid()}-{time.monotonic_ns()}-{len(self.paths)}.tmp"
-            path = self.directory / name
-            self.fd = private_open(path, os.O_WRONLY | os.O_EXCL)
-            self.paths.append(path)
-            self.size = 0
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-        self.size += len(data)
+        self.staging.write(data)
 
     def _close(self) -> None:
-        if self.fd >= 0:
-            fd, self.fd = self.fd, -1
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        self.staging.close_file()
 
 
 def _read_manifest(source: Path, gz: gzip.GzipFile) -> tuple[dict[str, object], int, bytes]:
@@ -327,22 +291,8 @@ def import_(directory: Path, source: Path) -> ImportResult:
     """
     store.check_dir(directory, create=True)
     staged = _stage(source, directory, import_limit(settings.max_bytes()))
-    try:
-        bundle_id = str(staged.manifest["sha256"])
-        with state_lock(directory):
-            state = store.load_state(directory)
-            if bundle_id in state.imports:
-                return ImportResult(0, already=True)
-            for path in staged.paths:
-                store.adopt_segment(directory, path)
-            store.fsync_dir(directory)  # the segments are durable before the import is recorded
-            state = store.load_state(directory)
-            state.imports.append(bundle_id)
-            state.imported += staged.count
-            store.save_state(directory, state)
-    finally:
-        for path in staged.paths:
-            with contextlib.suppress(OSError):
-                os.unlink(path)  # left over only when nothing was added
+    bundle_id = str(staged.manifest["sha256"])
+    if not store.import_segments(directory, staged.paths, bundle_id, staged.count):
+        return ImportResult(0, already=True)
     store.enforce_cap(directory, settings.max_bytes())
     return ImportResult(staged.count, already=False)

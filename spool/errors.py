@@ -1,6 +1,9 @@
-"""Typed errors. Each carries its exit code; only ``cli.py`` turns them into exits."""
+"""Typed errors, one hierarchy. Each class carries its exit code (``exit_code``, as click's
+exceptions do); only the CLI's boundary (``spool.cli._boundary``) turns them into exits."""
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 from spool import exitcodes
 
@@ -8,13 +11,18 @@ from spool import exitcodes
 class TelemetryError(Exception):
     """Base of every error rs-telemetry raises on purpose."""
 
-    exit_code: int = exitcodes.FAILURE
+    exit_code: ClassVar[int] = exitcodes.FAILURE
+
+    @property
+    def message(self) -> str:
+        """The one line a user sees, e.g. ``another flush is running on this spool``."""
+        return str(self)
 
 
 class InvalidEvent(TelemetryError, ValueError):
     """An event name, property key or value outside the catalogue, e.g. ``db_backend='oracle'``."""
 
-    exit_code = exitcodes.USAGE
+    exit_code: ClassVar[int] = exitcodes.USAGE
 
 
 class SpoolUnusable(TelemetryError):
@@ -36,3 +44,41 @@ class ConfigError(TelemetryError):
 
 class UnitError(TelemetryError):
     """systemd unit files could not be written, or the timer could not be enabled."""
+
+
+class Busy(TelemetryError):
+    """A lock that was asked for without waiting is held by someone else, e.g. ``flush.lock``."""
+
+    exit_code: ClassVar[int] = exitcodes.TEMPFAIL
+
+
+class LockTimeout(TelemetryError):
+    """A spool lock stayed held past the caller's deadline, e.g. a stopped process holds it."""
+
+    exit_code: ClassVar[int] = exitcodes.TEMPFAIL
+
+
+class FlushStopped(TelemetryError):
+    """A flush run ended before its work was done; the message says why and what was kept.
+
+    The run records what it committed and reports ``exit_code``: 75, something is left
+    for a later run (``--max-time``, a ``Retry-After`` past it, the quarantine unwritable).
+    """
+
+    exit_code: ClassVar[int] = exitcodes.TEMPFAIL
+
+
+class EndpointRefuses(FlushStopped):
+    """The endpoint cannot take our data as configured (key refused, 404, TLS, refuses all)."""
+
+    exit_code: ClassVar[int] = exitcodes.FAILURE
+
+
+class StoppedBySignal(FlushStopped):
+    """SIGINT or SIGTERM asked the run to stop; its report's code is 128 + the signal's number."""
+
+    exit_code: ClassVar[int] = 130  # 128 + SIGINT; the report carries 128 + N for any N
+
+    def __init__(self, signum: int, message: str) -> None:
+        super().__init__(message)
+        self.signum = signum

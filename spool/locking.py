@@ -31,9 +31,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from spool import exitcodes
 from spool._sleep import sleep
-from spool.errors import TelemetryError
+from spool.errors import Busy, LockTimeout
 
 STATE_LOCK = "state.lock"
 FLUSH_LOCK = "flush.lock"
@@ -108,30 +107,17 @@ os.register_at_fork(
 )
 
 
-def private_open(path: str | os.PathLike[str], flags: int) -> int:
-    """``os.open`` with ``O_CREAT``, the file made 0600 whatever the umask (``O_NOFOLLOW``)."""
-    fd = high_fd(os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+def private_open(path: str | os.PathLike[str], flags: int, mode: int = 0o600) -> int:
+    """``os.open`` with ``O_CREAT``, the file made ``mode`` (0600) whatever the umask
+    (``O_NOFOLLOW``)."""
+    fd = high_fd(os.open(path, flags | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, mode))
     try:
-        if os.fstat(fd).st_mode & 0o777 != 0o600:
-            os.fchmod(fd, 0o600)  # the umask took bits away (e.g. umask 0277 gives 0400)
+        if os.fstat(fd).st_mode & 0o777 != mode:
+            os.fchmod(fd, mode)  # the umask took bits away (e.g. umask 0277 gives 0400)
     except OSError:
         os.close(fd)
         raise
     return fd
-
-
-class Busy(Exception):
-    """A lock that was asked for without waiting is held by someone else."""
-
-
-class LockTimeout(TelemetryError):
-    """A spool lock stayed held past the caller's deadline, e.g. a stopped process holds it."""
-
-    exit_code = exitcodes.TEMPFAIL
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
 
 
 @contextlib.contextmanager
@@ -212,7 +198,9 @@ def flush_lock(directory: Path) -> Iterator[None]:
     try:
         lock.acquire()
     except filelock.Timeout:
-        raise Busy(str(directory / FLUSH_LOCK)) from None
+        raise Busy(
+            "a flush, purge or export is running on this spool; try again when it ends"
+        ) from None
     try:
         yield
     finally:

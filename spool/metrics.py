@@ -9,7 +9,6 @@ pending, no flush yet, no retry deadline) has no sample, only its ``# HELP``/``#
 
 from __future__ import annotations
 
-import contextlib
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -19,6 +18,7 @@ from typing import Any
 from spool import audit, exitcodes, record
 from spool._version import __version__
 from spool.errors import TelemetryError
+from spool.store import atomic_write
 
 TEXTFILE = "rs_telemetry.prom"
 """The file name in the textfile directory (node_exporter reads ``*.prom`` files only)."""
@@ -210,42 +210,17 @@ def write_textfile(directory: Path, text: str) -> Path:
     """
     check_dir(directory)
     target = directory / TEXTFILE
-    tmp = directory / f"{_TMP_PREFIX}{os.getpid()}.{time.monotonic_ns()}{_TMP_SUFFIX}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd = os.open(tmp, flags, 0o644)
-        try:
-            os.fchmod(fd, 0o644)  # the umask (a unit's UMask=0077) must not hide it
-            data = memoryview(text.encode("utf-8"))
-            while data:
-                data = data[os.write(fd, data) :]
-            os.fsync(fd)  # complete on disk before its name can be the textfile's
-        finally:
-            os.close(fd)
-        os.rename(tmp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)  # never created, or already gone
-        if isinstance(exc, OSError):
-            raise TextfileError(
-                f"could not write {target}: {exc.strerror or exc} (check the directory's "
-                "free space and permissions)"
-            ) from exc
-        raise
-    with contextlib.suppress(OSError):
-        # The rename survives a power loss only once the directory does; the file is
-        # complete either way.
-        _fsync_dir(directory)
+        # Mode 0644 whatever the umask (a unit's UMask=0077 must not hide it); a directory
+        # that refuses an fsync leaves the file complete all the same (strict=False).
+        atomic_write(directory, TEXTFILE, text.encode("utf-8"), mode=0o644, strict=False)
+    except OSError as exc:
+        raise TextfileError(
+            f"could not write {target}: {exc.strerror or exc} (check the directory's "
+            "free space and permissions)"
+        ) from exc
     _remove_stale_temps(directory)
     return target
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_stale_temps(directory: Path) -> None:

@@ -14,23 +14,22 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hmac
 import json
 import os
 import signal
-import socket
-import socketserver
 import sys
 import threading
 import traceback
 import zlib
 from collections.abc import Iterator
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import FrameType, TracebackType
+from http.server import BaseHTTPRequestHandler
+from types import FrameType
 from typing import IO, Any, TextIO
 from urllib.parse import urlsplit
+
+from spool._loopback import Serving, TrackedServer
 
 MAX_REQUEST_BYTES = 512_000
 """Segment's limit on one request body, measured after decompression: 500 KB."""
@@ -54,7 +53,6 @@ _MAX_LINE = 65_536
 _MAX_DRAIN_BYTES = 64 * 1024 * 1024
 # How often serve_forever looks at its shutdown flag; it bounds how long stop() takes.
 _POLL_SECONDS = 0.05
-_JOIN_SECONDS = 2.0
 
 
 class _Refusal(Exception):
@@ -327,64 +325,18 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
 
-class _Server(ThreadingHTTPServer):
+class _Server(TrackedServer):
     """The listening socket; one daemon thread per connection, tracked so stop() can end them."""
 
-    daemon_threads = True
+    connection_thread_name = "rs-telemetry-receiver-connection"
 
     def __init__(
         self, address: tuple[str, int], store: _Store, write_key: str | None, verbose: bool
     ) -> None:
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
         self.store = store
         self.write_key = write_key
         self.verbose = verbose
-        self._lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
-        self._workers: list[threading.Thread] = []
         super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind also calls socket.getfqdn(), a reverse DNS lookup that can
-        # take seconds on a host without DNS; the name is unused here.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name = str(self.server_address[0])
-        self.server_port = int(self.server_address[1])
-
-    def process_request(
-        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
-    ) -> None:
-        thread = threading.Thread(
-            target=self.process_request_thread,
-            args=(request, client_address),
-            name="rs-telemetry-receiver-connection",
-            daemon=True,
-        )
-        with self._lock:
-            if isinstance(request, socket.socket):
-                self._connections.add(request)
-            self._workers = [alive for alive in self._workers if alive.is_alive()]
-            self._workers.append(thread)
-        thread.start()
-
-    def shutdown_request(self, request: socket.socket | tuple[bytes, socket.socket]) -> None:
-        with self._lock:
-            if isinstance(request, socket.socket):
-                self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def end_connections(self) -> None:
-        """Hang up every open connection (keep-alive ones included) and wait for their threads."""
-        with self._lock:
-            connections = list(self._connections)
-            threads = list(self._workers)
-        for connection in connections:
-            # OSError: already closed by its own thread; the race is harmless.
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        for thread in threads:
-            thread.join(_JOIN_SECONDS)
 
     def handle_error(self, request: object, client_address: object) -> None:
         # A client that hangs up mid-request is routine here; say so only when asked to.
@@ -392,7 +344,7 @@ class _Server(ThreadingHTTPServer):
             sys.stderr.write(f"receiver: error serving {client_address}:\n{traceback.format_exc()}")
 
 
-class Receiver:
+class Receiver(Serving):
     """A Segment-compatible endpoint, e.g. ``Receiver().start().url`` -> ``"http://127.0.0.1:43123"``.
 
     The socket is bound on construction, so ``url`` holds the real port at once. Serve with
@@ -411,21 +363,18 @@ class Receiver:
         *,
         verbose: bool = False,
     ) -> None:
+        super().__init__()
         self._store = _Store(out)
         try:
             self._server = _Server((host, port), self._store, write_key, verbose)
         except BaseException:
             self._store.close()
             raise
-        self._thread: threading.Thread | None = None
-        self._serving = False
-        self._stopped = False
 
     @property
     def url(self) -> str:
         """The base URL, e.g. ``"http://127.0.0.1:43123"`` or ``"http://[::1]:43123"``."""
-        host, port = str(self._server.server_address[0]), int(self._server.server_address[1])
-        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return self._server.url
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -442,52 +391,19 @@ class Receiver:
         """How many requests were accepted (a ``/v1/track`` call counts as one), e.g. ``2``."""
         return self._store.batches
 
+    poll_seconds = _POLL_SECONDS
+    thread_name = "rs-telemetry-receiver"
+
     def start(self) -> Receiver:
         """Serve in a daemon thread; return self, e.g. ``Receiver().start()``."""
-        if self._stopped:
-            raise RuntimeError("this receiver was stopped; make a new one")
-        if self._thread is None and not self._serving:
-            self._serving = True
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                args=(_POLL_SECONDS,),
-                name="rs-telemetry-receiver",
-                daemon=True,
-            )
-            self._thread.start()
-        return self
+        started: Receiver = super().start()
+        return started
 
-    def serve_forever(self) -> None:
-        """Serve in this thread until ``stop()`` is called from another or an exception (Ctrl-C)."""
-        if self._stopped:
-            raise RuntimeError("this receiver was stopped; make a new one")
-        self._serving = True
-        self._server.serve_forever(_POLL_SECONDS)
-
-    def stop(self) -> None:
-        """Stop listening, hang up open connections, close ``out``; a second call does nothing."""
-        if self._stopped:
-            return
-        self._stopped = True
-        # shutdown() waits for serve_forever to notice; it would wait forever if it never ran.
-        if self._serving:
-            self._server.shutdown()
-        self._server.server_close()
-        self._server.end_connections()
-        if self._thread is not None:
-            self._thread.join(_JOIN_SECONDS)
-        self._store.close()
+    def _stopped(self) -> None:
+        self._store.close()  # after the last handler ended: nothing writes to ``out`` now
 
     def __enter__(self) -> Receiver:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 def parse_listen(listen: str) -> tuple[str, int]:

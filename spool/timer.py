@@ -17,7 +17,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from spool import _launch, keys, settings
 from spool.errors import ConfigError, UnitError
+from spool.store import atomic_write, fsync_dir
 
 __all__ = [
     "SYSTEM_KEY_FILE",
@@ -260,30 +260,10 @@ def render(
     return text.replace(_PLACEHOLDER, exe).replace(_ENVIRONMENT + "\n", block)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text``, mode 0644. Atomic: readers see the old or the new file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            # systemd reads unit files as the user's manager; no secret lives in them.
-            os.fchmod(handle.fileno(), 0o644)
-            # Durable content before the rename, or a crash could leave an empty unit.
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    """Replace ``path`` with ``text``, mode 0644 (systemd reads units as the user's manager;
+    no secret lives in them). Atomic: readers see the old or the new file."""
+    atomic_write(path.parent, path.name, text.encode("utf-8"), mode=0o644)
 
 
 def _systemctl(systemctl: str, *args: str, system: bool = False) -> str | None:
@@ -450,7 +430,7 @@ def install(
             _write_atomic(path, texts[name])
             files.append(path)
         # The renames are durable only once the directory entry is.
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as exc:
         raise UnitError(f"cannot write the systemd units into {directory}: {exc}") from exc
     if enable:
@@ -524,7 +504,7 @@ def uninstall(
         removed.append(path)
     if removed:
         with contextlib.suppress(OSError):
-            _fsync_dir(directory)
+            fsync_dir(directory)
         why = _systemctl(systemctl, "daemon-reload", system=system)
         if why is not None:
             manager = "system manager" if system else "user manager"

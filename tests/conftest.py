@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from scripted_server import receiver, scripted_server  # noqa: F401 - fixtures
-from tls_server import tls_server  # noqa: F401 - fixture
+from tls_server import certificate, tls_server  # noqa: F401 - fixtures
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -92,3 +92,14 @@ def run_cli(
 def cli() -> object:
     """``cli("show", "--json")`` runs the real command line in a subprocess."""
     return run_cli
+
+
+@pytest.fixture
+def write_key(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> str:
+    """``RS_SEGMENT_WRITE_KEY`` set for this test: the module's ``KEY`` (e.g. ``wk-cli-test``),
+    so that a leak of it is traced to its test; ``wk-test`` when the module has none."""
+    key = str(getattr(request.module, "KEY", "wk-test"))
+    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", key)
+    return key

@@ -7,11 +7,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from click.testing import CliRunner
 
+import spool
 from spool.cli import main as rs_telemetry
 
 # The seed's TrackBody enum and Properties object (seed/readyset-telemetry-doc.txt), restated
@@ -29,6 +32,10 @@ SEED_EVENTS = (
     "installer_finished",
 )
 SEED_PROPERTIES = ("db_backend", "adapter_version", "server_version", "docker_version", "commit_id")
+
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+"""The ``cli`` fixture: ``cli("show", "--json")`` runs ``python -m spool`` in a real process."""
 
 
 def view(*args: str) -> str:
@@ -91,3 +98,32 @@ def chosen_seed() -> int:
     seed = int(chosen) if chosen else random.randrange(1 << 30)  # noqa: S311 - not secret
     print(f"RS_TELEMETRY_TEST_SEED={seed}")  # pytest shows it with a failure
     return seed
+
+
+def shown_lines(*extra: str) -> list[str]:
+    """The pending records as ``show --json`` prints them, oldest first."""
+    return view("show", "--json", *extra).splitlines()
+
+
+def shown(*extra: str) -> list[dict[str, Any]]:
+    """The pending records of ``show --json``, decoded, oldest first."""
+    return [json.loads(line) for line in shown_lines(*extra)]
+
+
+def fill(
+    n: int,
+    event: str = "server_start",
+    properties: dict[str, str] | None = None,
+    session: spool.Session | None = None,
+) -> None:
+    """Append ``n`` events through one session (a new one unless given); each must spool."""
+    session = session or spool.Session()
+    for _ in range(n):
+        assert session.append(event, properties)
+
+
+def cli_status(cli: Cli, *where: str) -> dict[str, Any]:
+    """``status --json`` of a real process, e.g. ``cli_status(cli, "--spool-dir", str(other))``."""
+    result = cli(*where, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import socket
-import socketserver
 import struct
 import threading
 import time
@@ -25,13 +24,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Union
 
 import pytest
 
+from spool._loopback import Serving, TrackedServer
 from spool.receiver import Receiver
 
 
@@ -186,10 +185,11 @@ class RandomFailures:
             return OK
 
 
-class ScriptedServer:
+class ScriptedServer(Serving):
     """An HTTP/1.1 server on ``http://127.0.0.1:<port>`` that answers as scripted (module doc)."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.requests: list[Recorded] = []
         self.default: Action = OK
         self.handler: Callable[[Recorded], Action] | None = None
@@ -197,7 +197,6 @@ class ScriptedServer:
         self._changed = threading.Condition()
         self.stopping = threading.Event()
         self._server = _Server(self)
-        self._thread: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -238,34 +237,14 @@ class ScriptedServer:
 
     def start(self) -> ScriptedServer:
         """Serve in a daemon thread; return self."""
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, args=(0.05,), daemon=True
-            )
-            self._thread.start()
-        return self
+        started: ScriptedServer = super().start()
+        return started
 
-    def stop(self) -> None:
-        """Stop: cut stalls and delays short, hang up every connection, wait for their threads."""
-        if self.stopping.is_set():
-            return
-        self.stopping.set()
-        if self._thread is not None:
-            self._server.shutdown()
-            self._thread.join(2.0)
-        self._server.server_close()
-        self._server.end_connections()
+    def _stopping(self) -> None:
+        self.stopping.set()  # cut stalls and delays short before hanging up
 
     def __enter__(self) -> ScriptedServer:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _choose(self, request: Recorded) -> Action:
         """Record ``request`` and pick its answer: the handler, else the script, else default."""
@@ -429,44 +408,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass  # quiet: the recorded requests are the log
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _Server(TrackedServer):
     def __init__(self, owner: ScriptedServer) -> None:
         self.owner = owner
-        self._lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
-        self._workers: list[threading.Thread] = []
         super().__init__(("127.0.0.1", 0), _Handler)
-
-    def server_bind(self) -> None:
-        # Skip HTTPServer's socket.getfqdn(): a reverse DNS lookup, slow without DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = "127.0.0.1", int(self.server_address[1])
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        thread = threading.Thread(
-            target=self.process_request_thread, args=(request, client_address), daemon=True
-        )
-        with self._lock:
-            self._connections.add(request)
-            self._workers = [alive for alive in self._workers if alive.is_alive()]
-            self._workers.append(thread)
-        thread.start()
-
-    def shutdown_request(self, request: Any) -> None:
-        with self._lock:
-            self._connections.discard(request)
-        super().shutdown_request(request)
-
-    def end_connections(self) -> None:
-        with self._lock:
-            connections, workers = list(self._connections), list(self._workers)
-        for connection in connections:
-            with contextlib.suppress(OSError):
-                connection.shutdown(socket.SHUT_RDWR)
-        for worker in workers:
-            worker.join(2.0)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # clients that time out and hang up are what these tests are about

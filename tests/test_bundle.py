@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import accounted
+from kit import accounted, cli_status
 
 import spool
 from spool.receiver import Receiver
@@ -23,10 +23,7 @@ WRITE_KEY = "test-write-key"
 # --- helpers ------------------------------------------------------------------------------
 
 
-def status(cli: Cli, *where: str) -> dict[str, Any]:
-    result = cli(*where, "status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+status = cli_status
 
 
 def show_lines(cli: Cli, *where: str) -> list[str]:

@@ -14,17 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kit import accounted
+from kit import accounted, cli_status
 
 import spool
 
 Cli = Callable[..., Any]
 
 
-def status(cli: Cli, *where: str) -> dict[str, Any]:
-    result = cli(*where, "status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+status = cli_status
 
 
 def append_many(count: int, prefix: str) -> None:
@@ -186,7 +183,7 @@ def test_a_bundle_whose_lines_are_not_what_its_manifest_says_adds_nothing(
         lines = [line + b"\n" for line in gz.read().splitlines()[1:]]
     assert len(lines) == 30
     other = ["--spool-dir", str(tmp_path / "other")]
-    cases = {
+    cases: dict[str, dict[str, Any]] = {
         "count": {"count": 29},
         "more": {"count": 1},
         "checksum": {"sha256": hashlib.sha256(b"something else").hexdigest()},

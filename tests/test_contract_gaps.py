@@ -321,9 +321,8 @@ def test_export_killed_between_any_two_steps_loses_no_event(
 
 # --- the cap's crash order: count durably, then unlink (SPEC 8) ---------------------------
 
-# An appender whose first write of state.json fails with EIO, once: the state write of the
-# cap drop its rotation triggers. Prints how many times the failure was injected.
-EIO_ON_STATE = """
+# A child whose first rename onto state.json fails with EIO, once; ``injected[0]`` counts it.
+FIRST_STATE_WRITE_FAILS = """
     import errno, os, sys
     real = {name: getattr(os, name) for name in ("rename", "replace")}
     injected = [0]
@@ -336,6 +335,13 @@ EIO_ON_STATE = """
         return move
     for name in real:
         setattr(os, name, failing(name))
+"""
+
+# An appender whose first write of state.json fails with EIO, once: the state write of the
+# cap drop its rotation triggers. Prints how many times the failure was injected.
+EIO_ON_STATE = (
+    FIRST_STATE_WRITE_FAILS
+    + """
     import spool
     # An append may be refused (False) when its rotation could not enforce the cap: then it
     # is not spooled, and not counted as appended either.
@@ -346,6 +352,7 @@ EIO_ON_STATE = """
     ]
     print(injected[0], *ok)
 """
+)
 
 
 def test_a_cap_drop_whose_state_write_fails_loses_nothing(
@@ -432,25 +439,16 @@ def test_export_makes_its_bundle_durable_before_removing_anything(
     assert synced < placed < dir_synced < removed, "\n".join(lines)
 
 
-EIO_ON_FLUSH_STATE = """
-    import errno, os, sys
-    real = {name: getattr(os, name) for name in ("rename", "replace")}
-    injected = [0]
-    def failing(name):
-        def move(src, dst, *args, **kwargs):
-            if os.path.basename(str(dst)) == "state.json" and not injected[0]:
-                injected[0] += 1
-                raise OSError(errno.EIO, "injected: the state write fails")
-            return real[name](src, dst, *args, **kwargs)
-        return move
-    for name in real:
-        setattr(os, name, failing(name))
+EIO_ON_FLUSH_STATE = (
+    FIRST_STATE_WRITE_FAILS
+    + """
     from spool.cli import main
     try:
         main(["flush", "--quiet", "--endpoint", sys.argv[1]], prog_name="rs-telemetry")
     finally:
         print(injected[0])
 """
+)
 
 
 def test_a_flush_whose_commit_cannot_be_written_loses_nothing(

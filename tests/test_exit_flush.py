@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kit import cli_status
 from scripted_server import OK, Respond, ScriptedServer, Stall
 
 Cli = Callable[..., Any]
@@ -158,10 +159,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float) -> bool:
     return predicate()
 
 
-def status(cli: Cli) -> dict[str, Any]:
-    result = cli("status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+status = cli_status
 
 
 def fd_targets(pid: int) -> dict[int, str]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import signal
 import socket
 import ssl
@@ -24,25 +23,19 @@ from typing import Any
 
 import pytest
 from kit import assert_accounted, view
+from kit import fill as kit_fill
 from scripted_server import Action, Flood, ScriptedServer, Trickle
-
-import spool
 
 KEY = "wk-bounded-test"
 RSS_LIMIT_KIB = 120 * 1024
 """Far above a flush's own ~40 MB, far below the 300 MB body it must not hold."""
 
 
-@pytest.fixture(autouse=True)
-def write_key(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", KEY)
-    return KEY
+pytestmark = pytest.mark.usefixtures("write_key")  # KEY above, set by conftest
 
 
 def fill(n: int) -> None:
-    session = spool.Session()
-    for _ in range(n):
-        assert session.append("server_start", {"server_version": "1.9.0"})
+    kit_fill(n, properties={"server_version": "1.9.0"})
 
 
 # The flush is started by a small launcher process that reaps it with wait4() and reports
@@ -190,37 +183,6 @@ def test_a_refusal_with_a_huge_body_keeps_only_its_start(scripted_server: Script
 
 
 # --- TLS: the deadline holds on an encrypted connection too ------------------------------
-
-
-@pytest.fixture
-def certificate(tmp_path: Path) -> tuple[Path, Path]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        pytest.skip("openssl is needed to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            openssl,
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=127.0.0.1",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    return cert, key
 
 
 @contextlib.contextmanager

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import assert_accounted, view
+from kit import assert_accounted, shown_lines
+from kit import fill as kit_fill
 from scripted_server import OK, Respond, ScriptedServer, Stall, closed_port_url
 
-import spool
 from spool.receiver import Receiver
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -37,20 +37,14 @@ REPORT_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def write_key(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", KEY)
-    return KEY
+pytestmark = pytest.mark.usefixtures("write_key")  # KEY above, set by conftest
 
 
 def fill(n: int) -> None:
-    session = spool.Session()
-    for _ in range(n):
-        assert session.append("deployment_started", {"db_backend": "mysql"})
+    kit_fill(n, "deployment_started", {"db_backend": "mysql"})
 
 
-def shown() -> list[str]:
-    return view("show", "--json").splitlines()
+shown = shown_lines
 
 
 def assert_untouched(before: list[str]) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,10 +22,7 @@ KEY = "wk-errors-test"
 RAW_TEXT = ("HTTPConnectionPool", "Max retries", "urllib3", "object at 0x", "Traceback")
 
 
-@pytest.fixture(autouse=True)
-def write_key(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", KEY)
-    return KEY
+pytestmark = pytest.mark.usefixtures("write_key")  # KEY above, set by conftest
 
 
 def fill(n: int) -> None:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import assert_accounted, status, view
+from kit import assert_accounted, shown, status
+from kit import fill as kit_fill
 from scripted_server import (
     OK,
     Action,
@@ -44,20 +45,11 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 KEY = "wk-failure-test"
 
 
-@pytest.fixture(autouse=True)
-def write_key(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", KEY)
-    return KEY
+pytestmark = pytest.mark.usefixtures("write_key")  # KEY above, set by conftest
 
 
 def fill(n: int, **properties: str) -> None:
-    session = spool.Session()
-    for _ in range(n):
-        assert session.append("server_start", properties or None)
-
-
-def shown(*extra: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in view("show", "--json", *extra).splitlines()]
+    kit_fill(n, properties=properties or None)
 
 
 def assert_all_kept(before: list[dict[str, Any]]) -> None:

@@ -20,7 +20,8 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
-from kit import assert_accounted, status, view
+from kit import assert_accounted, shown_lines, status
+from kit import fill as kit_fill
 from scripted_server import OK, Recorded, Respond, ScriptedServer
 
 import spool
@@ -33,21 +34,14 @@ MAX_BODY = 475_000
 MAX_EVENTS = 2_500
 
 
-@pytest.fixture(autouse=True)
-def write_key(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", KEY)
-    return KEY
+pytestmark = pytest.mark.usefixtures("write_key")  # KEY above, set by conftest
 
 
 def fill(n: int, session: spool.Session | None = None, **properties: str) -> None:
-    session = session or spool.Session()
-    for _ in range(n):
-        assert session.append("server_start", properties or None)
+    kit_fill(n, properties=properties or None, session=session)
 
 
-def shown() -> list[str]:
-    """The pending records as ``show --json`` prints them, oldest first."""
-    return view("show", "--json").splitlines()
+shown = shown_lines
 
 
 def ids_of(lines: list[str]) -> list[str]:

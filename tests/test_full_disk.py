@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import accounted
+from kit import accounted, cli_status
 from scripted_server import Respond, ScriptedServer
 
 import spool
@@ -54,10 +54,7 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
 # --- helpers ------------------------------------------------------------------------------
 
 
-def status(cli: Cli) -> dict[str, Any]:
-    result = cli("status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+status = cli_status
 
 
 def show_lines(cli: Cli, *extra: str) -> list[str]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import accounted
+from kit import accounted, cli_status
 from scripted_server import Action, Recorded, Respond, ScriptedServer, closed_port_url
 
 import spool
@@ -28,10 +28,7 @@ WRITE_KEY = "test-write-key"
 # --- helpers ------------------------------------------------------------------------------
 
 
-def status(cli: Cli) -> dict[str, Any]:
-    result = cli("status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+status = cli_status
 
 
 def show(cli: Cli, *extra: str) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import accounted
+from kit import accounted, cli_status
 from prometheus_client.parser import text_string_to_metric_families
 from scripted_server import OK, Recorded, Respond, ScriptedServer, Stall, closed_port_url
 
@@ -118,10 +118,7 @@ def expected_from_status(st: dict[str, Any]) -> Samples:
     return want
 
 
-def status(cli: Cli) -> dict[str, Any]:
-    result = cli("status", "--json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+status = cli_status
 
 
 def scraped(cli: Cli, spool_dir: Path) -> Samples:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import assert_accounted, view
+from kit import assert_accounted, shown
 from scripted_server import OK, Action, Recorded, Respond, ScriptedServer
 
 import spool
@@ -24,10 +24,7 @@ Cli = Callable[..., subprocess.CompletedProcess[str]]
 KEY = "wk-requeue-test"
 
 
-@pytest.fixture(autouse=True)
-def write_key(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", KEY)
-    return KEY
+pytestmark = pytest.mark.usefixtures("write_key")  # KEY above, set by conftest
 
 
 def fill(n: int) -> list[dict[str, Any]]:
@@ -35,10 +32,6 @@ def fill(n: int) -> list[dict[str, Any]]:
     for i in range(n):
         assert session.append("deployment_finished", {"commit_id": f"c{i:05d}"})
     return shown()
-
-
-def shown(*extra: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in view("show", "--json", *extra).splitlines()]
 
 
 def flush(cli: Cli, url: str) -> tuple[int, dict[str, Any], str]:

@@ -24,10 +24,7 @@ KEY = "wk-clock-test"
 LIBFAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
 
 
-@pytest.fixture(autouse=True)
-def write_key(clean_env: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", KEY)
-    return KEY
+pytestmark = pytest.mark.usefixtures("write_key")  # KEY above, set by conftest
 
 
 def a_year_ahead() -> dict[str, str]:

@@ -62,13 +62,12 @@ class TLSServer(ThreadingHTTPServer):
         pass
 
 
-@pytest.fixture
-def tls_server(tmp_path: Path) -> Iterator[tuple[TLSServer, Path]]:
-    """A started HTTPS server and the path of its self-signed certificate (PEM)."""
+def make_certificate(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key (PEM files in ``directory``)."""
     openssl = shutil.which("openssl")
     if openssl is None:
         pytest.skip("openssl is needed to make a certificate")
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert, key = directory / "cert.pem", directory / "key.pem"
     subprocess.run(
         [
             openssl,
@@ -91,6 +90,19 @@ def tls_server(tmp_path: Path) -> Iterator[tuple[TLSServer, Path]]:
         check=True,
         capture_output=True,
     )
+    return cert, key
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made with openssl (else skip)."""
+    return make_certificate(tmp_path)
+
+
+@pytest.fixture
+def tls_server(certificate: tuple[Path, Path]) -> Iterator[tuple[TLSServer, Path]]:
+    """A started HTTPS server and the path of its self-signed certificate (PEM)."""
+    cert, key = certificate
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     server = TLSServer(context)

@@ -20,10 +20,12 @@ line of the active file. An event leaves the pending set only when a state write
 accounts for it (delivered, dropped, purged, exported) is durable, or when its quarantine
 line is durable; the file that held it is unlinked after that.
 
-The package is cut by job: ``_files`` (the directory and shared file operations),
-``_append`` (the active file), ``_reading``, ``_state``, ``_limits`` (the cap and claims),
-``_quarantine``, ``_mode`` and ``_purge``; this module re-exports what the rest of
-rs-telemetry uses.
+The package is cut by job: ``_types`` (``State``, ``Line``), ``_files`` (the directory and
+shared file operations), ``_append`` (the active file), ``_reading``, ``_state``
+(``state.json``), ``_commit`` (the commit protocol: quarantine durable, then state, then
+unlink), ``_pending`` (the pending summary), ``_limits`` (the cap and claims),
+``_quarantine``, ``_mode``, ``_layout`` and ``_purge`` (purge, requeue); this module
+re-exports what the rest of rs-telemetry uses.
 """
 
 from __future__ import annotations
@@ -35,6 +37,15 @@ from spool.store._append import (
     seal,
     segment_bytes,
     write_segment,
+)
+from spool.store._commit import (
+    FULL_DISK,
+    QuarantineUnwritable,
+    commit,
+    locked_state,
+    remove_consumed,
+    remove_segments,
+    settle,
 )
 from spool.store._files import (
     ACTIVE,
@@ -54,6 +65,7 @@ from spool.store._files import (
 )
 from spool.store._limits import (
     UNSET_CLOCK_BEFORE,
+    Claim,
     claim,
     enforce_cap,
     enforce_cap_locked,
@@ -61,26 +73,28 @@ from spool.store._limits import (
     is_evidence,
     pending_bytes,
     quarantine_cap,
-    release_claim,
     too_old_limit,
 )
 from spool.store._mode import (
     read_mode,
     write_mode,
 )
+from spool.store._pending import Summary, might_have_pending, summary
 from spool.store._purge import (
+    Staging,
+    discard_staged,
+    export_pending,
+    import_segments,
     purge_pending,
     purge_quarantine,
+    requeue,
 )
 from spool.store._quarantine import (
     add_to_quarantine,
     json_line,
     quarantine_entry,
-    requeue,
 )
 from spool.store._reading import (
-    Line,
-    PendingFile,
     count_lines,
     iter_pending,
     last_line,
@@ -91,17 +105,16 @@ from spool.store._reading import (
     valid_cursor,
 )
 from spool.store._state import (
-    State,
     discard_segments,
     load_state,
-    remove_consumed,
-    remove_segments,
     save_state,
     sync_state,
 )
+from spool.store._types import Line, PendingFile, State
 
 __all__ = [
     "ACTIVE",
+    "FULL_DISK",
     "MODE",
     "QUARANTINE",
     "SEALED_MTIME_NS",
@@ -110,29 +123,39 @@ __all__ = [
     "SEGMENT_SUFFIX",
     "STATE",
     "UNSET_CLOCK_BEFORE",
+    "Claim",
     "Line",
     "PendingFile",
+    "QuarantineUnwritable",
+    "Staging",
     "State",
     "StrPath",
+    "Summary",
     "add_to_quarantine",
     "adopt_segment",
     "append_line",
     "atomic_write",
     "check_dir",
     "claim",
+    "commit",
     "count_lines",
     "discard_segments",
+    "discard_staged",
     "enforce_cap",
     "enforce_cap_locked",
+    "export_pending",
     "fsync_dir",
+    "import_segments",
     "is_claimed",
     "is_evidence",
     "iter_pending",
     "json_line",
     "last_line",
     "load_state",
+    "locked_state",
     "log_warning",
     "make_dir",
+    "might_have_pending",
     "pending_bytes",
     "pending_files",
     "purge_pending",
@@ -142,7 +165,6 @@ __all__ = [
     "quarantine_lines",
     "read_file",
     "read_mode",
-    "release_claim",
     "remove_consumed",
     "remove_segments",
     "requeue",
@@ -150,7 +172,9 @@ __all__ = [
     "seal",
     "segment_bytes",
     "segments",
+    "settle",
     "split_lines",
+    "summary",
     "sync_state",
     "too_old_limit",
     "valid_cursor",

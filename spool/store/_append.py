@@ -10,7 +10,8 @@ import os
 import time
 from pathlib import Path
 
-from spool.locking import LockTimeout, close_lock_fd, register_lock_fd, state_lock
+from spool.errors import LockTimeout
+from spool.locking import close_lock_fd, register_lock_fd, state_lock
 from spool.store._files import (
     ACTIVE,
     APPEND_FLAGS,

@@ -102,22 +102,32 @@ def fsync_dir(directory: Path) -> None:
     _fsync_dir(directory)
 
 
-def atomic_write(directory: Path, name: str, data: bytes, durable: bool = True) -> None:
+def atomic_write(
+    directory: Path,
+    name: str,
+    data: bytes,
+    durable: bool = True,
+    *,
+    mode: int = 0o600,
+    strict: bool = True,
+) -> None:
     """Replace ``directory/name`` with ``data``: temp file, fsync, rename, fsync directory.
 
     Operation is atomic: a reader sees the old file or the new one, never a mix. With
     ``durable=False`` the two fsyncs are left to a later ``sync_file``: the new file
-    survives the death of any process at once, a power loss only once synced.
+    survives the death of any process at once, a power loss only once synced. The file
+    is ``mode`` whatever the umask; the temp file is ``.NAME.<pid>.<ns>.tmp`` beside it.
+    ``strict=False``: a directory that cannot be fsynced (some file systems refuse) is
+    not an error, the file being complete either way. The one atomic write of
+    rs-telemetry: the spool's state and mode, the metrics textfile, the systemd units.
     """
     tmp = directory / f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
-    fd = private_open(tmp, os.O_WRONLY | os.O_EXCL)
+    fd = private_open(tmp, os.O_WRONLY | os.O_EXCL, mode)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
+            write_all(fd, data)
             if durable:
-                os.fsync(fd)
+                os.fsync(fd)  # complete on disk before its name can be the file's
         finally:
             os.close(fd)
         os.rename(tmp, directory / name)
@@ -126,7 +136,41 @@ def atomic_write(directory: Path, name: str, data: bytes, durable: bool = True) 
             os.unlink(tmp)
         raise
     if durable:
-        _fsync_dir(directory)  # the rename itself is durable only once the directory is
+        try:
+            _fsync_dir(directory)  # the rename itself is durable only once the directory is
+        except OSError:
+            if strict:
+                raise
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data``, however many ``write()`` calls it takes."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def write_once(fd: int, data: bytes, *, fsync: bool, what: str) -> int:
+    """Append ``data`` with one ``write()``, after a newline if the file ends in a fragment.
+
+    A fragment (a writer killed mid-``write()``, NUL padding after a power loss) is never
+    glued to the new data. A short or failed write is truncated back to where it began,
+    which needs no free space, and raised as ``OSError`` (``what`` names the file in it).
+    Returns the file's new size.
+    """
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        data = b"\n" + data
+    try:
+        if os.write(fd, data) != len(data):
+            raise OSError(errno.ENOSPC, f"short write to {what}")
+        if fsync:
+            os.fsync(fd)
+    except OSError:
+        with suppress_os():
+            os.ftruncate(fd, size)
+        raise
+    return size + len(data)
 
 
 def sync_file(directory: Path, name: str) -> None:

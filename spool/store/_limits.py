@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import fcntl
 from pathlib import Path
+from types import TracebackType
 
-from spool.locking import Busy, close_lock_fd, held, register_lock_fd, state_lock
+from spool.errors import Busy
+from spool.locking import close_lock_fd, held, register_lock_fd, state_lock
+from spool.store._commit import commit, locked_state
 from spool.store._files import READ_FLAGS, open_spool_file, read_file
-from spool.store._reading import pending_files, split_lines
-from spool.store._state import load_state, remove_segments
+from spool.store._reading import pending_files, split_lines, valid_cursor
+from spool.store._state import load_state
 
 
 def enforce_cap(
@@ -45,26 +48,66 @@ def enforce_cap_locked(directory: Path, cap: int) -> None:
             return
 
 
-def claim(path: Path) -> int:
-    """Open a segment and hold a shared ``flock`` on it: the flush uploading it owns it.
+class Claim:
+    """A segment a flush is sending, read from its cursor and held by a shared ``flock``.
 
-    The caller holds ``state.lock`` while claiming, so the cap (which checks claims under
-    the same lock) never drops events a flush is sending. A killed flush's claim goes
-    with its process. Returns the descriptor; closing it ends the claim.
+    ``with claim:`` (or ``release()``, which may come earlier and more than once) ends it.
+    While it lasts the cap never drops the segment; a killed flush's claim goes with its
+    process. E.g. ``Claim(name="seg-...jsonl", size=9000, cursor=4096, data=b"...")``.
     """
-    fd = open_spool_file(path, READ_FLAGS)
-    register_lock_fd(fd)
+
+    __slots__ = ("_fd", "cursor", "data", "name", "size")
+
+    def __init__(self, name: str, size: int, cursor: int, fd: int) -> None:
+        self.name, self.size, self.cursor, self._fd = name, size, cursor, fd
+        self.data = b""
+
+    def release(self) -> None:
+        """End the claim: unlock, then close (a child forked meanwhile must not keep it)."""
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            close_lock_fd(fd)
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
+def claim(directory: Path, name: str, deadline: float | None = None) -> Claim | None:
+    """Claim segment ``name`` and read it from its cursor; None when there is nothing to send.
+
+    The claim is taken under ``state.lock``, where the cap looks for claims, so the cap
+    never drops events a flush is sending. None: the cap dropped the segment since it was
+    listed (and counted it), or it is consumed already (then it is removed here).
+    """
+    path = directory / name
+    with locked_state(directory, deadline=deadline) as state:
+        try:
+            size = path.lstat().st_size
+        except FileNotFoundError:
+            return None
+        cursor = valid_cursor(path, state.cursors.get(name, 0), size)
+        if cursor >= size:
+            commit(directory, state, consumed=[name])
+            return None
+        fd = open_spool_file(path, READ_FLAGS)
+        register_lock_fd(fd)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:
+            close_lock_fd(fd)
+            raise
+    taken = Claim(name, size, cursor, fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-    except OSError:
-        close_lock_fd(fd)
+        taken.data = read_file(path, cursor)
+    except BaseException:
+        taken.release()
         raise
-    return fd
-
-
-def release_claim(fd: int) -> None:
-    """End a claim: unlock, then close (a child forked meanwhile must not keep the claim)."""
-    close_lock_fd(fd)
+    return taken
 
 
 def is_claimed(path: Path) -> bool:
@@ -102,7 +145,7 @@ def _drop_over_cap(directory: Path, cap: int) -> bool:
             consumed.append(pf.name)
     if dropped:
         state.drop("spool_full", dropped)
-        remove_segments(directory, state, consumed)
+        commit(directory, state, consumed=consumed)
     return dropped > 0
 
 

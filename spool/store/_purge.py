@@ -1,45 +1,185 @@
-"""Deleting pending or quarantined data on request, counted as purged."""
+"""What an operator asks of the spool: purge, requeue the quarantine, export and import.
+
+Each is one ``commit`` (``_commit``): what leaves is made durable elsewhere first (a bundle,
+a new segment), then the state that accounts for it, then the unlinks.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from spool.locking import state_lock
-from spool.store._append import seal
-from spool.store._files import QUARANTINE, read_file
-from spool.store._reading import count_lines, pending_files, quarantine_lines
-from spool.store._state import load_state, remove_segments, save_then_remove
+from spool.locking import private_open
+from spool.record import check_line
+from spool.store._append import adopt_segment, seal, write_segment
+from spool.store._commit import commit, locked_state
+from spool.store._files import QUARANTINE, atomic_write, fsync_dir, suppress_os
+from spool.store._pending import summary
+from spool.store._quarantine import json_line
+from spool.store._reading import quarantine_lines
+from spool.store._state import load_state
 
 
 def purge_pending(directory: Path) -> int:
     """Delete every pending event, counted as purged; returns how many.
 
-    The caller holds ``flush.lock``. The count is durable before any file goes.
+    The caller holds ``flush.lock``. The count is durable before any file goes (``commit``).
     """
     seal(directory)
-    with state_lock(directory):
-        state = load_state(directory)
-        names = []
-        removed = 0
-        for pf in pending_files(directory, state):
-            if not pf.sealed:
-                continue  # appended after the seal above: newer than the purge request
-            removed += count_lines(read_file(directory / pf.name, pf.cursor))
+    with locked_state(directory) as state:
+        # Appended after the seal above (the active file): newer than the purge request.
+        pending = summary(directory, state, sealed_only=True)
+        for pf in pending.files:
             state.cursors[pf.name] = pf.size
-            names.append(pf.name)
-        state.purged += removed
-        remove_segments(directory, state, names)
-    return removed
+        state.purged += pending.events
+        commit(directory, state, consumed=[pf.name for pf in pending.files])
+    return pending.events
 
 
 def purge_quarantine(directory: Path) -> int:
     """Delete the quarantine, counted as purged; returns how many entries went."""
-    with state_lock(directory):
-        state = load_state(directory)
+    with locked_state(directory) as state:
         removed = len(quarantine_lines(directory))
         if not removed:
             return 0
         state.purged += removed
-        save_then_remove(directory, state, [directory / QUARANTINE], os.unlink)
+        commit(directory, state, files=[directory / QUARANTINE])
     return removed
+
+
+def requeue(directory: Path) -> tuple[int, int]:
+    """Put quarantined entries that are valid records back into pending; return (put back,
+    left in the quarantine), e.g. ``(3, 1)``.
+
+    The caller holds ``flush.lock``; this takes ``state.lock``. The records keep their
+    quarantine order (oldest first) in one new sealed segment, which is durable before the
+    quarantine is rewritten without them: a crash in between leaves them both pending and
+    quarantined (sent once more with the same messageId, counted twice until then), never
+    lost. Unreadable bytes and entries that are not valid records stay where they are.
+    """
+    with locked_state(directory):
+        back: list[bytes] = []
+        kept: list[bytes] = []
+        for line in quarantine_lines(directory):
+            original = _record_of(line.raw)
+            if original is None:
+                kept.append(line.raw + b"\n")
+            else:
+                back.append(original + b"\n")
+        if not back:
+            return 0, len(kept)
+        write_segment(directory, b"".join(back))  # durable first: see above
+        atomic_write(directory, QUARANTINE, b"".join(kept))
+    return len(back), len(kept)
+
+
+def _record_of(entry_line: bytes) -> bytes | None:
+    """The record a quarantine entry holds, as a spool line, or None (unreadable bytes, or
+    not a valid record)."""
+    try:
+        entry = json.loads(entry_line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("_quarantine"), dict):
+        return None
+    if "raw" in entry:
+        return None  # bytes that were never a record
+    line = json_line({k: v for k, v in entry.items() if k != "_quarantine"}).encode()
+    message, _problem = check_line(line)
+    return line if message is not None else None
+
+
+def export_pending(directory: Path, write: Callable[[list[bytes]], None], keep: bool) -> int:
+    """Hand every pending line to ``write``, then (unless ``keep``) commit them as exported.
+
+    The caller holds ``flush.lock``; ``state.lock`` is held throughout, so no flush, purge
+    or cap drop touches the exported segments in between (appenders go on writing new
+    ones). ``write`` makes the lines durable elsewhere, or raises: nothing leaves before
+    it returns. Returns how many lines were exported.
+    """
+    seal(directory)
+    with locked_state(directory) as state:
+        pending = summary(directory, state, sealed_only=True, keep_lines=True)
+        lines = [raw + b"\n" for raw in pending.lines]
+        write(lines)  # durable first: a bundle the events can be recovered from
+        if not keep:
+            for pf in pending.files:
+                state.cursors[pf.name] = pf.size
+            state.exported += len(lines)
+            commit(directory, state, consumed=[pf.name for pf in pending.files])
+    return len(lines)
+
+
+def import_segments(directory: Path, staged: Sequence[Path], bundle_id: str, count: int) -> bool:
+    """Make staged temp files of the spool its newest segments, once per ``bundle_id``.
+
+    False (nothing added) when that bundle was imported already. The segments are
+    durable before the import is recorded: a crash in between imports it twice (the same
+    ``messageId``s), never loses it. Staged files not adopted are removed.
+    """
+    try:
+        with locked_state(directory) as before:
+            if bundle_id in before.imports:
+                return False
+            for path in staged:
+                adopt_segment(directory, path)
+            fsync_dir(directory)  # the segments are durable before the import is recorded
+            state = load_state(directory)
+            state.imports.append(bundle_id)
+            state.imported += count
+            commit(directory, state)
+    finally:
+        discard_staged(staged)  # left over only when nothing was added
+    return True
+
+
+def discard_staged(staged: Sequence[Path]) -> None:
+    """Remove staged temp files (those already renamed into segments are gone)."""
+    for path in staged:
+        with suppress_os():
+            os.unlink(path)
+
+
+class Staging:
+    """Temp files of the spool (``.import-*.tmp``) that ``import_segments`` may adopt.
+
+    ``write`` appends to the current file (created 0600 on first use, ``O_EXCL``);
+    ``close_file`` fsyncs and closes it, so the next ``write`` starts another; ``size``
+    is the current file's. E.g. a bundle is cut into segment-sized files at line ends.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.paths: list[Path] = []
+        self.size = 0
+        self._fd = -1
+
+    def write(self, data: bytes) -> None:
+        """Append ``data`` to the current file, creating one when none is open."""
+        if self._fd < 0:
+            name = f".import-{os.getpid()}-{time.monotonic_ns()}-{len(self.paths)}.tmp"
+            path = self.directory / name
+            self._fd = private_open(path, os.O_WRONLY | os.O_EXCL)
+            self.paths.append(path)
+            self.size = 0
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+        self.size += len(data)
+
+    def close_file(self) -> None:
+        """Make the current file durable and close it (nothing when none is open)."""
+        if self._fd >= 0:
+            fd, self._fd = self._fd, -1
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def discard(self) -> None:
+        """Close and remove every staged file."""
+        self.close_file()
+        discard_staged(self.paths)

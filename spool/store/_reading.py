@@ -5,12 +5,8 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
 
-if TYPE_CHECKING:
-    from spool.store._state import State
 from spool.locking import high_fd
 from spool.store._files import (
     ACTIVE,
@@ -20,6 +16,7 @@ from spool.store._files import (
     SEGMENT_SUFFIX,
     read_file,
 )
+from spool.store._types import Line, PendingFile, State
 
 
 def segments(directory: Path) -> list[str]:
@@ -63,24 +60,6 @@ def count_lines(data: bytes) -> int:
     if data.startswith(b"\n") or b"\n\n" in data:
         n = sum(1 for _ in split_lines(data))
     return n
-
-
-class Line(NamedTuple):
-    """One line of a spool file: bytes ``[start, end)`` including its newline, and its text."""
-
-    start: int
-    end: int
-    raw: bytes
-
-
-@dataclass(frozen=True)
-class PendingFile:
-    """A file holding pending lines, e.g. ``seg-...jsonl`` from cursor 4096 to size 9000."""
-
-    name: str
-    cursor: int
-    size: int
-    sealed: bool
 
 
 def pending_files(directory: Path, state: State) -> list[PendingFile]:

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import math
 import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from spool.errors import SpoolUnusable
-from spool.locking import LockTimeout, close_lock_fd, flock_until, open_lock_fd
+from spool.errors import LockTimeout, SpoolUnusable
+from spool.locking import close_lock_fd, flock_until, open_lock_fd
 from spool.store._files import (
     SEALED_MTIME_NS,
     STATE,
@@ -25,28 +21,7 @@ from spool.store._files import (
     sync_file,
 )
 from spool.store._layout import check_state_version
-from spool.store._reading import segments, valid_cursor
-
-
-@dataclass
-class State:
-    """Everything a spool remembers besides its data, e.g. ``State(delivered=12, ...)``."""
-
-    delivered: int = 0
-    dropped: dict[str, int] = field(default_factory=dict)
-    purged: int = 0
-    exported: int = 0
-    imported: int = 0
-    cursors: dict[str, int] = field(default_factory=dict)
-    last_flush: dict[str, Any] | None = None
-    retry_not_before: float | None = None
-    imports: list[str] = field(default_factory=list)
-
-    def drop(self, reason: str, count: int) -> None:
-        """Count ``count`` events dropped for ``reason``, e.g. ``drop("spool_full", 3)``."""
-        if count:
-            self.dropped[reason] = self.dropped.get(reason, 0) + count
-
+from spool.store._types import State
 
 _STATE_FIELDS = frozenset(State.__dataclass_fields__)
 
@@ -149,40 +124,6 @@ def sync_state(directory: Path) -> None:
     sync_file(directory, STATE)
 
 
-def remove_segments(directory: Path, state: State, names: list[str]) -> None:
-    """Save ``state`` (which accounts for ``names``), then unlink them.
-
-    The caller holds ``state.lock`` and has set each cursor to the segment's end. The
-    state is durable before any unlink, so a crash in between leaves a segment that is
-    fully consumed, not one that is counted twice. On a full disk the state write can
-    fail: the segments are unlinked anyway (freeing space) and the write is tried again.
-    """
-    save_then_remove(directory, state, [directory / name for name in names], _discard)
-
-
-def save_then_remove(
-    directory: Path, state: State, paths: list[Path], remove: Callable[[Path], None]
-) -> None:
-    """Save ``state``, which accounts for ``paths``; then remove them.
-
-    On a full disk the state write can fail: the files are removed anyway, which needs no
-    space and frees some, and the write is tried again. (A crash in between loses the
-    counts of what was removed, not data: it was delivered, dropped or purged already.)
-    """
-    try:
-        save_state(directory, state)
-        saved = True
-    except OSError as exc:
-        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-            raise
-        saved = False
-    for path in paths:
-        with suppress_os():
-            remove(path)
-    if not saved:
-        save_state(directory, state)
-
-
 def discard_segments(directory: Path, names: list[str]) -> None:
     """Remove consumed segments whose accounting state is durable already."""
     for name in names:
@@ -216,7 +157,7 @@ def _discard(path: Path) -> None:
         close_lock_fd(fd)
 
 
-def _sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:
+def sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:
     """Remove temp files of writers killed before their rename (an hour old: never live)."""
     limit = time.time() - older_than
     with os.scandir(directory) as entries:
@@ -225,19 +166,3 @@ def _sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:
                 with suppress_os():
                     if entry.stat(follow_symlinks=False).st_mtime < limit:
                         os.unlink(entry.path)
-
-
-def remove_consumed(directory: Path, state: State) -> None:
-    """Unlink segments whose cursor reached their end (a crash came between state and unlink).
-
-    The caller holds ``state.lock``.
-    """
-    _sweep_temp_files(directory)
-    done = []
-    for name in segments(directory):
-        size = os.stat(directory / name, follow_symlinks=False).st_size
-        cursor = valid_cursor(directory / name, state.cursors.get(name, 0), size)
-        if size == 0 or cursor >= size:  # an empty segment is never written by us: garbage
-            done.append(name)
-    if done:
-        remove_segments(directory, state, done)

@@ -1,0 +1,142 @@
+"""Cutting a claimed segment into request bodies: each line checked, ranges within the limits.
+
+No network and no state here: a ``Prepared`` segment is what the delivery sends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from spool import record, store
+from spool.upload import ENVELOPE_BYTES, MAX_BATCH_EVENTS, MAX_BODY_BYTES, Body
+
+
+class Item:
+    """One line of a segment and what to do with it."""
+
+    __slots__ = ("line", "reason", "too_old", "valid")
+
+    def __init__(self, line: store.Line, valid: bool, reason: str = "", too_old: bool = False):
+        self.line = line
+        self.valid = valid
+        self.reason = reason  # why it is quarantined (unreadable) or dropped (too old)
+        self.too_old = too_old
+
+
+@dataclass
+class Prepared:
+    """A segment ready to send: claimed, read, checked, cut, and compressed."""
+
+    claim: store.Claim
+    batches: list[tuple[list[Item] | None, Body]]  # None: the whole segment, all valid
+
+
+@dataclass(frozen=True)
+class Checker:
+    """Decides what each line is, against the run's age limit (``store.too_old_limit``)."""
+
+    too_old_before: float = float("-inf")
+
+    @property
+    def oldest_stamp(self) -> bytes:
+        """The age limit as a record's timestamp text; ``b""`` when nothing is too old."""
+        limit = self.too_old_before
+        return b"" if limit == float("-inf") else record.iso_timestamp(limit).encode()
+
+    def parse(self, line: store.Line, oldest_stamp: bytes) -> Item:
+        """Decide what one spooled line is: a record to send, unreadable, or too old.
+
+        Too old needs evidence: a stamp from an unset clock (before 2020) is none.
+        """
+        stamp = record.canonical_timestamp(line.raw)
+        if stamp is not None:  # the fast path: fixed-width timestamps compare as text
+            return (
+                Item(line, False, "too_old", too_old=True)
+                if stamp < oldest_stamp and stamp >= _EVIDENCE_STAMP
+                else Item(line, True)
+            )
+        message, problem = record.check_line(line.raw)
+        if message is None:
+            return Item(line, False, problem)
+        when = record.parse_timestamp(message["timestamp"])
+        if when < self.too_old_before and store.is_evidence(when):
+            return Item(line, False, "too_old", too_old=True)
+        return Item(line, True)
+
+    def items(self, claim: store.Claim) -> list[Item]:
+        """Each line of a claimed segment's pending bytes, checked one by one."""
+        oldest_stamp = self.oldest_stamp
+        items = [
+            self.parse(line, oldest_stamp) for line in store.split_lines(claim.data, claim.cursor)
+        ]
+        if items and items[-1].line.end < claim.size:
+            # Trailing blank lines belong to the last range, so the segment is consumed whole.
+            last = items[-1]
+            items[-1] = Item(
+                store.Line(last.line.start, claim.size, last.line.raw),
+                last.valid,
+                last.reason,
+                last.too_old,
+            )
+        return items
+
+    def prepare(self, claim: store.Claim, gzip: bool) -> Prepared:
+        """Cut a claimed segment into bodies; the claim is released if this fails."""
+        try:
+            data = claim.data
+            oldest = record.canonical_block_oldest(data)
+            count = data.count(b"\n")
+            if (
+                oldest is not None
+                and oldest >= self.oldest_stamp
+                and count <= MAX_BATCH_EVENTS
+                and ENVELOPE_BYTES + len(data) - 1 <= MAX_BODY_BYTES
+            ):
+                # The common case: lines append wrote, none too old, one batch. Joined in
+                # one pass, with no object per line (a split on 400 makes them after all).
+                joined = data[:-1].replace(b"\n", b",")
+                return Prepared(claim, [(None, Body((), gzip, joined=joined, count=count))])
+            return Prepared(
+                claim,
+                [
+                    (batch, Body([it.line.raw for it in batch if it.valid], gzip))
+                    for batch in batches(self.items(claim))
+                ],
+            )
+        except BaseException:
+            claim.release()
+            raise
+
+
+_EVIDENCE_STAMP = record.iso_timestamp(store.UNSET_CLOCK_BEFORE).encode()
+
+
+def batches(items: list[Item]) -> list[list[Item]]:
+    """Cut a segment's items into ranges within Segment's count and byte limits."""
+    out: list[list[Item]] = []
+    current: list[Item] = []
+    count = 0
+    size = ENVELOPE_BYTES
+    for item in items:
+        if item.valid:
+            extra = len(item.line.raw) + (1 if count else 0)
+            if count and (count + 1 > MAX_BATCH_EVENTS or size + extra > MAX_BODY_BYTES):
+                out.append(current)
+                current, count, size = [], 0, ENVELOPE_BYTES
+                extra = len(item.line.raw)
+            count += 1
+            size += extra
+        current.append(item)
+    if current:
+        out.append(current)
+    return out
+
+
+def newest_stamp(directory: Path, names: list[str]) -> float | None:
+    """When the spool's newest record (the last one appended) was stamped, if readable."""
+    raw = store.last_line(directory / names[-1]) if names else None
+    if raw is None:
+        return None
+    message, _problem = record.check_line(raw)
+    return record.parse_timestamp(message["timestamp"]) if message is not None else None

@@ -1,0 +1,357 @@
+"""Delivering claimed segments: send, retry, split refused ranges, and commit through the store.
+
+The policy of a flush run, in order: each range is sent (retried with full-jitter
+backoff, honouring ``Retry-After``, within ``--max-time``); a 400/413 splits it in halves
+until each refused event is alone; what the server settled is committed with
+``store.commit`` (quarantine durable, then state, then unlink). Anything that ends the
+run early is a ``FlushStopped`` with its exit code on the class.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from spool import settings, store
+from spool._batching import Checker, Item, Prepared
+from spool._sleep import sleep
+from spool.errors import EndpointRefuses, FlushStopped, StoppedBySignal
+from spool.stopping import StopRequest, stopped_by
+from spool.upload import Answer, Body, Uploader, Verdict, retry_after
+
+SETTLE_INTERVAL = 0.25
+"""Seconds between fsyncs of the state during a flush (group commit): two fsyncs per
+request were the largest cost of a drain after compression."""
+CAP_CHECK_INTERVAL = 0.5
+"""Seconds between cap checks during a flush: appenders that found ``state.lock`` busy
+skipped theirs, so the flush checks for them, but listing every segment at every
+commit would cost a large backlog more than its upload."""
+FINISH_GRACE = 1.0
+"""Seconds past ``--max-time`` a flush may wait for ``state.lock`` to commit what the server
+already acknowledged, and to record its summary."""
+BACKOFF_BASE = 0.5
+BACKOFF_MAX = 30.0
+BLANKET_REFUSALS = 5
+"""Lone events refused (400/413) in a run that has had no 2xx, after which the endpoint is
+taken for one that refuses everything (a proxy answering 400 to any request): the run
+stops before its next request, keeps the rest pending and exits 1 (SPEC 7). Our records
+are checked before they are sent, so a real refusal is rare, and halving reaches an
+acceptable event of a working endpoint long before five refused ones in a row."""
+_STOP_POLL = 0.1
+LEFT = "\x00left\x00"
+"""Stands in a stop message for the number of events left pending, known only later."""
+
+
+@dataclass
+class Counts:
+    """What a run did so far, e.g. ``Counts(sent=120, batches=1)``."""
+
+    sent: int = 0
+    batches: int = 0
+    quarantined: int = 0
+    dropped: int = 0
+
+
+@dataclass
+class Run:
+    """One flush run's state while it delivers."""
+
+    directory: Path
+    conf: settings.FlushSettings
+    uploader: Uploader | None  # None: a dry run
+    deadline: float
+    progress: Callable[[int], None] | None
+    out: IO[str] | None
+    stop: StopRequest | None = None
+    checker: Checker = field(default_factory=Checker)
+    counts: Counts = field(default_factory=Counts)
+    server_asked_until: float | None = None
+    acknowledged: bool = False
+    lone_refusals: int = 0  # lone events refused while no 2xx had come
+    unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
+    cap_checked: float = 0.0
+    consumed: list[str] = field(default_factory=list)  # committed, unlinked at the settle
+    settled: float = field(default_factory=time.monotonic)
+    rng: random.Random = field(default_factory=random.Random)
+
+
+def deliver(run: Run, names: list[str]) -> None:
+    """Send segments in order while a worker prepares the next one.
+
+    Preparing (checking lines, compressing) and sending (waiting on the network and on
+    fsync, both of which release the GIL) overlap; the order of commits is unchanged.
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415 - flush only
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rs-telemetry-prepare") as pool:
+        ahead: list[Future[Prepared | None]] = []
+        try:
+            for name in names:
+                ahead.append(pool.submit(_prepare, run, name))
+                if len(ahead) < 2:
+                    continue
+                _send_prepared(run, ahead.pop(0).result())
+            while ahead:
+                _send_prepared(run, ahead.pop(0).result())
+        finally:
+            for future in ahead:  # stopped early: give back the claims taken ahead
+                if not future.cancel():
+                    prepared = future.exception() is None and future.result()
+                    if prepared:
+                        prepared.claim.release()
+
+
+def _prepare(run: Run, name: str) -> Prepared | None:
+    claim = store.claim(run.directory, name, deadline=run.deadline)
+    return None if claim is None else run.checker.prepare(claim, run.conf.gzip)
+
+
+def _send_prepared(run: Run, prepared: Prepared | None) -> None:
+    if prepared is None:
+        return
+    with prepared.claim as claim:
+        if not prepared.batches:
+            _commit(run, claim, [], [])  # only blank lines
+        for items, body in prepared.batches:
+            if items is not None:
+                _resolve(run, claim, items, body)
+                continue
+            # The whole segment in one batch, every line valid (see Checker.prepare).
+            answer = _send(run, [], body)
+            if answer is None or answer.verdict is Verdict.ACK:
+                _account(run, claim, claim.size, body.count, 0, [])
+            else:  # refused events inside: only now look at each line, and split
+                _resolve(run, claim, run.checker.items(claim), answer=answer)
+
+
+def _resolve(
+    run: Run,
+    claim: store.Claim,
+    items: list[Item],
+    body: Body | None = None,
+    answer: Answer | None = None,
+) -> None:
+    """Deliver a range; on 400/413 split it in halves until each refused event is alone.
+
+    ``answer``: what the server already said to this whole range (a split is due).
+    """
+    valid = [it for it in items if it.valid]
+    if not valid:
+        _commit(run, claim, items, [])
+        return
+    if answer is None:
+        answer = _send(run, valid, body)
+    if answer is None or answer.verdict is Verdict.ACK:
+        _commit(run, claim, items, [])
+        return
+    if len(valid) == 1:
+        _commit(run, claim, items, [(valid[0], answer)])
+        if not run.acknowledged:
+            run.lone_refusals += 1
+        return
+    middle = valid[len(valid) // 2]
+    cut = items.index(middle)
+    _resolve(run, claim, items[:cut])
+    _resolve(run, claim, items[cut:])
+
+
+def check_stop(run: Run) -> None:
+    """A safe point: nothing is in flight; raise ``StoppedBySignal`` if asked to stop."""
+    if run.stop is not None and run.stop.signum is not None:
+        signum = run.stop.signum
+        raise StoppedBySignal(signum, stopped_by(signum))
+
+
+def _sleep(run: Run, seconds: float) -> None:
+    """Wait ``seconds``, ending early (``StoppedBySignal``) if the run is asked to stop."""
+    end = time.monotonic() + seconds
+    while True:
+        check_stop(run)
+        left = end - time.monotonic()
+        if left <= 0:
+            return
+        sleep(min(left, _STOP_POLL) if run.stop is not None else left)
+
+
+def _send(run: Run, valid: list[Item], body: Body | None = None) -> Answer | None:
+    """Send one batch, retrying within the time limit; None in a dry run.
+
+    Returns an ACK or SPLIT answer; raises ``FlushStopped`` for the rest.
+    """
+    check_stop(run)
+    if run.lone_refusals >= BLANKET_REFUSALS and not run.acknowledged:
+        # Checked before the next request, so that a run whose every event was refused
+        # ends as 65 (all quarantined) when nothing more is left to send.
+        raise EndpointRefuses(
+            f"the endpoint refuses everything: {run.uploader.url if run.uploader else ''} "
+            f"refused {run.lone_refusals} events sent one by one and accepted none (a proxy "
+            "or a service that is not Segment?); the rest is kept pending: check --endpoint "
+            "or RS_SEGMENT_ENDPOINT, then `rs-telemetry requeue` puts the refused back",
+        )
+    if body is None:
+        body = Body([it.line.raw for it in valid], run.conf.gzip)
+    run.counts.batches += 1
+    if run.uploader is None:
+        if run.out is not None:
+            run.out.write(body.plain().decode("utf-8") + "\n")
+        return None
+    attempt = 0
+    uploader = run.uploader
+    where = uploader.where
+    last: Answer | None = None
+    while True:
+        remaining = run.deadline - time.monotonic()
+        if remaining <= 0:
+            raise FlushStopped(_max_time_reached(run, last))
+        answer = uploader.send(body.render(), min(run.conf.timeout, remaining))
+        last = answer
+        verdict = answer.verdict
+        if verdict is Verdict.ACK:
+            run.acknowledged = True
+            run.server_asked_until = None
+            return answer  # committed by the caller, even if a stop was asked meanwhile
+        check_stop(run)  # cut short by the stop, or a failure we need not retry now
+        if verdict is Verdict.SPLIT:
+            return answer
+        if verdict is Verdict.AUTH:
+            raise EndpointRefuses(
+                f"the write key was refused ({answer.describe(where)}): check "
+                "RS_SEGMENT_WRITE_KEY; everything is kept",
+            )
+        if verdict is Verdict.MISCONFIGURED:
+            if answer.status is None:  # a TLS certificate, an unusable URL
+                raise EndpointRefuses(f"{answer.describe(where)}; everything is kept")
+            raise EndpointRefuses(
+                f"{uploader.url} answered HTTP {answer.status}: check --endpoint or "
+                "RS_SEGMENT_ENDPOINT (the base URL, e.g. https://api.segment.io); "
+                "everything is kept",
+            )
+        backoff = run.rng.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
+        asked = retry_after(answer.headers)
+        wait = backoff if asked is None else max(asked, backoff)
+        if time.monotonic() + wait > run.deadline:
+            if asked is not None:
+                run.server_asked_until = time.time() + asked
+                raise FlushStopped(
+                    f"{answer.describe(where)} asked to wait {asked:.0f} s, past --max-time "
+                    f"{run.conf.max_time:g} s: {LEFT} left pending, for a run after that "
+                    "(--force tries sooner)",
+                )
+            raise FlushStopped(_max_time_reached(run, answer))
+        _sleep(run, wait)
+        attempt += 1
+
+
+def _max_time_reached(run: Run, last: Answer | None) -> str:
+    """The end of ``--max-time``, named, with the last trouble and what to do about it."""
+    message = f"stopped: --max-time {run.conf.max_time:g} s reached, {LEFT} left pending"
+    if last is None or run.uploader is None:
+        return message
+    where = run.uploader.where
+    if last.status is not None:
+        return f"{message} ({last.describe(where)}; a later run tries again)"
+    return (
+        f"{message} ({last.describe(where)}; check the network, the endpoint "
+        "(--endpoint, RS_SEGMENT_ENDPOINT) or the proxy (HTTPS_PROXY), or let a later "
+        "run try again)"
+    )
+
+
+def _commit(
+    run: Run, claim: store.Claim, items: list[Item], refused: list[tuple[Item, Answer]]
+) -> None:
+    """Account for a resolved range: what was sent, dropped as too old, or quarantined."""
+    refused_ids = {id(it) for it, _ in refused}
+    sent = sum(1 for it in items if it.valid and id(it) not in refused_ids)
+    old = sum(1 for it in items if it.too_old)
+    entries = [
+        store.quarantine_entry(it.line.raw, it.reason)
+        for it in items
+        if not it.valid and not it.too_old
+    ]
+    entries += [
+        store.quarantine_entry(it.line.raw, "refused by the server", answer.status, answer.body)
+        for it, answer in refused
+    ]
+    end = items[-1].line.end if items else claim.size
+    _account(run, claim, end, sent, old, entries)
+
+
+def _account(
+    run: Run, claim: store.Claim, end: int, sent: int, old: int, entries: list[bytes]
+) -> None:
+    """Commit ``[cursor, end)`` of a claimed segment through ``store.commit``: ``sent``
+    delivered, ``old`` dropped, ``entries`` quarantined."""
+    counts = run.counts
+    counts.sent += sent
+    counts.quarantined += len(entries)
+    counts.dropped += old
+    if run.progress is not None:
+        run.progress(sent + old + len(entries))
+    if run.uploader is None:
+        return  # dry run: nothing changes
+    this = store.State(delivered=sent, cursors={claim.name: end})
+    this.drop("too_old", old)
+    consumed = end >= claim.size
+    with store.locked_state(run.directory, deadline=run.deadline + FINISH_GRACE) as state:
+        apply(run.unsaved, state)
+        apply(this, state)
+        if consumed:
+            claim.release()  # our own claim would block the unlink (state.lock keeps the cap off)
+        # Group commit: the state write of a consumed segment survives any process death
+        # at once; the fsyncs that make it survive a power loss come every SETTLE_INTERVAL,
+        # and only then are the segments it accounts for unlinked (settle).
+        pending = [*run.consumed, claim.name] if consumed else run.consumed
+        try:
+            removed = store.commit(
+                run.directory,
+                state,
+                quarantine=entries,
+                quarantine_cap=store.quarantine_cap(run.conf.max_bytes),
+                consumed=pending,
+                durable=not consumed,
+            )
+        except store.QuarantineUnwritable:
+            counts.sent -= sent
+            counts.quarantined -= len(entries)
+            counts.dropped -= old
+            raise
+        except OSError as exc:
+            if exc.errno not in store.FULL_DISK:
+                raise
+            # Full disk, even after unlinking what was committed (which frees space): keep
+            # the counts in memory and add them to the next state write.
+            run.consumed.clear()
+            apply(this, run.unsaved)
+            store.log_warning("spool disk full: progress kept in memory (%s)", exc)
+            return
+        run.unsaved = store.State()
+        if removed:
+            run.consumed.clear()
+        else:
+            run.consumed = pending
+            if time.monotonic() - run.settled >= SETTLE_INTERVAL:
+                settle(run)
+        now = time.monotonic()
+        if now - run.cap_checked >= CAP_CHECK_INTERVAL:
+            run.cap_checked = now
+            store.enforce_cap_locked(run.directory, run.conf.max_bytes)
+
+
+def settle(run: Run) -> None:
+    """Make the state durable, then unlink the segments it marks consumed (under state.lock)."""
+    store.settle(run.directory, run.consumed)
+    run.consumed.clear()
+    run.settled = time.monotonic()
+
+
+def apply(unsaved: store.State, state: store.State) -> None:
+    """Add counts and cursors not yet written to disk to a freshly loaded state."""
+    state.delivered += unsaved.delivered
+    for reason, count in unsaved.dropped.items():
+        state.drop(reason, count)
+    state.cursors.update(unsaved.cursors)

@@ -1,0 +1,232 @@
+"""The one boundary of the command line: typed errors and command results become exits.
+
+Every command runs inside ``Group.invoke``: an error is one line on stderr and its class's
+``exit_code``; a command returns ``None`` (exit 0), an exit code, or ``Finished`` (a flush
+ended by a signal). Nothing else in the CLI calls ``sys.exit``. Data goes to stdout;
+narration and errors go to stderr.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from spool import exitcodes, settings
+from spool.errors import TelemetryError
+
+EXIT_CODES_HELP = """\b
+Exit codes:
+  0   success (flush: nothing is left pending, or telemetry is off/local)
+  1   could not do it: unwritable or refused spool, no write key, key refused
+      (401/403), misconfigured endpoint (404, other 4xx, TLS, plain-http remote)
+  2   usage error or invalid event
+  65  flush: something was quarantined in this run and nothing else is left
+  75  flush: something is left pending for a later run (network, 5xx, 429,
+      time limit, another flush running)
+  130 interrupted (Ctrl-C); for flush, what was acknowledged is kept;
+      SIGTERM ends a flush by SIGTERM
+"""
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def escape(text: str) -> str:
+    """Control characters made visible, e.g. ``"a\\x1b[2J"`` -> ``"a\\\\x1b[2J"``."""
+    text = text.translate(_CONTROL)
+    # A lone surrogate (valid JSON "\\udc80", not text) cannot reach a UTF-8 terminal raw.
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def say(message: str) -> None:
+    click.echo(f"rs-telemetry: {escape(message)}", err=True)
+
+
+def fail(error: TelemetryError) -> NoReturn:
+    click.echo(f"rs-telemetry: error: {escape(str(error))}", err=True)
+    sys.exit(error.exit_code)
+
+
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as a shell reports a process that SIGINT ended."""
+
+
+def quiet_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of it cannot fail again.
+
+    The recipe of Python's signal documentation (note on SIGPIPE): the unwritten rest of the
+    buffer would otherwise raise at exit and print "Exception ignored ... BrokenPipeError".
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass  # not a real descriptor (CliRunner): nothing will flush into a closed pipe
+
+
+_ARGV = "rs_telemetry.argv"
+_GLOBAL_VALUE_OPTIONS = ("--spool-dir",)
+"""The group's options that take a value; ``--version`` and ``--help`` take none."""
+
+
+def _misplaced_global(exc: click.NoSuchOption, root: click.Context) -> str | None:
+    """The fix for a global option given after the command, e.g. ``status --spool-dir X``."""
+    name = exc.option_name
+    prog = root.command_path  # rs-telemetry, or python -m spool
+    if name == "--version":
+        return f"--version is a global option: put it before the command: {prog} --version"
+    if name not in _GLOBAL_VALUE_OPTIONS:
+        return None
+    moved: list[str] = []
+    rest: list[str] = []
+    args = iter(root.meta.get(_ARGV, []))
+    for arg in args:
+        if arg == name:
+            moved += [arg, next(args, "DIR")]
+        elif arg.startswith(name + "="):
+            moved.append(arg)
+        else:
+            rest.append(arg)
+    return (
+        f"{name} is a global option: put it before the command: {prog} {shlex.join(moved + rest)}"
+    )
+
+
+def _usage_error(exc: click.UsageError, root: click.Context) -> NoReturn:
+    """One line instead of click's four: what is wrong, and where the help is."""
+    where = exc.ctx or root
+    path = where.command_path
+    if exc.ctx is None and root.invoked_subcommand:  # raised while parsing the command's options
+        path = f"{root.command_path} {root.invoked_subcommand}"
+    message = exc.format_message()
+    fix = None
+    if isinstance(exc, click.NoSuchOption) and where is not root:
+        fix = _misplaced_global(exc, root)
+    # click's own text names the thing; the fix is where the help is, or the moved option.
+    message = fix or message.rstrip(".") + f" (see: {path} --help)"
+    click.echo(f"rs-telemetry: error: {escape(message)}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def _reader_left() -> NoReturn:
+    # The reader has what it wanted. Exit 0, not 141 (SIGPIPE's status): a script under
+    # `set -o pipefail` must not fail because `head` stopped reading.
+    quiet_stdout()
+    sys.exit(exitcodes.OK)
+
+
+class Command(click.Command):
+    """A command that first checks the settings it may read (SPEC 6).
+
+    Every command but ``append`` stops (exit 1, one line naming the variable and what it
+    accepts) on a setting that cannot be read; ``append`` warns and spools anyway. The
+    check runs after parsing, so ``--help`` still works whatever the environment.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if self.name != "append":
+            settings.check()
+        return super().invoke(ctx)
+
+
+class Group(click.Group):
+    """Turns typed errors into one line on stderr and their exit code.
+
+    Also where the conventions of a Unix tool are kept for every command: a reader that
+    closed our stdout (``show | head -1``) ends the command quietly with exit 0, and Ctrl-C
+    exits 130 with one short line instead of click's "Aborted!" and exit 1.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_ARGV] = list(args)  # to say where a misplaced global option belongs
+        try:
+            return super().parse_args(ctx, args)
+        except BrokenPipeError:  # --help or --version into a closed pipe
+            _reader_left()
+        except click.UsageError as exc:
+            _usage_error(exc, ctx)
+
+    command_class = Command
+    group_class = type  # `timer` is a Group too, so its commands are checked the same way
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            result = super().invoke(ctx)
+        except BrokenPipeError:
+            _reader_left()
+        except click.UsageError as exc:
+            _usage_error(exc, ctx)
+        except click.ClickException as exc:  # e.g. click.FileError: one line, our prefix
+            click.echo(f"rs-telemetry: error: {escape(exc.format_message())}", err=True)
+            sys.exit(exc.exit_code)
+        except (KeyboardInterrupt, click.exceptions.Abort):
+            # Abort is how click.confirm reports Ctrl-C (or Ctrl-D) at a prompt. The leading
+            # newline closes the terminal's "^C" echo.
+            with contextlib.suppress(ValueError):  # ValueError: not the main thread
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C: no traceback
+            click.echo(
+                ("\n" if sys.stderr.isatty() else "") + "rs-telemetry: interrupted", err=True
+            )
+            sys.exit(INTERRUPTED)
+        except TelemetryError as exc:  # Busy, LockTimeout, ConfigError, SpoolUnusable, ...
+            fail(exc)
+        except OSError as exc:
+            # Not expected (the store turns the trouble it knows into typed errors), but an
+            # operator deserves one line with the path, not a traceback.
+            where = f"{exc.filename}: " if exc.filename else ""
+            click.echo(
+                f"rs-telemetry: error: {escape(where + (exc.strerror or str(exc)))}", err=True
+            )
+            sys.exit(exitcodes.FAILURE)
+        _end(result)
+        return result
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A command's end when it is not plain success, e.g. ``Finished(75)``.
+
+    ``signum``: the run was stopped by this signal; SIGTERM is re-raised (with its default
+    action) so that systemd, or any parent, sees a clean stop by SIGTERM rather than a
+    failure code; any other ends with 128 + N.
+    """
+
+    exit_code: int
+    signum: int | None = None
+
+
+def _end(result: object) -> None:
+    """Exit as a command's result asks: ``None`` is 0, an ``int`` or ``Finished`` its code."""
+    if isinstance(result, Finished):
+        if result.signum == signal.SIGTERM:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        sys.exit(result.exit_code)
+    if isinstance(result, int) and result != exitcodes.OK:
+        sys.exit(result)
+
+
+def command(name: str | None = None, **attrs: Any) -> Callable[[Callable[..., Any]], click.Command]:
+    """``@command()``: a command of ours (``Command``: the settings are checked first)."""
+    return click.command(name, cls=Command, **attrs)
+
+
+def spool_dir_of(ctx: click.Context) -> Path:
+    """The spool directory of this invocation: ``--spool-dir``, else the environment."""
+    return settings.spool_dir(ctx.obj)
+
+
+def opted_out(variable: str) -> str:
+    """E.g. ``"DO_NOT_TRACK=1 keeps this process off"`` (the value as set, escaped later)."""
+    return f"{variable}={os.environ.get(variable, '')} keeps this process off"

@@ -1,0 +1,233 @@
+"""Commands that change the spool: ``mode``, ``enable``, ``disable``, ``purge``, ``requeue``,
+``export``, ``import``."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from spool import exitcodes, settings, store
+from spool.cli._boundary import (
+    command,
+    opted_out,
+    say,
+    spool_dir_of,
+)
+from spool.errors import TelemetryError
+from spool.locking import flush_lock
+
+# --- modes ------------------------------------------------------------------------------
+
+
+def _set_mode(ctx: click.Context, mode: str) -> None:
+    directory = spool_dir_of(ctx)
+    store.check_dir(directory, create=True)
+    store.write_mode(directory, mode)
+    say(f"mode set to {mode}")
+    opted = settings.opted_out_by()
+    if opted and mode != "off":
+        say(f"note: {opted_out(opted)}: it collects and sends nothing")
+
+
+@command()
+@click.argument("new_mode", required=False, type=click.Choice(settings.MODES))
+@click.pass_context
+def mode(ctx: click.Context, new_mode: str | None) -> None:
+    """Print or set the mode: on (collect and send), off (nothing), local (collect, never send).
+
+    \b
+    Examples:
+      rs-telemetry mode
+      rs-telemetry mode local
+    """
+    if new_mode is not None:
+        _set_mode(ctx, new_mode)
+        return
+    directory = spool_dir_of(ctx)
+    current = store.read_mode(directory) if store.check_dir(directory, create=False) else "on"
+    click.echo(current)
+    opted = settings.opted_out_by()
+    if opted:
+        # stdout stays the stored mode alone, for scripts; the override is narration.
+        say(f"{current} (but {opted_out(opted)}: it collects and sends nothing)")
+
+
+@command()
+@click.pass_context
+def enable(ctx: click.Context) -> None:
+    """Turn telemetry on (mode on).
+
+    \b
+    Example:
+      rs-telemetry enable
+    """
+    _set_mode(ctx, "on")
+
+
+@command()
+@click.option("--purge", is_flag=True, help="Also delete pending and quarantined data.")
+@click.pass_context
+def disable(ctx: click.Context, purge: bool) -> None:
+    """Turn telemetry off (mode off): nothing is collected or sent.
+
+    \b
+    Example:
+      rs-telemetry disable --purge
+    """
+    _set_mode(ctx, "off")
+    if purge:
+        _purge(spool_dir_of(ctx), quarantine=False)
+        _purge(spool_dir_of(ctx), quarantine=True)
+
+
+def _purge(directory: Path, quarantine: bool) -> None:
+    if not store.check_dir(directory, create=False):
+        say("nothing to purge")
+        return
+    with flush_lock(directory):
+        if quarantine:
+            removed = store.purge_quarantine(directory)
+            say(f"purged {removed} quarantined entr{'y' if removed == 1 else 'ies'}")
+        else:
+            removed = store.purge_pending(directory)
+            say(f"purged {removed} pending event(s)")
+
+
+@command()
+@click.option("--quarantine", is_flag=True, help="Delete the quarantine instead of pending data.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def purge(ctx: click.Context, quarantine: bool, yes: bool) -> int | None:
+    """Delete pending (or quarantined) data; it is counted as purged in status.
+
+    \b
+    Examples:
+      rs-telemetry purge --yes
+      rs-telemetry purge --quarantine --yes
+    """
+    what = "quarantined entries" if quarantine else "pending events"
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError(f"refusing to delete {what} without --yes")
+        if not click.confirm(f"Delete all {what}?", err=True):
+            say(f"nothing deleted: {what} kept")
+            return exitcodes.FAILURE
+    _purge(spool_dir_of(ctx), quarantine)
+    return None
+
+
+@command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_context
+def requeue(ctx: click.Context, yes: bool) -> None:
+    """Put quarantined events that are valid records back into pending, oldest first.
+
+    For events an endpoint refused by mistake (a proxy answering 400 to everything):
+    the next flush sends them again. Unreadable quarantined bytes stay in the quarantine.
+
+    \b
+    Examples:
+      rs-telemetry requeue --yes
+      rs-telemetry show --quarantine --json     (look first)
+    """
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError("refusing to requeue quarantined events without --yes")
+        click.confirm("Put the quarantined events back into pending?", abort=True, err=True)
+    directory = spool_dir_of(ctx)
+    if not store.check_dir(directory, create=False):
+        say("nothing is quarantined")
+        return
+    with flush_lock(directory):
+        back, kept = store.requeue(directory)
+    stays = (
+        f"; {kept} entr{'y' if kept == 1 else 'ies'} that are not valid records stay"
+        if kept
+        else ""
+    )
+    say(f"requeued {back} event(s) into pending{stays}")
+
+
+# --- export / import --------------------------------------------------------------------
+
+
+def _check_export_path(file: Path) -> None:
+    """Refuse, before anything is read, a FILE that cannot be written where it is named."""
+    if file.is_dir():  # "" is "." too
+        raise click.BadParameter(
+            f"{file} is a directory: name a file in it, e.g. {file / 'telemetry.rsbundle'}",
+            param_hint="FILE",
+        )
+    parent = file.parent
+    if not parent.is_dir():
+        # Exit 1, not 2: the command is right, the place is missing (as for an unwritable one).
+        raise TelemetryError(
+            f"cannot export to {file}: the directory {parent} does not exist: create it "
+            f"(mkdir -p {shlex.quote(str(parent))}) or choose another path; nothing was removed"
+        )
+
+
+@command("export")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--keep", is_flag=True, help="Keep the exported events in the spool.")
+@click.pass_context
+def export_cmd(ctx: click.Context, file: Path, keep: bool) -> None:
+    """Write every pending event to FILE (gzip JSON lines with a manifest) for transfer.
+
+    The events leave the spool only once FILE is durable (unless --keep).
+
+    \b
+    Example:
+      rs-telemetry export /media/usb/telemetry-$(hostname).rsbundle
+    """
+    from spool import bundle  # noqa: PLC0415
+
+    _check_export_path(file)
+    try:
+        result = bundle.export(spool_dir_of(ctx), file, keep=keep)
+    except OSError as exc:
+        if not exc.filename or Path(exc.filename).parent != file.parent:
+            raise
+        # The bundle is written beside FILE first: name FILE, not that temporary file.
+        raise TelemetryError(
+            f"cannot write {file}: {exc.strerror or exc}; nothing was removed: choose another path"
+        ) from exc
+    say(f"exported {result.count} event(s) to {file}" + (" (kept in the spool)" if keep else ""))
+
+
+@command("import")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.pass_context
+def import_cmd(ctx: click.Context, file: Path) -> None:
+    """Verify FILE's checksum and add its events to this spool (once, however often run).
+
+    \b
+    Example:
+      rs-telemetry import /media/usb/telemetry-host1.rsbundle && rs-telemetry flush
+    """
+    from spool import bundle  # noqa: PLC0415
+
+    if not file.is_file():  # /dev/null, a FIFO: click's exists=True lets them through
+        raise click.BadParameter(
+            f"{file} is not a regular file: give a bundle written by rs-telemetry export",
+            param_hint="FILE",
+        )
+    result = bundle.import_(spool_dir_of(ctx), file)
+    if result.already:
+        say(f"{file} was imported before: nothing added")
+    else:
+        say(f"imported {result.count} event(s) from {file}")
+
+
+COMMANDS: tuple[click.Command, ...] = (
+    mode,
+    enable,
+    disable,
+    purge,
+    requeue,
+    export_cmd,
+    import_cmd,
+)
