@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+from unitkit import needs_analyze, verify
 
 from spool import timer
 from spool.errors import UnitError
@@ -272,33 +271,6 @@ def test_uninstall_when_nothing_is_installed(tmp_path: Path) -> None:
 
 # --- systemd-analyze verify ---------------------------------------------------------------
 
-ANALYZE = shutil.which("systemd-analyze")
-needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
-
-
-def _verify(unit_dir: Path, *, user: bool, home: Path) -> None:
-    """``systemd-analyze [--user] verify`` on both units: exit 0 and not a word about them."""
-    assert ANALYZE is not None
-    # Short: the user manager puts sockets there (108 bytes at most for a socket's path).
-    runtime = Path(tempfile.mkdtemp(prefix="rs-rt-", dir="/tmp"))
-    # The user manager needs a runtime dir to start; %h resolves from HOME.
-    env = {**os.environ, "HOME": str(home), "XDG_RUNTIME_DIR": str(runtime)}
-    argv = [ANALYZE, *(["--user"] if user else []), "verify"]
-    argv += [str(unit_dir / name) for name in timer.UNIT_NAMES]
-    try:
-        proc = subprocess.run(
-            argv, capture_output=True, text=True, env=env, timeout=60, check=False
-        )
-    finally:
-        shutil.rmtree(runtime, ignore_errors=True)
-    if user and "Failed to initialize manager" in proc.stderr:
-        pytest.skip(f"systemd-analyze --user cannot start here: {proc.stderr.strip()}")
-    about_units = [
-        line for line in proc.stderr.splitlines() if "rs-telemetry" in line or "unit" in line
-    ]
-    assert proc.returncode == 0, proc.stderr
-    assert about_units == [], proc.stderr
-
 
 @needs_analyze
 @pytest.mark.parametrize("user", [False, True], ids=["system", "user"])
@@ -307,7 +279,7 @@ def test_rendered_units_pass_systemd_analyze_verify(tmp_path: Path, user: bool, 
     exe = _executable(tmp_path / where / "rs-telemetry")
     unit_dir = tmp_path / "units"
     timer.install(unit_dir, enable=False, executable=exe)
-    _verify(unit_dir, user=user, home=tmp_path)
+    verify(unit_dir, user=user, home=tmp_path)
 
 
 @needs_analyze
@@ -318,4 +290,4 @@ def test_scripts_copies_pass_systemd_analyze_verify(tmp_path: Path, user: bool) 
     unit_dir.mkdir()
     for name in timer.UNIT_NAMES:
         shutil.copyfile(SCRIPTS / name, unit_dir / name)
-    _verify(unit_dir, user=user, home=tmp_path)
+    verify(unit_dir, user=user, home=tmp_path)
