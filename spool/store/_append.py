@@ -8,9 +8,8 @@ import fcntl
 import itertools
 import os
 import time
-from pathlib import Path
 
-from spool.locking import LockTimeout, close_lock_fd, register_lock_fd, state_lock
+from spool.locking import close_lock_fd, register_lock_fd
 from spool.store._files import (
     ACTIVE,
     APPEND_FLAGS,
@@ -22,7 +21,12 @@ from spool.store._files import (
     open_spool_file,
     suppress_os,
 )
-from spool.store._limits import enforce_cap_locked, pending_bytes
+
+# pathlib costs an emitter's cold start milliseconds, and the cap's code (the state, the
+# reading of segments) runs only when a rotation finds the spool over its cap (issue 14).
+TYPE_CHECKING = False  # mypy sets this True
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SEGMENT_MAX_BYTES = 440_000
 """Size at which a segment is sealed (it may pass it by one record): one upload batch,
@@ -151,7 +155,7 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
             # flock, so no appender adds to the spool meanwhile and the cap holds however
             # many append at once (SPEC 8: 1.5x). When it cannot be (state.lock stuck, no
             # descriptors left) and the spool is past 1.5x, this record is refused.
-            if not _cap_allows(Path(directory), cap):
+            if not _cap_allows(directory, cap):
                 with suppress_os():
                     os.ftruncate(fd, size)  # needs no free space
                 raise OSError(errno.ENOSPC, "the spool is over its cap and cannot drop")
@@ -173,12 +177,18 @@ APPEND_CAP_WAIT = 0.5
 the oldest data (held for milliseconds by a flush's commit, never across the network)."""
 
 
-def _cap_allows(directory: Path, cap: int) -> bool:
+def _cap_allows(where: StrPath, cap: int) -> bool:
     """Enforce the cap before a seal; False when the spool is past 1.5x and cannot drop.
 
     The caller holds the active file's flock: appenders wait for this at most
     ``APPEND_CAP_WAIT``, and only when the spool is over its cap.
     """
+    from pathlib import Path  # noqa: PLC0415 - once a segment (see the imports)
+
+    from spool.locking import LockTimeout, state_lock  # noqa: PLC0415
+    from spool.store._limits import enforce_cap_locked, pending_bytes  # noqa: PLC0415
+
+    directory = Path(where)
     try:
         if pending_bytes(directory) <= cap:
             return True

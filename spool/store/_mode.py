@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from spool.store._files import MODE, StrPath, atomic_write, read_file
 from spool.store._layout import check_layout
+
+TYPE_CHECKING = False  # mypy sets this True
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _mode_cache: dict[str, tuple[tuple[int, int], str, float]] = {}
 
@@ -38,7 +41,7 @@ def _read_mode_file(path: str) -> str:
     if not os.access(path, os.F_OK, follow_symlinks=False):
         return "on"  # the common case, answered without raising (an exception costs ~2 us)
     try:
-        text = read_file(Path(path)).decode("ascii", "replace").strip()
+        text = read_file(path).decode("ascii", "replace").strip()
     except OSError:
         return "on"
     return text if text in ("on", "off", "local") else "on"
