@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 OPT_OUT_VARIABLES = ("DO_NOT_TRACK", "DISABLE_TELEMETRY", "RS_DISABLE_TELEMETRY")
+_OPT_OUT_KEYS = tuple(name.encode() for name in OPT_OUT_VARIABLES)
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 _default_dir: str | None = None
@@ -71,10 +72,24 @@ def absolute_dir(path: str | os.PathLike[str]) -> str:
     return found
 
 
+_dir_memo: tuple[bytes | None, str] = (None, "")
+
+
 def configured_dir() -> str:
     """``RS_TELEMETRY_DIR`` made absolute, else the default: the append path's spool."""
+    global _dir_memo  # noqa: PLW0603 - the last value seen and its answer
+    if _ENV_BYTES is not None:
+        # Every append asks: the value it saw last is answered without decoding it again.
+        raw_bytes = _ENV_BYTES.get(b"RS_TELEMETRY_DIR")
+        if raw_bytes and raw_bytes == _dir_memo[0]:
+            return _dir_memo[1]
     raw = env("RS_TELEMETRY_DIR")
-    return absolute_dir(raw) if raw else default_spool_dir()
+    if not raw:
+        return default_spool_dir()
+    found = absolute_dir(raw)
+    if _ENV_BYTES is not None and found.startswith("/"):
+        _dir_memo = (_ENV_BYTES.get(b"RS_TELEMETRY_DIR"), found)
+    return found
 
 
 if env("RS_TELEMETRY_DIR"):
@@ -86,6 +101,8 @@ def opted_out_by() -> str | None:
 
     As the convention reads: any non-empty value but ``0`` or ``false`` (any case) opts out.
     """
+    if _ENV_BYTES is not None and not any(key in _ENV_BYTES for key in _OPT_OUT_KEYS):
+        return None  # the common case, answered without decoding anything
     for name in OPT_OUT_VARIABLES:
         value = env(name)
         if value is not None and value.strip().lower() not in ("", "0", "false"):
@@ -95,11 +112,14 @@ def opted_out_by() -> str | None:
 
 def flag(name: str) -> bool:
     """True when the variable is set to 1 or true (any case), e.g. ``RS_TELEMETRY_FSYNC=1``."""
-    value = env(name)
+    if _ENV_BYTES is not None:  # each append reads two flags: no decoding when unset
+        raw = _ENV_BYTES.get(name.encode())
+        return raw is not None and raw.strip().lower() in (b"1", b"true", b"yes", b"on")
+    value = env(name)  # pragma: no cover - a Python without the POSIX mapping
     return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
 
 
-_max_bytes_memo: tuple[str | None, int] = (None, DEFAULT_MAX_BYTES)
+_max_bytes_memo: tuple[object, int] = (None, DEFAULT_MAX_BYTES)
 
 
 def max_bytes() -> int:
@@ -109,9 +129,14 @@ def max_bytes() -> int:
     A plain number is read here; anything else goes to ``settings`` for its judgement.
     """
     global _max_bytes_memo  # noqa: PLW0603 - the parse of the last value seen
-    raw = env("RS_TELEMETRY_MAX_BYTES")
-    if raw == _max_bytes_memo[0]:
+    seen: object = (
+        _ENV_BYTES.get(b"RS_TELEMETRY_MAX_BYTES")
+        if _ENV_BYTES is not None
+        else os.environ.get("RS_TELEMETRY_MAX_BYTES")  # pragma: no cover
+    )
+    if seen == _max_bytes_memo[0]:
         return _max_bytes_memo[1]
+    raw = env("RS_TELEMETRY_MAX_BYTES")
     text = raw.strip() if raw is not None else ""
     if not text:
         value = DEFAULT_MAX_BYTES
@@ -121,5 +146,5 @@ def max_bytes() -> int:
         from spool import settings  # noqa: PLC0415 - its parser, error and warning, rarely
 
         value = settings.max_bytes()
-    _max_bytes_memo = (raw, value)
+    _max_bytes_memo = (seen, value)
     return value

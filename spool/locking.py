@@ -142,37 +142,43 @@ class LockTimeout(TelemetryError):
         self.message = message
 
 
-def state_lock(
-    directory: Path, wait: bool = True, deadline: float | None = None
-) -> AbstractContextManager[None]:
+class state_lock:  # named as a function: used as contextlib's context managers are
     """Hold ``state.lock``; with ``wait=False`` raise ``Busy`` at once when it is taken.
 
     ``deadline`` (a ``time.monotonic()`` instant) bounds the wait: past it, raise
     ``LockTimeout`` naming the holder. A flush passes its own, so that no lock holds it
-    past ``--max-time``.
+    past ``--max-time``. A class rather than a generator: contextlib is not loaded on the
+    append path (issue 14).
     """
-    import contextlib  # noqa: PLC0415 - on use only (see the imports)
 
-    return contextlib.contextmanager(_state_lock)(directory, wait, deadline)
+    def __init__(self, directory: Path, wait: bool = True, deadline: float | None = None) -> None:
+        self._directory = directory
+        self._wait = wait
+        self._deadline = deadline
+        self._fd = -1
 
+    def __enter__(self) -> None:
+        path = self._directory / STATE_LOCK
+        fd = open_lock_fd(path, os.O_RDWR | os.O_CREAT)
+        try:
+            if os.fstat(fd).st_mode & 0o777 != 0o600:
+                os.fchmod(fd, 0o600)  # the umask took bits away
+            if not self._wait:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise Busy(str(path)) from None
+            elif self._deadline is None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                flock_until(fd, fcntl.LOCK_EX, self._deadline, path)
+        except BaseException:
+            close_lock_fd(fd)
+            raise
+        self._fd = fd
 
-def _state_lock(directory: Path, wait: bool, deadline: float | None) -> Iterator[None]:
-    path = directory / STATE_LOCK
-    fd = open_lock_fd(path, os.O_RDWR | os.O_CREAT)
-    try:
-        if os.fstat(fd).st_mode & 0o777 != 0o600:
-            os.fchmod(fd, 0o600)  # the umask took bits away
-        if not wait:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise Busy(str(path)) from None
-        elif deadline is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        else:
-            flock_until(fd, fcntl.LOCK_EX, deadline, path)
-        yield
-    finally:
+    def __exit__(self, *_: object) -> None:
+        fd, self._fd = self._fd, -1
         close_lock_fd(fd)  # LOCK_UN first: a forked child's copy must not keep the lock
 
 

@@ -12,7 +12,7 @@ TYPE_CHECKING = False  # mypy sets this True
 if TYPE_CHECKING:
     from pathlib import Path
 
-_mode_cache: dict[str, tuple[tuple[int, int], str, float]] = {}
+_mode_cache: dict[StrPath, tuple[tuple[int, int], str, float]] = {}
 
 
 def read_mode(directory: StrPath, dir_stat: os.stat_result | None = None) -> str:
@@ -23,17 +23,17 @@ def read_mode(directory: StrPath, dir_stat: os.stat_result | None = None) -> str
     memory also lapses after a second, which bounds how long a change could go unseen
     where the file system stamps times coarsely (kernels before 6.13).
     """
-    path = os.path.join(directory, MODE)
     now = time.monotonic()
     key = (dir_stat.st_ino, dir_stat.st_mtime_ns) if dir_stat is not None else None
-    cached = _mode_cache.get(path)
+    cached = _mode_cache.get(directory)  # by the directory as given: no join per append
     if key is not None and cached is not None and cached[0] == key and now - cached[2] < 1.0:
         return cached[1]
+    path = os.path.join(directory, MODE)
     if key is not None:
         check_layout(directory, state_too=False)  # an appender never writes a newer layout
     mode = _read_mode_file(path)
     if key is not None:
-        _mode_cache[path] = (key, mode, now)
+        _mode_cache[directory] = (key, mode, now)
     return mode
 
 
