@@ -181,9 +181,20 @@ def run_measured(argv: list[str], env: dict[str, str]) -> ChildRun:
 
 
 def base_env(**extra: str) -> dict[str, str]:
-    """The environment for children: no opt-out variable, no userId, plus ``extra``."""
+    """The environment for children: no opt-out variable, no userId, plus ``extra``.
+
+    Bytecode is written (``PYTHONDONTWRITEBYTECODE`` is dropped): an installed tool has
+    its ``.pyc`` files, compiled by pip, and an editable source tree would otherwise be
+    compiled again at every start of a flush.
+    """
     env = {k: v for k, v in os.environ.items() if k not in OPT_OUT_VARIABLES}
-    for name in ("RS_API_KEY", "RS_TELEMETRY_DEBUG", "RS_TELEMETRY_FSYNC", "RS_SEGMENT_ENDPOINT"):
+    for name in (
+        "RS_API_KEY",
+        "RS_TELEMETRY_DEBUG",
+        "RS_TELEMETRY_FSYNC",
+        "RS_SEGMENT_ENDPOINT",
+        "PYTHONDONTWRITEBYTECODE",
+    ):
         env.pop(name, None)
     env.update(extra)
     return env
@@ -412,7 +423,7 @@ def cold_env(**extra: str) -> dict[str, str]:
     ``-S`` because an editable install's path hook, loaded by ``site`` at every start,
     imports pathlib, re, urllib.parse and more itself: ``python -c pass`` would then pay
     for what ``import spool`` costs a host that installed the wheel. Bytecode is written
-    (round 0 compiles it), as pip does at install time.
+    (round 0 compiles it), as pip does at install time (``base_env``).
     """
     spec = importlib.util.find_spec("spool")
     if spec is None or spec.origin is None:
@@ -421,9 +432,7 @@ def cold_env(**extra: str) -> dict[str, str]:
     for key in ("purelib", "platlib"):
         if sysconfig.get_paths()[key] not in paths:
             paths.append(sysconfig.get_paths()[key])
-    env = base_env(PYTHONPATH=os.pathsep.join(paths), **extra)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    return env
+    return base_env(PYTHONPATH=os.pathsep.join(paths), **extra)
 
 
 def cold_emitter(bench: Bench, rounds: int) -> None:
@@ -543,6 +552,11 @@ def flush_backlog(bench: Bench, count: int, label: str) -> tuple[ChildRun, dict[
     say(f"building a {count:,}-event backlog in {directory}")
     build_seconds = build_backlog(directory, count)
     env = bench.spool_env(directory)
+    # A first flush of an empty spool, untimed: it writes the bytecode and warms the page
+    # cache, as round 0 does for D (an installed tool has its .pyc files).
+    warm = bench.spool_env(bench.workdir / f"warm-flush-{label}")
+    warm_argv = [bench.rs_exe, "flush", "--endpoint", bench.receiver.url, "--json"]
+    subprocess.run(warm_argv, env=warm, capture_output=True, check=True)
     bench.receiver.reset()
     say(f"flushing {count:,} events with rs-telemetry flush")
     argv = [bench.rs_exe, "flush", "--endpoint", bench.receiver.url, "--max-time", "600"]
