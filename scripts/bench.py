@@ -20,6 +20,7 @@ Usage:
   scripts/bench.py                  # 20k appends, 200k backlog, 1M backlog for memory
   scripts/bench.py --quick          # 5k appends, 20k backlog, no 1M, 5 cold rounds: < 1 min
   scripts/bench.py --events 50000 --skip-1m --json figures.json
+  scripts/bench.py --only AD        # only the warm and the cold append
 """
 
 from __future__ import annotations
@@ -765,6 +766,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--events", type=int, help="backlog size for B, C, E (default 200000)")
     parser.add_argument("--appends", type=int, help="calls per repetition for A (default 20000)")
     parser.add_argument("--skip-1m", action="store_true", help="skip the 1M-event memory run")
+    parser.add_argument(
+        "--only",
+        default="ABCDE",
+        metavar="LETTERS",
+        help="the figures to measure, e.g. AD (B, C and E come from one drain; default ABCDE)",
+    )
     parser.add_argument("--cold-runs", type=int, help="rounds for D (default 20, quick 5)")
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     # Internal: run one side of a figure in a child process.
@@ -801,11 +808,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with tempfile.TemporaryDirectory(prefix="rs-bench-") as tmp:
             bench = Bench(python, rs_exe, receiver, Path(tmp))
-            warm_append(bench, appends)
-            cold_emitter(bench, cold_runs)
-            reference = drain(bench, events)
-            if big is not None:
-                memory_at_scale(bench, big, reference)
+            only = args.only.upper()
+            if "A" in only:
+                warm_append(bench, appends)
+            if "D" in only:
+                cold_emitter(bench, cold_runs)
+            if set(only) & set("BCE"):
+                reference = drain(bench, events)
+                if big is not None and "C" in only:
+                    memory_at_scale(bench, big, reference)
     finally:
         receiver.close()
     order = "ABCDE"
