@@ -5,10 +5,15 @@ Adding an event or a property is a one-line change to ``EVENTS`` or ``PROPERTIES
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from typing import Any
+# _collections_abc is loaded with os at start; collections.abc costs an emitter an import.
+from _collections_abc import Mapping
 
 from spool.errors import InvalidEvent
+
+TYPE_CHECKING = False  # typing costs an emitter milliseconds to import; mypy sets this True
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any
 
 EVENTS: frozenset[str] = frozenset(
     {

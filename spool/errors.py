@@ -3,9 +3,13 @@ exceptions do); only the CLI's boundary (``spool.cli._boundary``) turns them int
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from spool import exitcodes
+
+# An emitter's import loads this module; typing costs it milliseconds (issue 14), and with
+# postponed annotations ClassVar is needed by the type checker only.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import ClassVar
 
 
 class TelemetryError(Exception):

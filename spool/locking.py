@@ -24,15 +24,20 @@ its standard streams must not get a spool file as its fd 1 (issue 11, item 8).
 from __future__ import annotations
 
 import _thread
-import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 from spool._sleep import sleep
 from spool.errors import Busy, LockTimeout
+
+# contextlib, pathlib and typing cost an emitter's cold start milliseconds (issue 14): an
+# append takes no lock of this module, and the context managers load contextlib on use.
+TYPE_CHECKING = False  # mypy sets this True
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from contextlib import AbstractContextManager
+    from pathlib import Path
 
 STATE_LOCK = "state.lock"
 FLUSH_LOCK = "flush.lock"
@@ -77,8 +82,10 @@ def close_lock_fd(fd: int) -> None:
     """Unlock (for every copy of the descriptor, a forked child's included), then close."""
     with _fd_guard:
         _lock_fds.discard(fd)
-        with contextlib.suppress(OSError):  # not locked: the close is all there is to do
+        try:  # noqa: SIM105 - contextlib is not loaded on the append path
             fcntl.flock(fd, fcntl.LOCK_UN)
+        except OSError:
+            pass  # not locked: the close is all there is to do
         os.close(fd)
 
 
@@ -94,8 +101,10 @@ def _after_fork_in_child() -> None:
     """Close every inherited lock descriptor; never unlock (that would free the parent's)."""
     global _fd_guard  # noqa: PLW0603
     for fd in _lock_fds:
-        with contextlib.suppress(OSError):
+        try:  # noqa: SIM105 - contextlib is not loaded on the append path
             os.close(fd)
+        except OSError:
+            pass
     _lock_fds.clear()
     _fd_guard = _thread.allocate_lock()
 
@@ -120,30 +129,43 @@ def private_open(path: str | os.PathLike[str], flags: int, mode: int = 0o600) ->
     return fd
 
 
-@contextlib.contextmanager
-def state_lock(directory: Path, wait: bool = True, deadline: float | None = None) -> Iterator[None]:
+class state_lock:  # named as a function: used as contextlib's context managers are
     """Hold ``state.lock``; with ``wait=False`` raise ``Busy`` at once when it is taken.
 
     ``deadline`` (a ``time.monotonic()`` instant) bounds the wait: past it, raise
     ``LockTimeout`` naming the holder. A flush passes its own, so that no lock holds it
-    past ``--max-time``.
+    past ``--max-time``. A class rather than a generator: contextlib is not loaded on the
+    append path (issue 14).
     """
-    path = directory / STATE_LOCK
-    fd = open_lock_fd(path, os.O_RDWR | os.O_CREAT)
-    try:
-        if os.fstat(fd).st_mode & 0o777 != 0o600:
-            os.fchmod(fd, 0o600)  # the umask took bits away
-        if not wait:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise Busy(str(path)) from None
-        elif deadline is None:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-        else:
-            flock_until(fd, fcntl.LOCK_EX, deadline, path)
-        yield
-    finally:
+
+    def __init__(self, directory: Path, wait: bool = True, deadline: float | None = None) -> None:
+        self._directory = directory
+        self._wait = wait
+        self._deadline = deadline
+        self._fd = -1
+
+    def __enter__(self) -> None:
+        path = self._directory / STATE_LOCK
+        fd = open_lock_fd(path, os.O_RDWR | os.O_CREAT)
+        try:
+            if os.fstat(fd).st_mode & 0o777 != 0o600:
+                os.fchmod(fd, 0o600)  # the umask took bits away
+            if not self._wait:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise Busy(str(path)) from None
+            elif self._deadline is None:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            else:
+                flock_until(fd, fcntl.LOCK_EX, self._deadline, path)
+        except BaseException:
+            close_lock_fd(fd)
+            raise
+        self._fd = fd
+
+    def __exit__(self, *_: object) -> None:
+        fd, self._fd = self._fd, -1
         close_lock_fd(fd)  # LOCK_UN first: a forked child's copy must not keep the lock
 
 
@@ -152,8 +174,11 @@ def flock_until(fd: int, operation: int, deadline: float, path: Path) -> None:
     started = time.monotonic()
     pause = 0.001
     while True:
-        with contextlib.suppress(BlockingIOError):
+        try:
             fcntl.flock(fd, operation | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pass
+        else:
             return
         now = time.monotonic()
         if now >= deadline:
@@ -189,9 +214,14 @@ def _holder(fd: int) -> str:
     return f" (locked by pid {', '.join(pids)})" if pids else ""
 
 
-@contextlib.contextmanager
-def flush_lock(directory: Path) -> Iterator[None]:
+def flush_lock(directory: Path) -> AbstractContextManager[None]:
     """Hold ``flush.lock`` for a whole run; raise ``Busy`` at once if another run holds it."""
+    import contextlib  # noqa: PLC0415 - on use only (see the imports)
+
+    return contextlib.contextmanager(_flush_lock)(directory)
+
+
+def _flush_lock(directory: Path) -> Iterator[None]:
     import filelock  # noqa: PLC0415 - only flush, export and purge need it; keeps append lean
 
     lock = filelock.FileLock(str(directory / FLUSH_LOCK), timeout=0, mode=0o600)

@@ -5,17 +5,25 @@ A spooled record *is* the message Segment receives, so upload never re-encodes i
 
 from __future__ import annotations
 
-import functools
-import json
 import os
-import re
 import time
-from collections.abc import Mapping
-from typing import Any
+
+# _json is the C half of json: json itself loads re (and re loads enum, functools...),
+# ~5 ms of an emitter's cold start that only a flush needs (issue 14).
+try:
+    from _json import encode_basestring as _escape  # ensure_ascii=False semantics
+except ImportError:  # pragma: no cover - a Python without the C accelerator
+    from json.encoder import encode_basestring as _escape
 
 from spool import catalogue
 from spool._version import __version__
 from spool.errors import InvalidEvent
+
+TYPE_CHECKING = False  # typing costs an emitter milliseconds to import; mypy sets this True
+if TYPE_CHECKING:
+    import re
+    from collections.abc import Mapping
+    from typing import Any
 
 MAX_RECORD_BYTES = 32_000
 """Segment refuses events over 32 KB; we stay under it with room, e.g. a 32,001-byte line fails."""
@@ -25,8 +33,13 @@ LIBRARY = {"name": "rs-telemetry", "version": __version__}
 # Records are assembled from escaped strings rather than through json.dumps(): the
 # keys are fixed and the values are strings, so this is the same compact JSON at a
 # fraction of the cost (json.dumps with arguments builds a new encoder per call).
-_escape = json.encoder.encode_basestring  # ensure_ascii=False semantics, C-accelerated
-_CONTEXT_TAIL = '","context":' + json.dumps({"library": LIBRARY}, separators=(",", ":")) + "}\n"
+_CONTEXT_TAIL = (
+    '","context":{"library":{"name":'
+    + _escape(LIBRARY["name"])
+    + ',"version":'
+    + _escape(LIBRARY["version"])
+    + "}}}\n"
+)
 _second_cache: tuple[int, str] = (-1, "")
 
 
@@ -42,6 +55,10 @@ def _forget_random_pool() -> None:
 os.register_at_fork(after_in_child=_forget_random_pool)
 
 
+_VARIANT = {c: "89ab"[int(c, 16) & 3] for c in "0123456789abcdef"}
+"""The RFC 4122 variant digit for a random hex digit, e.g. ``"f"`` -> ``"b"``."""
+
+
 def new_uuid4() -> str:
     """A random (version 4) UUID string, e.g. ``"3f2a5c1e-8d4b-4c6a-9e1f-0a2b3c4d5e6f"``.
 
@@ -54,8 +71,7 @@ def new_uuid4() -> str:
         _random_hex, pos = os.urandom(2048).hex(), 0
     h = _random_hex[pos : pos + 32]
     _random_pos = pos + 32
-    variant = "89ab"[int(h[16], 16) & 3]
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}"
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
 
 
 def iso_timestamp(now: float | None = None) -> str:
@@ -78,6 +94,12 @@ def parse_timestamp(text: str) -> float:
     return datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00")).timestamp()
 
 
+# The start of a record up to its properties, per (event, anonymousId, userId): a session
+# reports a handful of events with one id, and escaping them again costs each append ~1 us.
+_heads: dict[tuple[str, str, str | None], str] = {}
+_HEADS_KEPT = 256
+
+
 def build(
     event: str,
     properties: Mapping[str, str] | None,
@@ -91,20 +113,23 @@ def build(
     ``MAX_RECORD_BYTES``.
     """
     props = catalogue.validate(event, properties)
-    parts = ['{"type":"track","event":', _escape(event), ',"anonymousId":', _escape(anonymous_id)]
-    if user_id:
-        parts += [',"userId":', _escape(user_id)]
-    parts += [
-        ',"properties":{',
-        ",".join(f"{_escape(k)}:{_escape(v)}" for k, v in props.items()),
-        '},"timestamp":"',
-        iso_timestamp(now),
-        '","messageId":"',
-        new_uuid4(),
-        _CONTEXT_TAIL,
-    ]
+    head_key = (event, anonymous_id, user_id)
+    head = _heads.get(head_key)
+    if head is None:
+        head = f'{{"type":"track","event":{_escape(event)},"anonymousId":{_escape(anonymous_id)}'
+        if user_id:
+            head += f',"userId":{_escape(user_id)}'
+        head += ',"properties":{'
+        if len(_heads) >= _HEADS_KEPT:
+            _heads.clear()
+        _heads[head_key] = head
+    body = ",".join([_escape(k) + ":" + _escape(v) for k, v in props.items()])
+    text = (
+        f'{head}{body}}},"timestamp":"{iso_timestamp(now)}","messageId":"{new_uuid4()}'
+        + _CONTEXT_TAIL
+    )
     try:
-        line = "".join(parts).encode("utf-8")
+        line = text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidEvent("values must be valid Unicode text (no lone surrogates)") from None
     if len(line) > MAX_RECORD_BYTES:
@@ -142,6 +167,8 @@ def check(message: object) -> str | None:
 
 def check_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     """Decode and check one spooled line: ``(message, "")`` or ``(None, why)``."""
+    import json  # noqa: PLC0415 - a flush's work; an emitter never loads json (see above)
+
     try:
         message = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -166,6 +193,8 @@ def _canonical_pattern() -> re.Pattern[bytes]:
     Built from the catalogue, so a new event or property needs no change here. Strings
     are ASCII without ``\\u`` escapes: anything else takes the full check.
     """
+    import re  # noqa: PLC0415 - a flush's work; an emitter never loads re (see above)
+
     plain = rb'[^"\\\x00-\x1f\x7f-\xff]*'  # "unrolled": no alternation per character
     string = b'"' + plain + rb'(?:\\["\\/bfnrt]' + plain + b')*"'
     events = b"|".join(re.escape(e.encode()) for e in sorted(catalogue.EVENTS))
@@ -204,13 +233,20 @@ def _canonical_pattern() -> re.Pattern[bytes]:
     )
 
 
-@functools.cache
+_compiled: tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes]] | None = None
+
+
 def _patterns() -> tuple[re.Pattern[bytes], re.Pattern[bytes], re.Pattern[bytes]]:
     """(one line, a block of lines, the timestamps), compiled on first use: only a flush
     needs them, and compiling costs an emitter ~6 ms at import."""
-    line = _canonical_pattern()
-    block = re.compile(b"(?:" + line.pattern + b"\n)+")
-    return line, block, re.compile(rb'"timestamp":"([^"]*)"')
+    global _compiled  # noqa: PLW0603 - compiled once per process (functools costs an import)
+    if _compiled is None:
+        import re  # noqa: PLC0415 - see _canonical_pattern
+
+        line = _canonical_pattern()
+        block = re.compile(b"(?:" + line.pattern + b"\n)+")
+        _compiled = (line, block, re.compile(rb'"timestamp":"([^"]*)"'))
+    return _compiled
 
 
 _PIECE = 64 * 1024

@@ -9,10 +9,16 @@ from __future__ import annotations
 import _thread
 import os
 import sys
-from collections.abc import Mapping
 
-from spool import record, settings, store
+# Submodules, not the spool.store package: an emitter loads only what an append needs
+# (issue 14: neither the reading, state nor quarantine code, nor spool.settings).
+from spool import _env, record
 from spool.errors import SpoolUnusable
+from spool.store import _append, _files, _mode
+
+TYPE_CHECKING = False  # typing costs an emitter milliseconds to import; mypy sets this True
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 _logged: set[str] = set()
 SPOOLED, OFF, FAILED = "spooled", "off", "failed"
@@ -46,7 +52,7 @@ class Session:
         self.anonymous_id = anonymous_id or record.new_uuid4()
         self.user_id = user_id
         # Relative: against the working directory now, once (SPEC 4).
-        self.spool_dir = settings.absolute_dir(spool_dir) if spool_dir is not None else None
+        self.spool_dir = _env.absolute_dir(spool_dir) if spool_dir is not None else None
 
     def __repr__(self) -> str:
         return f"Session(anonymous_id={self.anonymous_id!r}, spool_dir={self.spool_dir!r})"
@@ -67,24 +73,24 @@ class Session:
         """Like ``append``, but say what happened: ``("spooled", "")``, ``("off", why)``,
         or ``("failed", why)``. I/O trouble is never raised (and not logged: see ``append``).
         """
-        user_id = self.user_id if self.user_id is not None else settings.env("RS_API_KEY")
+        user_id = self.user_id if self.user_id is not None else _env.env("RS_API_KEY")
         line = record.build(event, properties, self.anonymous_id, user_id)
-        opted = settings.opted_out_by()
+        opted = _env.opted_out_by()
         if opted is not None:
             return OFF, f"{opted} is set"
-        directory = self.spool_dir or settings.configured_dir()
+        directory = self.spool_dir or _env.configured_dir()
         try:
-            dir_stat = store.check_dir(directory, create=True, hot=True)
-            if store.read_mode(directory, dir_stat) == "off":
+            dir_stat = _files.check_dir(directory, create=True, hot=True)
+            if _mode.read_mode(directory, dir_stat) == "off":
                 return OFF, "telemetry is disabled (rs-telemetry enable turns it on)"
-            store.append_line(
-                directory, line, fsync=settings.flag("RS_TELEMETRY_FSYNC"), cap=settings.max_bytes()
+            _append.append_line(
+                directory, line, fsync=_env.flag("RS_TELEMETRY_FSYNC"), cap=_env.max_bytes()
             )
         except SpoolUnusable as exc:
             return FAILED, str(exc)
         except OSError as exc:
             return FAILED, f"could not spool to {directory}: {exc.strerror or exc}"
-        if settings.flag("RS_TELEMETRY_DEBUG"):
+        if _env.flag("RS_TELEMETRY_DEBUG"):
             sys.stderr.write("rs-telemetry: " + line.decode("utf-8"))
         return SPOOLED, ""
 
@@ -105,7 +111,7 @@ def default_session() -> Session:
     if session is None:
         with _default_lock:
             if _default is None:
-                _default = Session(anonymous_id=settings.env("RS_TELEMETRY_SESSION_ID") or None)
+                _default = Session(anonymous_id=_env.env("RS_TELEMETRY_SESSION_ID") or None)
             session = _default
     return session
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from spool import keys
+from spool import _env, keys
 from spool.errors import ConfigError
 
 DEFAULT_WRITE_KEY = ""
@@ -22,71 +22,17 @@ DEFAULT_WRITE_KEY = ""
 DEFAULT_ENDPOINT = "https://api.segment.io"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_AGE_DAYS = 180.0
-OPT_OUT_VARIABLES = ("DO_NOT_TRACK", "DISABLE_TELEMETRY", "RS_DISABLE_TELEMETRY")
 MODES = ("on", "off", "local")
 
-_default_dir: str | None = None
-
-# os.environ.get() costs about a microsecond (it encodes the key and decodes the value);
-# the append path reads eight variables, against a budget of ~15 us per append. The
-# mapping's own bytes-keyed dict answers in ~60 ns and is kept current by os.environ's
-# __setitem__/__delitem__ (and so by monkeypatch.setenv). POSIX only, as is fcntl.
-_ENV_BYTES: dict[bytes, bytes] | None = getattr(os.environ, "_data", None)
-
-
-def env(name: str) -> str | None:
-    """One environment variable, read cheaply, e.g. ``env("RS_API_KEY") -> "abc"``."""
-    if _ENV_BYTES is None:  # pragma: no cover - a Python without the POSIX mapping
-        return os.environ.get(name)
-    value = _ENV_BYTES.get(name.encode())
-    return None if value is None else os.fsdecode(value)
-
-
-def default_spool_dir() -> str:
-    """The spool when no override is given, e.g. ``~/.local/state/rs-telemetry`` on Linux.
-
-    Under a systemd service with ``StateDirectory=`` (``$STATE_DIRECTORY``, one or more
-    absolute paths separated by colons), ``rs-telemetry/`` inside the first one: a service
-    user may have no home directory at all (SPEC 4).
-    """
-    global _default_dir  # noqa: PLW0603 - computed once per process; platformdirs loads lazily
-    state = env("STATE_DIRECTORY")
-    if state:
-        first = state.split(":", 1)[0]
-        if first.startswith("/"):  # systemd only ever sets absolute paths; ignore anything else
-            return os.path.join(first, "rs-telemetry")
-    if _default_dir is None:
-        import platformdirs  # noqa: PLC0415 - keeps `import spool` lean when the dir is given
-
-        _default_dir = platformdirs.user_state_dir("rs-telemetry", appauthor=False)
-    return _default_dir
-
-
-# A relative RS_TELEMETRY_DIR or --spool-dir means the working directory at the start:
-# each value is made absolute the first time it is seen (the environment's at import), so
-# a host that changes directory later keeps its spool, and children get the absolute path.
-_absolute: dict[str, str] = {}
-
-
-def absolute_dir(path: str | os.PathLike[str]) -> str:
-    """``path`` made absolute once, e.g. ``"telemetry"`` -> ``"/srv/app/telemetry"``."""
-    text = os.fspath(path)
-    if text.startswith("/"):
-        return text
-    found = _absolute.get(text)
-    if found is None:
-        try:
-            found = os.path.abspath(text)
-        except OSError:  # the working directory was removed: nothing to resolve against
-            return text
-        _absolute[text] = found
-    return found
-
-
-def configured_dir() -> str:
-    """``RS_TELEMETRY_DIR`` made absolute, else the default: the append path's spool."""
-    raw = env("RS_TELEMETRY_DIR")
-    return absolute_dir(raw) if raw else default_spool_dir()
+# The append path's settings live in spool._env, so that an emitter's import stays lean
+# (issue 14); the same objects here: one implementation and one memory for both.
+OPT_OUT_VARIABLES = _env.OPT_OUT_VARIABLES
+absolute_dir = _env.absolute_dir
+configured_dir = _env.configured_dir
+default_spool_dir = _env.default_spool_dir
+env = _env.env
+flag = _env.flag
+opted_out_by = _env.opted_out_by
 
 
 def spool_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
@@ -94,28 +40,6 @@ def spool_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     if explicit:
         return Path(absolute_dir(explicit))
     return Path(configured_dir())
-
-
-if env("RS_TELEMETRY_DIR"):
-    configured_dir()  # resolve against the working directory at the start (import)
-
-
-def opted_out_by() -> str | None:
-    """The first opt-out variable that is set, e.g. ``"DO_NOT_TRACK"`` for ``DO_NOT_TRACK=yes``.
-
-    As the convention reads: any non-empty value but ``0`` or ``false`` (any case) opts out.
-    """
-    for name in OPT_OUT_VARIABLES:
-        value = env(name)
-        if value is not None and value.strip().lower() not in ("", "0", "false"):
-            return name
-    return None
-
-
-def flag(name: str) -> bool:
-    """True when the variable is set to 1 or true (any case), e.g. ``RS_TELEMETRY_FSYNC=1``."""
-    value = env(name)
-    return value is not None and value.strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)

@@ -30,87 +30,117 @@ re-exports what the rest of rs-telemetry uses.
 
 from __future__ import annotations
 
-from spool.store._append import (
-    SEGMENT_MAX_BYTES,
-    adopt_segment,
-    append_line,
-    seal,
-    segment_bytes,
-    write_segment,
-)
-from spool.store._commit import (
-    FULL_DISK,
-    QuarantineUnwritable,
-    commit,
-    locked_state,
-    remove_consumed,
-    remove_segments,
-    settle,
-)
-from spool.store._files import (
-    ACTIVE,
-    MODE,
-    QUARANTINE,
-    SEALED_MTIME_NS,
-    SEGMENT_PREFIX,
-    SEGMENT_SUFFIX,
-    STATE,
-    StrPath,
-    atomic_write,
-    check_dir,
-    fsync_dir,
-    log_warning,
-    make_dir,
-    read_file,
-)
-from spool.store._limits import (
-    UNSET_CLOCK_BEFORE,
-    Claim,
-    claim,
-    enforce_cap,
-    enforce_cap_locked,
-    is_claimed,
-    is_evidence,
-    pending_bytes,
-    quarantine_cap,
-    too_old_limit,
-)
-from spool.store._mode import (
-    read_mode,
-    write_mode,
-)
-from spool.store._pending import Summary, might_have_pending, summary
-from spool.store._purge import (
-    Staging,
-    discard_staged,
-    export_pending,
-    import_segments,
-    purge_pending,
-    purge_quarantine,
-    requeue,
-)
-from spool.store._quarantine import (
-    add_to_quarantine,
-    json_line,
-    quarantine_entry,
-)
-from spool.store._reading import (
-    count_lines,
-    iter_pending,
-    last_line,
-    pending_files,
-    quarantine_lines,
-    segments,
-    split_lines,
-    valid_cursor,
-)
-from spool.store._state import (
-    discard_segments,
-    load_state,
-    save_state,
-    sync_state,
-)
-from spool.store._types import Line, PendingFile, State
+# The submodules load on first use of a name (PEP 562), not here: an emitter imports
+# spool.store._append and needs none of the reading, state or quarantine code, whose
+# imports cost its cold start milliseconds (issue 14). mypy sees the plain imports.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from spool.store._append import (
+        SEGMENT_MAX_BYTES,
+        adopt_segment,
+        append_line,
+        seal,
+        segment_bytes,
+        write_segment,
+    )
+    from spool.store._commit import (
+        FULL_DISK,
+        QuarantineUnwritable,
+        commit,
+        locked_state,
+        remove_consumed,
+        remove_segments,
+        settle,
+    )
+    from spool.store._files import (
+        ACTIVE,
+        MODE,
+        QUARANTINE,
+        SEALED_MTIME_NS,
+        SEGMENT_PREFIX,
+        SEGMENT_SUFFIX,
+        STATE,
+        StrPath,
+        atomic_write,
+        check_dir,
+        fsync_dir,
+        log_warning,
+        make_dir,
+        read_file,
+    )
+    from spool.store._limits import (
+        UNSET_CLOCK_BEFORE,
+        Claim,
+        claim,
+        enforce_cap,
+        enforce_cap_locked,
+        is_claimed,
+        is_evidence,
+        pending_bytes,
+        quarantine_cap,
+        too_old_limit,
+    )
+    from spool.store._mode import (
+        read_mode,
+        write_mode,
+    )
+    from spool.store._pending import Summary, might_have_pending, summary
+    from spool.store._purge import (
+        Staging,
+        discard_staged,
+        export_pending,
+        import_segments,
+        purge_pending,
+        purge_quarantine,
+        requeue,
+    )
+    from spool.store._quarantine import (
+        add_to_quarantine,
+        json_line,
+        quarantine_entry,
+    )
+    from spool.store._reading import (
+        count_lines,
+        iter_pending,
+        last_line,
+        pending_files,
+        quarantine_lines,
+        segments,
+        split_lines,
+        valid_cursor,
+    )
+    from spool.store._state import (
+        discard_segments,
+        load_state,
+        save_state,
+        sync_state,
+    )
+    from spool.store._types import Line, PendingFile, State
+else:
+    _SUBMODULES = (
+        "_append",
+        "_commit",
+        "_files",
+        "_limits",
+        "_mode",
+        "_pending",
+        "_purge",
+        "_quarantine",
+        "_reading",
+        "_state",
+        "_types",
+    )
+
+    def __getattr__(name: str) -> object:
+        if name not in __all__:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        import importlib  # noqa: PLC0415 - loaded at start; a re-export, once per process
+
+        for sub in _SUBMODULES:
+            module = importlib.import_module(f"{__name__}.{sub}")
+            globals().update({n: getattr(module, n) for n in __all__ if hasattr(module, n)})
+        return globals()[name]
+
 
 __all__ = [
     "ACTIVE",

@@ -8,10 +8,8 @@ import fcntl
 import itertools
 import os
 import time
-from pathlib import Path
 
-from spool.errors import LockTimeout
-from spool.locking import close_lock_fd, register_lock_fd, state_lock
+from spool.locking import close_lock_fd, register_lock_fd
 from spool.store._files import (
     ACTIVE,
     APPEND_FLAGS,
@@ -23,7 +21,12 @@ from spool.store._files import (
     open_spool_file,
     suppress_os,
 )
-from spool.store._limits import enforce_cap_locked, pending_bytes
+
+# pathlib costs an emitter's cold start milliseconds, and the cap's code (the state, the
+# reading of segments) runs only when a rotation finds the spool over its cap (issue 14).
+TYPE_CHECKING = False  # mypy sets this True
+if TYPE_CHECKING:
+    from pathlib import Path
 
 SEGMENT_MAX_BYTES = 440_000
 """Size at which a segment is sealed (it may pass it by one record): one upload batch,
@@ -48,10 +51,26 @@ def segment_bytes(cap: int) -> int:
 _active: tuple[str, int, int, int] | None = None  # (path, fd, st_dev, st_ino)
 _active_lock = _thread.allocate_lock()  # threads share the descriptor, and flock does not
 # exclude two users of one open file description
+_our_end = -1
+"""The size of the held active file right after our last whole write into it, else -1.
+
+The torn-tail guard reads the file's last byte before each append (a writer killed
+mid-write leaves a fragment without its newline). When the file we hold still has the
+size our own last write left, that byte is the newline we wrote, and the ``pread`` is
+skipped (issue 14). This is sound because the descriptor is held: the inode cannot be
+freed and its number handed to a new file while we hold it (the recycled-inode case that
+ruled this out when each append reopened the path, ``tests/reliability/test_crashes.py``),
+and every other writer either grows the file (a fragment, another record) or truncates
+it back to where its own write began, which is this size. The only other truncation,
+``_state._discard``, stamps the file sealed under its flock first, which sends us to a new
+file (and ``_open_active`` forgets this size). Outside the protocol: a foreign program that
+truncates the active file and regrows it to exactly this size would not be seen."""
+_last_dir: tuple[object, str] = (None, "")  # (directory as given, its active file's path)
 
 
 def _forget_active(close: bool = True) -> None:
-    global _active  # noqa: PLW0603
+    global _active, _our_end  # noqa: PLW0603
+    _our_end = -1
     if _active is not None and close:
         with suppress_os():
             # Unlock before closing: a child forked meanwhile shares the open file
@@ -63,7 +82,8 @@ def _forget_active(close: bool = True) -> None:
 
 
 def _forget_active_in_child() -> None:
-    global _active, _active_lock  # noqa: PLW0603
+    global _active, _active_lock, _our_end  # noqa: PLW0603
+    _our_end = -1
     if _active is not None:
         with suppress_os():  # close, never unlock: unlocking would free the parent's lock
             os.close(_active[1])
@@ -81,7 +101,12 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
     process, by a lock around its shared descriptor). Nothing already spooled is harmed
     by a failure: a short write is truncated back to where it began.
     """
-    path = os.path.join(directory, ACTIVE)
+    global _last_dir  # noqa: PLW0603 - a one-entry memory of the join below (~1 us)
+    if _last_dir[0] == directory:
+        path = _last_dir[1]
+    else:
+        path = os.path.join(directory, ACTIVE)
+        _last_dir = (directory, path)
     with _active_lock:
         _append_locked(directory, path, line, fsync, cap)
 
@@ -103,6 +128,7 @@ def _open_active(path: str) -> tuple[str, int, int, int]:
 
 def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap: int) -> bool:
     """The body of ``append_line``; True when this append sealed the active file."""
+    global _our_end  # noqa: PLW0603 - see its definition
     # Each retry follows a seal made meanwhile; under heavy contention (32 appenders,
     # flock is not fair) one appender can meet many in a row before it wins the lock.
     for _attempt in range(256):
@@ -133,10 +159,10 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
             size = st.st_size
             data = line
             # A writer killed mid-write() leaves a line without its newline: never glue to it.
-            # (Remembering where our own last write ended, to skip this pread, is unsafe:
-            # a recycled inode number can meet a fragment of exactly that size.)
-            if size and os.pread(fd, 1, size - 1) != b"\n":
+            # Unless the file still ends where our own last write did (see _our_end).
+            if size and size != _our_end and os.pread(fd, 1, size - 1) != b"\n":
                 data = b"\n" + line
+            _our_end = -1
             try:
                 if os.write(fd, data) != len(data):
                     raise OSError(errno.ENOSPC, "short write to the spool")
@@ -146,13 +172,15 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
                 with suppress_os():
                     os.ftruncate(fd, size)  # needs no free space
                 raise
+            _our_end = size + len(data)
             if size + len(data) < segment_bytes(cap):
                 return False
             # A rotation: the cap is enforced before the seal, under the active file's
             # flock, so no appender adds to the spool meanwhile and the cap holds however
             # many append at once (SPEC 8: 1.5x). When it cannot be (state.lock stuck, no
             # descriptors left) and the spool is past 1.5x, this record is refused.
-            if not _cap_allows(Path(directory), cap):
+            if not _cap_allows(directory, cap):
+                _our_end = -1
                 with suppress_os():
                     os.ftruncate(fd, size)  # needs no free space
                 raise OSError(errno.ENOSPC, "the spool is over its cap and cannot drop")
@@ -174,12 +202,23 @@ APPEND_CAP_WAIT = 0.5
 the oldest data (held for milliseconds by a flush's commit, never across the network)."""
 
 
-def _cap_allows(directory: Path, cap: int) -> bool:
+def _cap_allows(where: StrPath, cap: int) -> bool:
     """Enforce the cap before a seal; False when the spool is past 1.5x and cannot drop.
 
     The caller holds the active file's flock: appenders wait for this at most
     ``APPEND_CAP_WAIT``, and only when the spool is over its cap.
     """
+    try:
+        # Loaded at the first rotation (see the imports). A host out of descriptors cannot
+        # load them: nothing can be checked then, and the record is refused as below.
+        from pathlib import Path  # noqa: PLC0415
+
+        from spool.errors import LockTimeout  # noqa: PLC0415
+        from spool.locking import state_lock  # noqa: PLC0415
+        from spool.store._limits import enforce_cap_locked, pending_bytes  # noqa: PLC0415
+    except (ImportError, OSError):
+        return False
+    directory = Path(where)
     try:
         if pending_bytes(directory) <= cap:
             return True

@@ -6,10 +6,15 @@ import errno
 import os
 import stat
 import time
-from pathlib import Path
 
 from spool.errors import SpoolUnusable
 from spool.locking import high_fd, private_open
+
+# pathlib costs an emitter's cold start milliseconds (issue 14): the append path passes
+# plain strings, and Path is imported where a Path is made.
+TYPE_CHECKING = False  # mypy sets this True
+if TYPE_CHECKING:
+    from pathlib import Path
 
 ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine.jsonl"
@@ -46,7 +51,7 @@ def check_dir(directory: StrPath, create: bool, hot: bool = False) -> os.stat_re
     except FileNotFoundError:
         if not create:
             return None
-        make_dir(Path(directory))
+        make_dir(directory)
         st = os.stat(directory)
     except OSError as exc:
         raise SpoolUnusable(
@@ -79,9 +84,10 @@ def check_dir(directory: StrPath, create: bool, hot: bool = False) -> os.stat_re
     return st
 
 
-def make_dir(directory: Path) -> None:
+def make_dir(directory: StrPath) -> None:
     """Create the spool directory 0700 whatever the umask (parents as ``mkdir -p`` would)."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    # os.path, not pathlib: an emitter's first append creates the spool (issue 14).
+    os.makedirs(os.path.dirname(os.path.normpath(directory)), exist_ok=True)
     try:
         os.mkdir(directory, 0o700)
     except FileExistsError:
@@ -215,7 +221,7 @@ def open_spool_file(path: StrPath, flags: int) -> int:
         ) from exc
 
 
-def read_file(path: Path, offset: int = 0) -> bytes:
+def read_file(path: StrPath, offset: int = 0) -> bytes:
     """The bytes of a spool file from ``offset``; never through a symbolic link."""
     fd = open_spool_file(path, READ_FLAGS)
     try:

@@ -9,9 +9,7 @@ refused here with a clear message and left untouched, never misread (SPEC 4). An
 
 from __future__ import annotations
 
-import json
 import os
-from pathlib import Path
 
 from spool.errors import SpoolUnusable
 from spool.store._files import STATE, StrPath, read_file
@@ -41,14 +39,16 @@ def check_layout(directory: StrPath, state_too: bool = True) -> None:
     path = os.path.join(directory, LAYOUT_FILE)
     if os.access(path, os.F_OK, follow_symlinks=False):  # the common case: absent, no raise
         try:
-            found: object = int(read_file(Path(path)).decode("ascii").strip())
+            found: object = int(read_file(path).decode("ascii").strip())
         except (OSError, ValueError, UnicodeDecodeError):
             found = "unknown"
         if found != LAYOUT:
             raise newer_layout(directory, found)
     if state_too:
         try:
-            data = json.loads(read_file(Path(directory) / STATE))
+            import json  # noqa: PLC0415 - not on the append path (state_too=False)
+
+            data = json.loads(read_file(os.path.join(directory, STATE)))
         except (OSError, ValueError):
             return  # absent, or damaged: load_state sets a damaged one aside
         check_state_version(directory, data)

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 from spool.store._files import MODE, StrPath, atomic_write, read_file
 from spool.store._layout import check_layout
 
-_mode_cache: dict[str, tuple[tuple[int, int], str, float]] = {}
+TYPE_CHECKING = False  # mypy sets this True
+if TYPE_CHECKING:
+    from pathlib import Path
+
+_mode_cache: dict[StrPath, tuple[tuple[int, int], str, float]] = {}
 
 
 def read_mode(directory: StrPath, dir_stat: os.stat_result | None = None) -> str:
@@ -20,17 +23,17 @@ def read_mode(directory: StrPath, dir_stat: os.stat_result | None = None) -> str
     memory also lapses after a second, which bounds how long a change could go unseen
     where the file system stamps times coarsely (kernels before 6.13).
     """
-    path = os.path.join(directory, MODE)
     now = time.monotonic()
     key = (dir_stat.st_ino, dir_stat.st_mtime_ns) if dir_stat is not None else None
-    cached = _mode_cache.get(path)
+    cached = _mode_cache.get(directory)  # by the directory as given: no join per append
     if key is not None and cached is not None and cached[0] == key and now - cached[2] < 1.0:
         return cached[1]
+    path = os.path.join(directory, MODE)
     if key is not None:
         check_layout(directory, state_too=False)  # an appender never writes a newer layout
     mode = _read_mode_file(path)
     if key is not None:
-        _mode_cache[path] = (key, mode, now)
+        _mode_cache[directory] = (key, mode, now)
     return mode
 
 
@@ -38,7 +41,7 @@ def _read_mode_file(path: str) -> str:
     if not os.access(path, os.F_OK, follow_symlinks=False):
         return "on"  # the common case, answered without raising (an exception costs ~2 us)
     try:
-        text = read_file(Path(path)).decode("ascii", "replace").strip()
+        text = read_file(path).decode("ascii", "replace").strip()
     except OSError:
         return "on"
     return text if text in ("on", "off", "local") else "on"
