@@ -154,10 +154,17 @@ def _locked_flush(
 ) -> None:
     store.seal(directory)
     lock_deadline = started + conf.max_time  # no lock may hold a flush past --max-time
-    store.enforce_cap(directory, conf.max_bytes, deadline=lock_deadline)
-    with store.locked_state(directory, deadline=lock_deadline) as state:
-        if not conf.dry_run:
+    if conf.dry_run:
+        # A dry run changes nothing: not even the cap's drops (it shows what is pending).
+        with store.locked_state(directory, deadline=lock_deadline) as state:
+            pass
+    else:
+        dropped_before = sum(store.load_state(directory).dropped.values())
+        store.enforce_cap(directory, conf.max_bytes, deadline=lock_deadline)
+        with store.locked_state(directory, deadline=lock_deadline) as state:
             store.remove_consumed(directory, state)
+        # What the cap dropped as this run began is this run's doing: the report says so.
+        report.dropped += max(0, sum(state.dropped.values()) - dropped_before)
     names = [pf.name for pf in store.pending_files(directory, state) if pf.sealed]
     if not names:
         report.message = "nothing pending"

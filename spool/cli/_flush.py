@@ -8,6 +8,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -82,6 +83,35 @@ PROGRESS_REDRAW = 0.5
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+MAX_RUN_SECONDS = 86_400.0
+"""The longest --max-time or --timeout taken: a day (a run is bounded, and nan or inf is not)."""
+
+
+class Seconds(click.ParamType):  # type: ignore[type-arg] # generic from click 8.2 on
+    """A finite number of seconds above 0 and at most ``limit``, e.g. ``2.5``."""
+
+    name = "seconds"
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            seconds = float("nan")
+        # nan passes every comparison's negation: test what is accepted, not what is refused.
+        if not 0 < seconds <= self.limit:
+            self.fail(
+                f"{value!r} is not a number of seconds above 0 and at most {self.limit:g}",
+                param,
+                ctx,
+            )
+        return seconds
+
+
 @command(epilog=EXIT_CODES_HELP)
 @click.option(
     "--endpoint",
@@ -91,7 +121,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 )
 @click.option(
     "--max-time",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(MAX_RUN_SECONDS),
     default=60.0,
     show_default=True,
     metavar="S",
@@ -99,7 +129,7 @@ STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=Seconds(MAX_RUN_SECONDS),
     default=10.0,
     show_default=True,
     metavar="S",

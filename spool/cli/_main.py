@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import click
@@ -38,6 +40,10 @@ def main(ctx: click.Context, spool_dir: Path | None) -> None:
       rs-telemetry status --json
     """
     ctx.obj = spool_dir
+    for stream in ("stdout", "stderr"):
+        if getattr(sys, stream) is None:  # closed by the caller (`rs-telemetry show >&-`)
+            # Nobody reads it: write into nothing, quietly, as into a closed pipe.
+            setattr(sys, stream, open(os.devnull, "w", encoding="utf-8"))  # noqa: SIM115
 
 
 for _command in (*_records.COMMANDS, *_flush.COMMANDS, *_manage.COMMANDS, *_system.COMMANDS):
