@@ -26,5 +26,5 @@ WHEEL="$PWD/$WHEEL" SDIST="$PWD/$SDIST"
 export WHEEL SDIST
 # Same version, new build: uninstall first so the fresh wheel really replaces the old one.
 _pip uninstall -y rs-telemetry >/dev/null 2>&1 || true
-_pip install "$WHEEL[test,dev]"
+_pip install "$WHEEL[test,dev,bench]"
 export PATH="$VENV/bin:$PATH"
