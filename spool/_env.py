@@ -105,7 +105,8 @@ def opted_out_by() -> str | None:
         return None  # the common case, answered without decoding anything
     for name in OPT_OUT_VARIABLES:
         value = env(name)
-        if value is not None and value.strip().lower() not in ("", "0", "false"):
+        # " " is set and not 0/false: off (SPEC 6); " 0 " is still 0.
+        if value and value.strip().lower() not in ("0", "false"):
             return name
     return None
 

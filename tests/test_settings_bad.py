@@ -203,7 +203,8 @@ def test_a_bad_endpoint_flag_names_the_flag(cli: Cli) -> None:
         ("false", False),
         ("FALSE", False),
         ("", False),
-        ("  ", False),
+        ("  ", True),  # non-empty (SPEC 6): set to blanks is still set
+        (" 0 ", False),
     ],
 )
 def test_opt_out_takes_any_non_empty_value_but_0_or_false(
