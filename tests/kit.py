@@ -127,3 +127,23 @@ def cli_status(cli: Cli, *where: str) -> dict[str, Any]:
     result = cli(*where, "status", "--json")
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+# The stable ``flush --json`` keys (SPEC 5; ``message`` and ``dry_run`` since v2).
+REPORT_KEYS = frozenset(
+    {"version", "sent", "batches", "quarantined", "dropped", "left_pending", "exit_code",
+     "seconds", "message", "dry_run"}
+)  # fmt: skip
+
+
+def command_paths() -> list[tuple[str, ...]]:
+    """Every command of the CLI, e.g. ``("timer", "install")``, read off the click group
+    itself, so that a command added later is in every table that walks them all."""
+    import click
+
+    paths: list[tuple[str, ...]] = [()]
+    for name, command in sorted(rs_telemetry.commands.items()):
+        paths.append((name,))
+        if isinstance(command, click.Group):
+            paths += [(name, sub) for sub in sorted(command.commands)]
+    return paths

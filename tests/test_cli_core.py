@@ -19,28 +19,13 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from kit import command_paths
 
 import spool
 from spool.cli import main
 
 VERSION = importlib.metadata.version("rs-telemetry")
-COMMANDS = [
-    (),
-    ("append",),
-    ("show",),
-    ("status",),
-    ("flush",),
-    ("mode",),
-    ("enable",),
-    ("disable",),
-    ("purge",),
-    ("export",),
-    ("import",),
-    ("timer",),
-    ("timer", "install"),
-    ("timer", "uninstall"),
-    ("receive",),
-]
+COMMANDS = command_paths()
 STATUS_KEYS = {
     "version",
     "mode",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import assert_accounted, shown_lines
+from kit import REPORT_KEYS, assert_accounted, shown_lines
 from kit import fill as kit_fill
 from scripted_server import OK, Respond, ScriptedServer, Stall, closed_port_url
 
@@ -23,18 +23,6 @@ from spool.receiver import Receiver
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 KEY = "wk-cli-test-5f3c9a"
-REPORT_KEYS = {
-    "version",
-    "sent",
-    "batches",
-    "quarantined",
-    "dropped",
-    "left_pending",
-    "exit_code",
-    "seconds",
-    "message",  # SPEC 5 v2
-    "dry_run",  # SPEC 5 v2
-}
 
 
 pytestmark = pytest.mark.usefixtures("write_key")  # KEY above, set by conftest

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import assert_accounted, view
+from kit import REPORT_KEYS, assert_accounted, view
 from scripted_server import Respond, ScriptedServer
 
 import spool
@@ -21,18 +21,6 @@ from spool.locking import flush_lock
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 KEY = "wk-json-test"
-REPORT_KEYS = {
-    "version",
-    "sent",
-    "batches",
-    "quarantined",
-    "dropped",
-    "left_pending",
-    "exit_code",
-    "seconds",
-    "message",
-    "dry_run",
-}
 
 
 pytestmark = pytest.mark.usefixtures("write_key")  # KEY above, set by conftest

@@ -17,6 +17,7 @@ from typing import NamedTuple
 
 import pytest
 from click.testing import CliRunner
+from kit import command_paths
 
 import spool
 from spool.cli import main
@@ -151,24 +152,7 @@ def test_bad_input_gives_one_line_and_no_traceback(
     assert result.stdout == b""
 
 
-COMMANDS = [
-    (),
-    ("append",),
-    ("show",),
-    ("status",),
-    ("events",),
-    ("flush",),
-    ("mode",),
-    ("enable",),
-    ("disable",),
-    ("purge",),
-    ("export",),
-    ("import",),
-    ("timer",),
-    ("timer", "install"),
-    ("timer", "uninstall"),
-    ("receive",),
-]
+COMMANDS = command_paths()
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "rs-telemetry")
