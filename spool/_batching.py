@@ -85,13 +85,11 @@ class Checker:
         """Cut a claimed segment into bodies; the claim is released if this fails."""
         try:
             data = claim.data
-            oldest = record.canonical_block_oldest(data)
             count = data.count(b"\n")
             if (
-                oldest is not None
-                and oldest >= self.oldest_stamp
-                and count <= MAX_BATCH_EVENTS
+                count <= MAX_BATCH_EVENTS
                 and ENVELOPE_BYTES + len(data) - 1 <= MAX_BODY_BYTES
+                and record.canonical_block_since(data, count, self.oldest_stamp)
             ):
                 # The common case: lines append wrote, none too old, one batch. Joined in
                 # one pass, with no object per line (a split on 400 makes them after all).
