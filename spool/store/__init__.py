@@ -92,6 +92,7 @@ if TYPE_CHECKING:
         import_segments,
         purge_pending,
         purge_quarantine,
+        record_problem,
         requeue,
     )
     from spool.store._quarantine import (
@@ -195,6 +196,7 @@ __all__ = [
     "quarantine_lines",
     "read_file",
     "read_mode",
+    "record_problem",
     "remove_consumed",
     "remove_segments",
     "requeue",
