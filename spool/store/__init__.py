@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         append_line,
         seal,
         segment_bytes,
+        write_first_segment,
         write_segment,
     )
     from spool.store._commit import (
@@ -210,6 +211,7 @@ __all__ = [
     "sync_state",
     "too_old_limit",
     "valid_cursor",
+    "write_first_segment",
     "write_mode",
     "write_segment",
 ]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from spool.locking import private_open
 from spool.record import MAX_RECORD_BYTES, canonical_timestamp, check_line
-from spool.store._append import adopt_segment, seal, write_segment
+from spool.store._append import adopt_segment, seal, write_first_segment
 from spool.store._commit import commit, locked_state
 from spool.store._files import QUARANTINE, atomic_write, fsync_dir, suppress_os
 from spool.store._pending import summary
@@ -55,12 +55,14 @@ def requeue(directory: Path) -> tuple[int, int]:
     left in the quarantine), e.g. ``(3, 1)``.
 
     The caller holds ``flush.lock``; this takes ``state.lock``. The records keep their
-    quarantine order (oldest first) in one new sealed segment, which is durable before the
-    quarantine is rewritten without them: a crash in between leaves them both pending and
-    quarantined (sent once more with the same messageId, counted twice until then), never
-    lost. Unreadable bytes and entries that are not valid records stay where they are.
+    quarantine order (oldest first) in one new sealed segment that sorts before every
+    pending one (they were appended before all of it: delivered first, and
+    ``pending.oldest`` is theirs), durable before the quarantine is rewritten without
+    them: a crash in between leaves them both pending and quarantined (sent once more
+    with the same messageId, counted twice until then), never lost. Unreadable bytes and
+    entries that are not valid records stay where they are.
     """
-    with locked_state(directory):
+    with locked_state(directory) as state:
         back: list[bytes] = []
         kept: list[bytes] = []
         for line in quarantine_lines(directory):
@@ -71,7 +73,7 @@ def requeue(directory: Path) -> tuple[int, int]:
                 back.append(original + b"\n")
         if not back:
             return 0, len(kept)
-        write_segment(directory, b"".join(back))  # durable first: see above
+        write_first_segment(directory, b"".join(back), state.cursors)  # durable first: see above
         atomic_write(directory, QUARANTINE, b"".join(kept))
     return len(back), len(kept)
 
