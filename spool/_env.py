@@ -58,9 +58,13 @@ _absolute: dict[str, str] = {}
 
 
 def absolute_dir(path: str | os.PathLike[str]) -> str:
-    """``path`` made absolute once, e.g. ``"telemetry"`` -> ``"/srv/app/telemetry"``."""
+    """``path`` made absolute once, e.g. ``"telemetry"`` -> ``"/srv/app/telemetry"``.
+
+    An empty string stays empty: it names no directory (not the working one), and callers
+    take it as not given, as they take an empty ``RS_TELEMETRY_DIR``.
+    """
     text = os.fspath(path)
-    if text.startswith("/"):
+    if text.startswith("/") or not text:
         return text
     found = _absolute.get(text)
     if found is None:

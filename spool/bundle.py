@@ -59,7 +59,12 @@ def export(directory: Path, target: Path, keep: bool = False) -> ExportResult:
         _write_bundle(target, [])
         return ExportResult(0, target)
     with flush_lock(directory):
-        count = store.export_pending(directory, lambda lines: _write_bundle(target, lines), keep)
+        count = store.export_pending(
+            directory,
+            lambda lines: _write_bundle(target, lines),
+            keep,
+            quarantine_bytes=store.quarantine_cap(settings.max_bytes()),
+        )
     return ExportResult(count, target)
 
 
@@ -173,7 +178,10 @@ class _Staged:
 class _Stager:
     """Writes a bundle's body into temp files cut at line ends, counting and hashing it.
 
-    Memory stays at one read's size whatever the bundle holds: nothing is kept but counts.
+    Memory stays at one read's size whatever the bundle holds: nothing is kept but counts
+    and the start of the line a read ended in (at most a record's 32,000 bytes), so that
+    each line is checked as a record as it streams (SPEC 10: a bundle whose lines are not
+    records is damaged, whatever its checksum says).
     """
 
     def __init__(self, source: Path, directory: Path, expected: int, limit: int) -> None:
@@ -183,7 +191,7 @@ class _Stager:
         self.digest = hashlib.sha256()
         self.total = 0
         self.count = 0
-        self.in_line = False  # the last byte seen is inside a non-empty line
+        self.partial = b""  # the line the last read ended in, so far (a record at most)
 
     def feed(self, data: bytes) -> None:
         self.digest.update(data)
@@ -196,13 +204,14 @@ class _Stager:
             )
         parts = data.split(b"\n")
         for part in parts[:-1]:
-            if part or self.in_line:
-                self.count += 1
-            self.in_line = False
+            line = self.partial + part if self.partial else part
+            self.partial = b""
+            if line:
+                self._check(line)
         if parts[-1]:
-            self.in_line = True
-        if self.count > self.expected:
-            raise _damaged(self.source, f"more lines than the {self.expected} its manifest says")
+            self.partial += parts[-1]
+            if len(self.partial) > record.MAX_RECORD_BYTES:  # no record is that long
+                self._check(self.partial)
         cut = data.find(b"\n") + 1 if self.staging.size >= store.SEGMENT_MAX_BYTES else 0
         if cut:  # a segment ends at a line end, once it is large enough
             self._write(data[:cut])
@@ -211,10 +220,19 @@ class _Stager:
         if data:
             self._write(data)
 
+    def _check(self, line: bytes) -> None:
+        """Count one line; raise ``BundleError`` past the manifest's count or for a non-record."""
+        self.count += 1
+        if self.count > self.expected:
+            raise _damaged(self.source, f"more lines than the {self.expected} its manifest says")
+        problem = store.record_problem(line)
+        if problem is not None:
+            raise _damaged(self.source, f"event {self.count} is {problem}")
+
     def finish(self) -> None:
-        if self.in_line:
-            self.count += 1
-            self._write(b"\n")  # a torn last line still ends the file
+        if self.partial:
+            self._check(self.partial)
+            self._write(b"\n")  # the last line without its newline still ends the file
         self._close()
 
     def discard(self) -> None:

@@ -52,7 +52,8 @@ class Session:
         self.anonymous_id = anonymous_id or record.new_uuid4()
         self.user_id = user_id
         # Relative: against the working directory now, once (SPEC 4).
-        self.spool_dir = _env.absolute_dir(spool_dir) if spool_dir is not None else None
+        # "" names no directory: the default then, as for an empty RS_TELEMETRY_DIR.
+        self.spool_dir = (_env.absolute_dir(spool_dir) or None) if spool_dir is not None else None
 
     def __repr__(self) -> str:
         return f"Session(anonymous_id={self.anonymous_id!r}, spool_dir={self.spool_dir!r})"

@@ -16,6 +16,22 @@ from spool.cli._boundary import (
 )
 
 
+def _spool_dir_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """``--spool-dir`` as a path; an empty one is a usage error, never the working directory."""
+    if value is None:
+        return None
+    if not value:
+        # Path("") is ".": an empty value (an unset shell variable, `--spool-dir "$DIR"`)
+        # would spool into whatever directory the command runs in.
+        raise click.BadParameter(
+            "an empty path names no directory: give the spool's directory, or leave the option "
+            "out for the default",
+            ctx=ctx,
+            param=param,
+        )
+    return Path(value)
+
+
 @click.group(
     cls=Group,
     epilog=EXIT_CODES_HELP,
@@ -23,8 +39,9 @@ from spool.cli._boundary import (
 )
 @click.option(
     "--spool-dir",
-    type=click.Path(path_type=Path),  # checked by the store, which says what is wrong and the fix
-    envvar="RS_TELEMETRY_DIR",
+    type=click.Path(),  # checked by the store, which says what is wrong and the fix
+    callback=_spool_dir_option,
+    envvar="RS_TELEMETRY_DIR",  # click takes an empty variable for an unset one
     help="Spool directory (default: ~/.local/state/rs-telemetry on Linux).",
 )
 @click.version_option(__version__, prog_name="rs-telemetry")

@@ -41,6 +41,7 @@ if TYPE_CHECKING:
         append_line,
         seal,
         segment_bytes,
+        write_first_segment,
         write_segment,
     )
     from spool.store._commit import (
@@ -92,6 +93,7 @@ if TYPE_CHECKING:
         import_segments,
         purge_pending,
         purge_quarantine,
+        record_problem,
         requeue,
     )
     from spool.store._quarantine import (
@@ -195,6 +197,7 @@ __all__ = [
     "quarantine_lines",
     "read_file",
     "read_mode",
+    "record_problem",
     "remove_consumed",
     "remove_segments",
     "requeue",
@@ -208,6 +211,7 @@ __all__ = [
     "sync_state",
     "too_old_limit",
     "valid_cursor",
+    "write_first_segment",
     "write_mode",
     "write_segment",
 ]

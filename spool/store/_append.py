@@ -26,6 +26,7 @@ from spool.store._files import (
 # reading of segments) runs only when a rotation finds the spool over its cap (issue 14).
 TYPE_CHECKING = False  # mypy sets this True
 if TYPE_CHECKING:
+    from collections.abc import Collection
     from pathlib import Path
 
 SEGMENT_MAX_BYTES = 440_000
@@ -249,15 +250,21 @@ def _segment_name(directory: StrPath) -> str:
 
 def _highest_number(directory: StrPath) -> int:
     """The largest segment number in ``directory``, e.g. 1796156649779556904; -1 if none."""
-    highest = -1
+    numbers = _numbers(directory)
+    return max(numbers, default=-1)
+
+
+def _numbers(directory: StrPath) -> list[int]:
+    """The number of every segment in ``directory``, e.g. ``[1796156649779556904]``."""
+    numbers = []
     with os.scandir(directory) as entries:
         for entry in entries:
             name = entry.name
             if name.startswith(SEGMENT_PREFIX) and name.endswith(SEGMENT_SUFFIX):
                 digits = name[len(SEGMENT_PREFIX) :].partition("-")[0]
                 if digits.isdigit():
-                    highest = max(highest, int(digits))
-    return highest
+                    numbers.append(int(digits))
+    return numbers
 
 
 def _seal_locked(directory: StrPath, fd: int) -> bool:
@@ -282,6 +289,28 @@ def write_segment(directory: Path, data: bytes) -> str:
     name = _segment_name(directory)
     atomic_write(directory, name, data)
     return name
+
+
+def write_first_segment(directory: Path, data: bytes, taken: Collection[str]) -> str:
+    """Add a sealed segment holding ``data`` that sorts before every other, durably; its name.
+
+    For records appended before everything pending (``requeue``): "oldest" is appended
+    first (SPEC 4), so they are delivered, shown and dropped by the cap first. The number
+    is one below the lowest segment's. The caller holds ``flush.lock`` and ``state.lock``:
+    no flush holds a segment, and no cap drop or import runs; an appender only ever names
+    a segment above every existing one. ``taken`` (the state's cursors) may name segments
+    already unlinked: never reused, as a stale cursor would skip the new data. With no
+    number left below the lowest (0), the segment goes last, like any other.
+    """
+    numbers = _numbers(directory)
+    number = min(numbers, default=0) - 1
+    while number >= 0:
+        name = f"{SEGMENT_PREFIX}{number:020d}-{os.getpid()}-{next(_seal_counter)}{SEGMENT_SUFFIX}"
+        if name not in taken and not os.path.lexists(directory / name):
+            atomic_write(directory, name, data)
+            return name
+        number -= 1
+    return write_segment(directory, data)
 
 
 def adopt_segment(directory: Path, tmp: Path) -> str:

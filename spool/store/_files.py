@@ -71,6 +71,16 @@ def check_dir(directory: StrPath, create: bool, hot: bool = False) -> os.stat_re
             str(directory),
             "use a spool directory of your own with --spool-dir or RS_TELEMETRY_DIR",
         )
+    if st.st_mode & 0o022 and st.st_mode & stat.S_ISVTX and st.st_mode & 0o002:
+        # A shared directory such as /tmp (ours only as root): chmod 700 would break it for
+        # every other user, so the fix is a directory of one's own inside it.
+        raise SpoolUnusable(
+            f"spool directory is a shared directory, writable by everyone "
+            f"(mode {st.st_mode & 0o7777:04o})",
+            str(directory),
+            "use a directory of your own, e.g. "
+            f"--spool-dir {os.path.join(directory, 'rs-telemetry')}, which is created 0700",
+        )
     if st.st_mode & 0o022:
         raise SpoolUnusable(
             f"spool directory is writable by group or others (mode {st.st_mode & 0o777:04o})",

@@ -34,7 +34,8 @@ def newer_layout(directory: StrPath, found: object) -> SpoolUnusable:
 def check_layout(directory: StrPath, state_too: bool = True) -> None:
     """Raise ``SpoolUnusable`` when a ``layout`` file (or ``state.json``) names a newer layout.
 
-    ``state_too=False`` (the append path) looks at the ``layout`` file only.
+    ``state_too=False`` looks at the ``layout`` file only (``check_layout_hot`` adds the
+    state's version without json, for the append path).
     """
     path = os.path.join(directory, LAYOUT_FILE)
     if os.access(path, os.F_OK, follow_symlinks=False):  # the common case: absent, no raise
@@ -52,6 +53,32 @@ def check_layout(directory: StrPath, state_too: bool = True) -> None:
         except (OSError, ValueError):
             return  # absent, or damaged: load_state sets a damaged one aside
         check_state_version(directory, data)
+
+
+# state.json as every layout-1 release writes it (json.dumps, sort_keys): one "version" key,
+# of 1. Recognised by its bytes, the append path needs no json (an emitter never loads it).
+_STATE_V1_MARKS = (b'"version": 1}', b'"version": 1,', b'"version":1}', b'"version":1,')
+
+
+def check_layout_hot(directory: StrPath) -> None:
+    """The append path's ``check_layout``: both markers, and no json for a layout-1 state.
+
+    Called when ``read_mode``'s cached answer lapses (the directory changed, or a second
+    passed), never per append. A ``state.json`` holding one ``"version"`` key of 1 is
+    layout 1; any other (a newer version, another spelling, damage) takes the full check,
+    so a newer one is refused whichever marker says so (SPEC 4).
+    """
+    check_layout(directory, state_too=False)
+    path = os.path.join(directory, STATE)
+    if not os.access(path, os.F_OK, follow_symlinks=False):
+        return  # a spool never flushed: no state yet
+    try:
+        raw = read_file(path)
+    except OSError:
+        return  # unreadable: the next command that loads it says why
+    if raw.count(b'"version"') == 1 and any(mark in raw for mark in _STATE_V1_MARKS):
+        return
+    check_layout(directory)
 
 
 def check_state_version(directory: StrPath, data: object) -> None:

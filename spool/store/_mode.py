@@ -6,7 +6,7 @@ import os
 import time
 
 from spool.store._files import MODE, StrPath, atomic_write, read_file
-from spool.store._layout import check_layout
+from spool.store._layout import check_layout_hot
 
 TYPE_CHECKING = False  # mypy sets this True
 if TYPE_CHECKING:
@@ -30,7 +30,7 @@ def read_mode(directory: StrPath, dir_stat: os.stat_result | None = None) -> str
         return cached[1]
     path = os.path.join(directory, MODE)
     if key is not None:
-        check_layout(directory, state_too=False)  # an appender never writes a newer layout
+        check_layout_hot(directory)  # an appender never writes into a newer layout
     mode = _read_mode_file(path)
     if key is not None:
         _mode_cache[directory] = (key, mode, now)

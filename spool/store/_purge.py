@@ -13,12 +13,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from spool.locking import private_open
-from spool.record import check_line
-from spool.store._append import adopt_segment, seal, write_segment
+from spool.record import MAX_RECORD_BYTES, canonical_timestamp, check_line
+from spool.store._append import adopt_segment, seal, write_first_segment
 from spool.store._commit import commit, locked_state
 from spool.store._files import QUARANTINE, atomic_write, fsync_dir, suppress_os
 from spool.store._pending import summary
-from spool.store._quarantine import json_line
+from spool.store._quarantine import json_line, quarantine_entry
 from spool.store._reading import quarantine_lines
 from spool.store._state import load_state
 
@@ -55,12 +55,14 @@ def requeue(directory: Path) -> tuple[int, int]:
     left in the quarantine), e.g. ``(3, 1)``.
 
     The caller holds ``flush.lock``; this takes ``state.lock``. The records keep their
-    quarantine order (oldest first) in one new sealed segment, which is durable before the
-    quarantine is rewritten without them: a crash in between leaves them both pending and
-    quarantined (sent once more with the same messageId, counted twice until then), never
-    lost. Unreadable bytes and entries that are not valid records stay where they are.
+    quarantine order (oldest first) in one new sealed segment that sorts before every
+    pending one (they were appended before all of it: delivered first, and
+    ``pending.oldest`` is theirs), durable before the quarantine is rewritten without
+    them: a crash in between leaves them both pending and quarantined (sent once more
+    with the same messageId, counted twice until then), never lost. Unreadable bytes and
+    entries that are not valid records stay where they are.
     """
-    with locked_state(directory):
+    with locked_state(directory) as state:
         back: list[bytes] = []
         kept: list[bytes] = []
         for line in quarantine_lines(directory):
@@ -71,7 +73,7 @@ def requeue(directory: Path) -> tuple[int, int]:
                 back.append(original + b"\n")
         if not back:
             return 0, len(kept)
-        write_segment(directory, b"".join(back))  # durable first: see above
+        write_first_segment(directory, b"".join(back), state.cursors)  # durable first: see above
         atomic_write(directory, QUARANTINE, b"".join(kept))
     return len(back), len(kept)
 
@@ -92,24 +94,60 @@ def _record_of(entry_line: bytes) -> bytes | None:
     return line if message is not None else None
 
 
-def export_pending(directory: Path, write: Callable[[list[bytes]], None], keep: bool) -> int:
-    """Hand every pending line to ``write``, then (unless ``keep``) commit them as exported.
+def record_problem(raw: bytes) -> str | None:
+    """Why a line is not a record that may travel in a bundle, e.g. ``"not JSON"``; else None.
+
+    The check a flush makes of each line (the exact shape ``append`` writes first, the
+    full decode for anything else), plus the 32,000-byte limit of a record.
+    """
+    if len(raw) > MAX_RECORD_BYTES:
+        return f"not a valid record: {len(raw)} bytes, over the {MAX_RECORD_BYTES}-byte limit"
+    if canonical_timestamp(raw) is not None:
+        return None
+    message, problem = check_line(raw)
+    return None if message is not None else problem
+
+
+def export_pending(
+    directory: Path,
+    write: Callable[[list[bytes]], None],
+    keep: bool,
+    *,
+    quarantine_bytes: int,
+) -> int:
+    """Hand every pending record to ``write``, then (unless ``keep``) commit them as exported.
 
     The caller holds ``flush.lock``; ``state.lock`` is held throughout, so no flush, purge
     or cap drop touches the exported segments in between (appenders go on writing new
     ones). ``write`` makes the lines durable elsewhere, or raises: nothing leaves before
-    it returns. Returns how many lines were exported.
+    it returns. Unreadable lines (a torn fragment) never travel, since ``import`` refuses
+    a bundle holding one (SPEC 10): they are quarantined here, in the same commit, as the
+    next flush would have (``quarantine_bytes``: the quarantine's cap); with ``keep`` they
+    stay pending. Returns how many records were exported.
     """
     seal(directory)
     with locked_state(directory) as state:
         pending = summary(directory, state, sealed_only=True, keep_lines=True)
-        lines = [raw + b"\n" for raw in pending.lines]
+        lines: list[bytes] = []
+        unreadable: list[bytes] = []
+        for raw in pending.lines:
+            problem = record_problem(raw)
+            if problem is None:
+                lines.append(raw + b"\n")
+            else:
+                unreadable.append(quarantine_entry(raw, problem))
         write(lines)  # durable first: a bundle the events can be recovered from
         if not keep:
             for pf in pending.files:
                 state.cursors[pf.name] = pf.size
             state.exported += len(lines)
-            commit(directory, state, consumed=[pf.name for pf in pending.files])
+            commit(
+                directory,
+                state,
+                quarantine=unreadable,
+                quarantine_cap=quarantine_bytes,
+                consumed=[pf.name for pf in pending.files],
+            )
     return len(lines)
 
 
