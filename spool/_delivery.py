@@ -348,6 +348,11 @@ def _account(
             raise
         except OSError as exc:
             if exc.errno not in store.FULL_DISK:
+                # Not committed (EIO): the range is pending still and sent again later, so
+                # the report must not count it as delivered.
+                counts.sent -= sent
+                counts.quarantined -= len(entries)
+                counts.dropped -= old
                 raise
             # Full disk, even after unlinking what was committed (which frees space): keep
             # the counts in memory and add them to the next state write.
