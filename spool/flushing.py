@@ -35,6 +35,7 @@ from spool.errors import (
     FlushStopped,
     LockTimeout,
     SpoolIOError,
+    SpoolUnusable,
     TelemetryError,
 )
 from spool.locking import flush_lock
@@ -149,11 +150,18 @@ def stopped_report(
 
 
 def _record_stop(spool_dir: str | Path | None, report: FlushReport, endpoint: str | None) -> None:
-    """``last_flush`` for a run that stopped on its configuration; never creates the spool."""
+    """``last_flush`` for a run that stopped on its configuration; never creates the spool.
+
+    Only where this process would flush: not opted out (it touches nothing), mode ``on``.
+    """
+    if settings.opted_out_by() is not None:
+        return
     try:
         directory = settings.spool_dir(spool_dir)
         if not store.check_dir(directory, create=False):
             return  # no spool: nothing to record into (status never creates one either)
+        if store.read_mode(directory) != "on":
+            return  # off or local: a flush there sends nothing and records nothing
         entry: dict[str, Any] = {
             "at": record.iso_timestamp(),
             "exit_code": report.exit_code,
@@ -168,6 +176,8 @@ def _record_stop(spool_dir: str | Path | None, report: FlushReport, endpoint: st
         with flush_lock(directory), store.locked_state(directory, deadline=deadline) as state:
             state.last_flush = entry
             store.commit(directory, state)
+    except (SpoolUnusable, Busy, LockTimeout):
+        pass  # not ours to write (the reason is reported already), or a flush is running
     except (TelemetryError, OSError) as exc:
         store.log_warning("could not record the flush summary: %s", exc)
 

@@ -9,13 +9,14 @@ host calling ``spool.flush()``) in a real process against a real spool.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -127,55 +128,57 @@ def test_a_flush_stopped_by_its_configuration_prints_the_one_object(
     assert words in lines[0]
 
 
-def test_a_spool_that_must_not_be_used_prints_the_one_object(cli: Cli, spool_dir: Path) -> None:
-    kit_fill(PENDING)
-    spool_dir.chmod(0o777)
-    try:
-        result = cli("flush", "--json", env={"RS_SEGMENT_WRITE_KEY": KEY})
-    finally:
-        spool_dir.chmod(0o700)
-    assert result.returncode == 1
-    report = one_report(result)
-    assert "chmod 700" in report["message"]
-
-
-def test_another_flush_running_prints_the_one_object(
-    cli: Cli, spool_dir: Path, scripted_server: ScriptedServer
-) -> None:
-    kit_fill(PENDING)
-    scripted_server.script(Stall(5))
-    env = {**os.environ, "RS_SEGMENT_WRITE_KEY": KEY}
+@contextlib.contextmanager
+def another_flush_running(server: ScriptedServer, seconds: float) -> Iterator[None]:
+    """A real flush process holding the spool, its request stalled ``seconds`` by the server."""
+    server.script(Stall(seconds))
     first = subprocess.Popen(
-        [sys.executable, "-m", "spool", "flush", "--endpoint", scripted_server.url],
-        env=env,
+        [sys.executable, "-m", "spool", "flush", "--endpoint", server.url],
+        env={**os.environ, "RS_SEGMENT_WRITE_KEY": KEY},
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
-        assert scripted_server.wait_for(1, timeout=30), "the first flush never sent"
-        result = cli("flush", "--json", "--endpoint", scripted_server.url, env=env)
+        assert server.wait_for(1, timeout=30), "the first flush never sent"
+        yield
     finally:
-        first.kill()
-        first.wait()
-    assert result.returncode == 75
-    report = one_report(result)
-    assert "another flush is running" in report["message"]
-    assert report["left_pending"] == PENDING
+        _out, err = first.communicate(timeout=60)
+        assert first.returncode == 0, err
 
 
-def test_a_retry_deadline_prints_the_one_object(
+def test_every_stop_while_the_spool_is_in_use_prints_the_one_object(
     cli: Cli, spool_dir: Path, scripted_server: ScriptedServer
 ) -> None:
+    """Busy (alone and with a bad setting), a retry deadline, a spool that must not be used."""
     kit_fill(PENDING)
-    scripted_server.default = Respond(429, headers={"Retry-After": "600"})
     env = {"RS_SEGMENT_WRITE_KEY": KEY}
+    with another_flush_running(scripted_server, 4):
+        busy = one_report(cli("flush", "--json", "--endpoint", scripted_server.url, env=env))
+        bad = {**env, "RS_TELEMETRY_MAX_BYTES": "abc"}
+        unreadable = one_report(cli("flush", "--json", "--endpoint", scripted_server.url, env=bad))
+    assert (busy["exit_code"], busy["left_pending"]) == (75, PENDING)
+    assert "another flush is running" in busy["message"]
+    assert (unreadable["exit_code"], unreadable["left_pending"]) == (1, PENDING)
+    assert "RS_TELEMETRY_MAX_BYTES" in unreadable["message"]
+
+    kit_fill(PENDING)  # the first flush delivered the first ones
+    scripted_server.default = Respond(429, headers={"Retry-After": "600"})
     first = cli("flush", "--json", "--endpoint", scripted_server.url, "--max-time", "5", env=env)
     assert one_report(first)["exit_code"] == 75
-    result = cli("flush", "--json", "--endpoint", scripted_server.url, env=env)
-    report = one_report(result)
-    assert (report["exit_code"], report["left_pending"]) == (75, PENDING)
-    assert "asked to wait until" in report["message"]
-    assert len(scripted_server.requests) == 1
+    asked = len(scripted_server.requests)
+    deadline = one_report(cli("flush", "--json", "--endpoint", scripted_server.url, env=env))
+    assert (deadline["exit_code"], deadline["left_pending"]) == (75, PENDING)
+    assert "asked to wait until" in deadline["message"]
+    assert len(scripted_server.requests) == asked, "sent before the retry deadline"
+
+    spool_dir.chmod(0o777)
+    try:
+        loose = one_report(cli("flush", "--json", env=env))
+    finally:
+        spool_dir.chmod(0o700)
+    assert loose["exit_code"] == 1
+    assert "chmod 700" in loose["message"]
 
 
 # --- a configuration stop is the last flush ------------------------------------------------
@@ -219,37 +222,37 @@ def test_the_library_records_a_configuration_stop_too(spool_dir: Path) -> None:
     assert status()["last_flush"]["exit_code"] == 1
 
 
-def test_a_dry_run_stopped_by_its_configuration_changes_nothing(
-    cli: Cli, tmp_path: Path, spool_dir: Path
+def test_only_a_flush_that_would_run_records_its_stop(
+    cli: Cli, tmp_path: Path, spool_dir: Path, scripted_server: ScriptedServer
 ) -> None:
+    """Recorded: a flush that would run. Not: a dry run (it changes nothing, SPEC 5), an
+    opted-out process (it touches nothing), a local spool, a flush refused as busy (the
+    running flush records its own run)."""
     kit_fill(PENDING)
+    assert cli("flush").returncode == 1  # no write key: recorded
     state = spool_dir / "state.json"
-    before = state.read_bytes() if state.exists() else None
-    result = cli("flush", "--dry-run", "--metrics-textfile", str(tmp_path / "nope"))
-    assert result.returncode == 1
-    assert (state.read_bytes() if state.exists() else None) == before
-    assert cli_status(cli)["last_flush"] is None
+    recorded = state.read_bytes()
+    first_stop = cli_status(cli)["last_flush"]
+    assert first_stop["exit_code"] == 1
 
+    dry = cli("flush", "--dry-run", "--metrics-textfile", str(tmp_path / "nope"))
+    assert dry.returncode == 1
+    assert state.read_bytes() == recorded, "a dry run changed the state"
+    opted = cli("flush", env={"DO_NOT_TRACK": "1", "RS_TELEMETRY_MAX_AGE_DAYS": "x"})
+    assert opted.returncode == 1
+    assert state.read_bytes() == recorded, "an opted-out flush wrote the state"
+    assert cli("mode", "local").returncode == 0
+    local = cli("flush", env={"RS_TELEMETRY_MAX_AGE_DAYS": "x"})
+    assert local.returncode == 1
+    assert state.read_bytes() == recorded, "a flush in mode local recorded a stop"
+    assert cli("mode", "on").returncode == 0
 
-def test_a_busy_stop_leaves_the_running_flush_to_record_its_own(
-    cli: Cli, spool_dir: Path, scripted_server: ScriptedServer
-) -> None:
-    kit_fill(PENDING)
-    scripted_server.script(Stall(3))
-    env = {**os.environ, "RS_SEGMENT_WRITE_KEY": KEY}
-    first = subprocess.Popen(
-        [sys.executable, "-m", "spool", "flush", "--endpoint", scripted_server.url],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert scripted_server.wait_for(1, timeout=30), "the first flush never sent"
-    # Refused while the first runs: a configuration stop, but the spool is busy.
-    second = cli("flush", "--endpoint", "http://example.com", env=env)
-    assert second.returncode == 1
-    _out, err = first.communicate(timeout=60)
-    assert first.returncode == 0, err
+    env = {"RS_SEGMENT_WRITE_KEY": KEY}
+    with another_flush_running(scripted_server, 3):
+        refused = cli("flush", "--endpoint", "http://example.com", env=env)
+        assert refused.returncode == 1
+        # While the first one runs, its stop is not recorded over the last finished flush.
+        assert cli_status(cli)["last_flush"] == first_stop
     last = cli_status(cli)["last_flush"]
     assert (last["exit_code"], last["sent"]) == (0, PENDING), "the running flush's record lost"
 
