@@ -70,6 +70,9 @@ class Run:
     checker: Checker = field(default_factory=Checker)
     counts: Counts = field(default_factory=Counts)
     server_asked_until: float | None = None
+    # The server's latest Retry-After ended within the run ("0": retry now): it supersedes
+    # a retry deadline stored before (the run's end clears it, unless a later ask sets one).
+    server_wait_ended: bool = False
     acknowledged: bool = False
     lone_refusals: int = 0  # lone events refused while no 2xx had come
     unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
@@ -239,6 +242,8 @@ def _send(run: Run, valid: list[Item], body: Body | None = None) -> Answer | Non
             # Only the server's own wait is remembered as the retry deadline (SPEC 7).
             run.server_asked_until = time.time() + asked
             raise FlushStopped(_server_wait_past_max_time(run, answer, asked, left))
+        if asked is not None:
+            run.server_wait_ended = True
         wait = backoff if asked is None else max(asked, backoff)
         if wait >= left:
             # Our own backoff would pass --max-time: retrying is over, but the run waits

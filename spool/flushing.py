@@ -373,7 +373,7 @@ def _finish(run: Run, report: FlushReport, deadline_ignored: bool) -> None:
             }
             if run.server_asked_until is not None:
                 state.retry_not_before = run.server_asked_until
-            elif run.acknowledged or deadline_ignored:
+            elif run.acknowledged or run.server_wait_ended or deadline_ignored:
                 state.retry_not_before = None
             store.commit(run.directory, state, consumed=run.consumed)  # then the unlinks
             run.consumed.clear()

@@ -160,3 +160,22 @@ def test_a_short_wait_that_ends_after_max_time_is_the_deadline_not_a_backoff(
     assert "asked to wait 2.0 s, longer than the " in report["message"], report["message"]
     assert elapsed < 3.5
     assert status()["retry_not_before"] is not None
+
+
+def test_a_later_retry_now_supersedes_a_stored_retry_deadline(
+    scripted_server: ScriptedServer, cli: Cli
+) -> None:
+    """The server's latest word wins: after a deadline of 120 s, a forced run answered
+    "Retry-After: 0" until its --max-time leaves no deadline, and the next run tries."""
+    kit_fill(2)
+    scripted_server.script(Respond(429, headers={"Retry-After": "120"}))
+    code, _, _, _ = flush_json(cli, scripted_server.url, "5")
+    assert code == 75
+    assert status()["retry_not_before"] is not None, "precondition: a stored deadline"
+    scripted_server.default = Respond(503, headers={"Retry-After": "0"})
+    result = cli("flush", "--endpoint", scripted_server.url, "--json", "--max-time", "2", "--force")
+    assert json.loads(result.stdout)["exit_code"] == 75
+    assert status()["retry_not_before"] is None, "a wait the server took back still blocks"
+    scripted_server.default = OK
+    code, report, _, _ = flush_json(cli, scripted_server.url, "5")
+    assert (code, report["sent"]) == (0, 2)
