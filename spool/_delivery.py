@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from spool import settings, store
+from spool import record, settings, store
 from spool._batching import Checker, Item, Prepared
 from spool._sleep import sleep
 from spool.errors import EndpointRefuses, FlushStopped, StoppedBySignal
 from spool.stopping import StopRequest, stopped_by
-from spool.upload import Answer, Body, Uploader, Verdict, retry_after
+from spool.upload import MAX_RETRY_AFTER, Answer, Body, Uploader, Verdict, retry_after
 
 SETTLE_INTERVAL = 0.25
 """Seconds between fsyncs of the state during a flush (group commit): two fsyncs per
@@ -70,6 +70,9 @@ class Run:
     checker: Checker = field(default_factory=Checker)
     counts: Counts = field(default_factory=Counts)
     server_asked_until: float | None = None
+    # The server's latest Retry-After ended within the run ("0": retry now): it supersedes
+    # a retry deadline stored before (the run's end clears it, unless a later ask sets one).
+    server_wait_ended: bool = False
     acknowledged: bool = False
     lone_refusals: int = 0  # lone events refused while no 2xx had come
     unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
@@ -231,19 +234,47 @@ def _send(run: Run, valid: list[Item], body: Body | None = None) -> Answer | Non
                 "everything is kept",
             )
         backoff = run.rng.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
+        # 0 for "Retry-After: 0", a date past or a negative number: "retry now", which
+        # is the backoff below (a server answering 503 + "0" at once is not hammered).
         asked = retry_after(answer.headers)
+        left = run.deadline - time.monotonic()
+        if asked is not None and asked > left:
+            # Only the server's own wait is remembered as the retry deadline (SPEC 7).
+            run.server_asked_until = time.time() + asked
+            raise FlushStopped(_server_wait_past_max_time(run, answer, asked, left))
+        if asked is not None:
+            run.server_wait_ended = True
         wait = backoff if asked is None else max(asked, backoff)
-        if time.monotonic() + wait > run.deadline:
-            if asked is not None:
-                run.server_asked_until = time.time() + asked
-                raise FlushStopped(
-                    f"{answer.describe(where)} asked to wait {asked:.0f} s, past --max-time "
-                    f"{run.conf.max_time:g} s: {LEFT} left pending, for a run after that "
-                    "(--force tries sooner)",
-                )
+        if wait >= left:
+            # Our own backoff would pass --max-time: retrying is over, but the run waits
+            # out its time so that "--max-time reached" is what happened, not a guess.
+            _sleep(run, max(left, 0.0))
             raise FlushStopped(_max_time_reached(run, answer))
         _sleep(run, wait)
         attempt += 1
+
+
+def _server_wait_past_max_time(run: Run, answer: Answer, asked: float, left: float) -> str:
+    """A ``Retry-After`` that ends after ``--max-time``, said as the server said it, e.g.
+    ``HTTP 429 from host asked to wait 120 s, longer than the 4.9 s left of --max-time 5 s``."""
+    where = run.uploader.where if run.uploader is not None else "the endpoint"
+    if asked >= MAX_RETRY_AFTER:
+        raw = (answer.headers.get("Retry-After") or "").strip()
+        shown = raw if len(raw) <= 40 else raw[:40] + "..."
+        wait = f"at least the 1-hour cap (Retry-After: {shown}; 1 h is kept)"
+    else:
+        wait = _duration(asked)
+    until = record.iso_timestamp(time.time() + asked)
+    return (
+        f"{answer.describe(where)} asked to wait {wait}, longer than the "
+        f"{_duration(max(left, 0.0))} left of --max-time {run.conf.max_time:g} s: {LEFT} left "
+        f"pending until {until}, when a run sends them (--force tries sooner)"
+    )
+
+
+def _duration(seconds: float) -> str:
+    """A wait in words, e.g. ``0.4 s``, ``120 s``."""
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
 def _max_time_reached(run: Run, last: Answer | None) -> str:
@@ -322,6 +353,11 @@ def _account(
             raise
         except OSError as exc:
             if exc.errno not in store.FULL_DISK:
+                # Not committed (EIO): the range is pending still and sent again later, so
+                # the report must not count it as delivered.
+                counts.sent -= sent
+                counts.quarantined -= len(entries)
+                counts.dropped -= old
                 raise
             # Full disk, even after unlinking what was committed (which frees space): keep
             # the counts in memory and add them to the next state write.

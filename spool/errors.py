@@ -78,6 +78,13 @@ class EndpointRefuses(FlushStopped):
     exit_code: ClassVar[int] = exitcodes.FAILURE
 
 
+class SpoolIOError(FlushStopped):
+    """The spool's disk failed under a flush (EIO on a state write): exit 1, as the CLI's
+    one line for an ``OSError``; what was committed stands, the rest stays pending."""
+
+    exit_code: ClassVar[int] = exitcodes.FAILURE
+
+
 class StoppedBySignal(FlushStopped):
     """SIGINT or SIGTERM asked the run to stop; its report's code is 128 + the signal's number."""
 

@@ -11,6 +11,7 @@ nothing, and at most the range in flight is sent again (with the same messageIds
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,12 +29,20 @@ from spool._delivery import (
     apply,
     deliver,
 )
-from spool.errors import Busy, ConfigError, FlushStopped, LockTimeout, TelemetryError
+from spool.errors import (
+    Busy,
+    ConfigError,
+    FlushStopped,
+    LockTimeout,
+    SpoolIOError,
+    SpoolUnusable,
+    TelemetryError,
+)
 from spool.locking import flush_lock
 from spool.stopping import SIGNAL_EXIT_BASE, StopRequest, stopped_by
 from spool.upload import MAX_RETRY_AFTER, Uploader
 
-__all__ = ["BLANKET_REFUSALS", "FlushReport", "flush"]
+__all__ = ["BLANKET_REFUSALS", "FlushReport", "flush", "stopped_report"]
 
 
 @dataclass
@@ -106,11 +115,80 @@ def flush(
     except TelemetryError as exc:
         # Stopped before sending (no key, a refused endpoint, another flush running): all
         # of it is still pending.
-        report.exit_code = exc.exit_code
-        report.message = exc.message
-        report.left_pending = _pending_now(spool_dir)
+        report = stopped_report(exc, spool_dir, dry_run=dry_run, endpoint=endpoint)
+    except OSError as exc:
+        # The spool's disk failed outside a delivery (a seal, the cap, a state read): the
+        # report says so, as the CLI's one line does; a host never sees the traceback.
+        report = stopped_report(_io_error(exc, spool_dir), spool_dir, dry_run=dry_run)
     report.seconds = time.monotonic() - started
     return report
+
+
+def stopped_report(
+    exc: TelemetryError,
+    spool_dir: str | Path | None,
+    *,
+    dry_run: bool = False,
+    endpoint: str | None = None,
+) -> FlushReport:
+    """The report of a flush that stopped before it took anything on, e.g. on no write key.
+
+    ``left_pending`` is everything pending (SPEC 5). A configuration error is recorded as
+    the last flush (exit code, sent 0, what was found pending), unless it is a dry run,
+    which changes nothing; a busy or unusable spool is not (the running flush records its
+    own; an unusable one cannot be written).
+    """
+    report = FlushReport(
+        dry_run=dry_run,
+        exit_code=exc.exit_code,
+        left_pending=_pending_now(spool_dir),
+    )
+    report.message = exc.message.replace(LEFT, str(report.left_pending))
+    if isinstance(exc, ConfigError) and not dry_run:
+        _record_stop(spool_dir, report, endpoint)
+    return report
+
+
+def _record_stop(spool_dir: str | Path | None, report: FlushReport, endpoint: str | None) -> None:
+    """``last_flush`` for a run that stopped on its configuration; never creates the spool.
+
+    Only where this process would flush: not opted out (it touches nothing), mode ``on``.
+    """
+    if settings.opted_out_by() is not None:
+        return
+    try:
+        directory = settings.spool_dir(spool_dir)
+        if not store.check_dir(directory, create=False):
+            return  # no spool: nothing to record into (status never creates one either)
+        if store.read_mode(directory) != "on":
+            return  # off or local: a flush there sends nothing and records nothing
+        entry: dict[str, Any] = {
+            "at": record.iso_timestamp(),
+            "exit_code": report.exit_code,
+            "sent": 0,
+            "quarantined": 0,
+            "left_pending": report.left_pending,
+        }
+        with contextlib.suppress(TelemetryError):
+            entry["endpoint"] = settings.endpoint(endpoint)  # for the human status only
+        # Under flush.lock, taken without waiting: a flush running now records its own run.
+        deadline = time.monotonic() + FINISH_GRACE
+        with flush_lock(directory), store.locked_state(directory, deadline=deadline) as state:
+            state.last_flush = entry
+            store.commit(directory, state)
+    except (SpoolUnusable, Busy, LockTimeout):
+        pass  # not ours to write (the reason is reported already), or a flush is running
+    except (TelemetryError, OSError) as exc:
+        store.log_warning("could not record the flush summary: %s", exc)
+
+
+def _io_error(exc: OSError, spool_dir: str | Path | None) -> SpoolIOError:
+    """An I/O error of the spool's disk as one line naming the file and the fix."""
+    where = exc.filename or spool_dir or "the spool directory"
+    return SpoolIOError(
+        f"the spool's disk failed ({where}: {exc.strerror or exc}): {LEFT} left pending; "
+        "check the disk (free space, dmesg) and run flush again"
+    )
 
 
 def _flush(spool_dir: str | Path | None, call: _Call, started: float, report: FlushReport) -> None:
@@ -223,6 +301,10 @@ def _locked_flush(
         deliver(run, names)
     except (FlushStopped, store.QuarantineUnwritable, LockTimeout) as exc:
         stopped = exc  # the endpoint, --max-time, Retry-After, a signal, the disk, a lock
+    except OSError as exc:
+        # A commit's state write failed (EIO): what was committed stands, the rest is sent
+        # again later; the summary is still recorded when the disk lets it (_finish).
+        stopped = _io_error(exc, directory)
     finally:
         if uploader is not None:
             uploader.close()
@@ -291,7 +373,7 @@ def _finish(run: Run, report: FlushReport, deadline_ignored: bool) -> None:
             }
             if run.server_asked_until is not None:
                 state.retry_not_before = run.server_asked_until
-            elif run.acknowledged or deadline_ignored:
+            elif run.acknowledged or run.server_wait_ended or deadline_ignored:
                 state.retry_not_before = None
             store.commit(run.directory, state, consumed=run.consumed)  # then the unlinks
             run.consumed.clear()

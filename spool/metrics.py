@@ -17,7 +17,7 @@ from typing import Any
 
 from spool import audit, exitcodes, record
 from spool._version import __version__
-from spool.errors import TelemetryError
+from spool.errors import ConfigError
 from spool.store import atomic_write
 
 TEXTFILE = "rs_telemetry.prom"
@@ -36,8 +36,11 @@ _TMP_SUFFIX = ".tmp"  # not ".prom": node_exporter never reads a temp file
 _STALE_TMP_SECONDS = 3600
 
 
-class TextfileError(TelemetryError):
-    """The textfile directory is missing or unwritable, e.g. ``/var/lib/node_exporter/x``."""
+class TextfileError(ConfigError):
+    """The textfile directory is missing or unwritable, e.g. ``/var/lib/node_exporter/x``.
+
+    A configuration error: a flush given such a directory stops before it sends, and is
+    recorded as the last flush like a missing key."""
 
     exit_code = exitcodes.FAILURE
 

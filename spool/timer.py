@@ -39,6 +39,8 @@ __all__ = [
     "find_executable",
     "install",
     "render",
+    "tmp_warnings",
+    "under_private_tmp",
     "uninstall",
 ]
 
@@ -58,6 +60,9 @@ SYSTEM_KEY_FILE = "/etc/rs-telemetry/write-key"
 _USER_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]{0,31}\Z")
 # Where ProtectHome= hides things: an executable or spool there needs it read-only instead.
 _HOME_TREES = ("/home/", "/root/", "/run/user/")
+# Where PrivateTmp= gives the service an empty directory of its own: an executable, an
+# interpreter or a spool there would be hidden from it, and every run would fail.
+_TMP_TREES = ("/tmp/", "/var/tmp/")  # noqa: S108 - only compared with, never written
 # Leading specifier allowed in the executable, for the hand-install copies in scripts/.
 _HOME_SPECIFIER = "%h/"
 # A wedged user manager must not hang `rs-telemetry timer install` forever.
@@ -250,14 +255,88 @@ def render(
         home_tree = any(
             path.startswith(_HOME_TREES) for path in (*_command(executable), system.spool_dir or "")
         )
+        in_tmp = under_private_tmp(executable, system)
+        private_tmp = (
+            "PrivateTmp=yes\n"
+            if not in_tmp
+            else f"# No PrivateTmp=: it would hide {_escape_comment(in_tmp[0])} from the service "
+            "(install rs-telemetry outside /tmp and rerun `timer install` to get it back).\n"
+        )
         text = (
             _template("rs-telemetry-flush-system.service.in")
             .replace("@USER@", system.user)
             .replace("@SPOOL@\n", _spool_block(system))
             .replace("@PROTECT_HOME@", "read-only" if home_tree else "yes")
+            .replace("@PRIVATE_TMP@\n", private_tmp)
         )
     block = _environment_block(environment or {})
     return text.replace(_PLACEHOLDER, exe).replace(_ENVIRONMENT + "\n", block)
+
+
+def _escape_comment(path: str) -> str:
+    """A path inside a unit's comment line: no line break, no specifier."""
+    return "".join(ch if ch.isprintable() else "?" for ch in path).replace("%", "%%")
+
+
+def _interpreter(path: str) -> str | None:
+    """The interpreter a script's ``#!`` line names, e.g. ``/opt/rs/bin/python3``; else None.
+
+    pip writes a long or spaced interpreter path as ``#!/bin/sh`` followed by a line
+    ``'''exec' /the/python "$0" "$@"``: that one is read too.
+    """
+    try:
+        with open(path, "rb") as script:
+            head = script.read(4096)
+    except OSError:
+        return None
+    if not head.startswith(b"#!"):
+        return None
+    lines = head.decode("utf-8", "replace").splitlines()
+    words = lines[0][2:].split()
+    if not words:
+        return None
+    if words[0] in ("/bin/sh", "/usr/bin/sh") and len(lines) > 1:
+        try:
+            later = shlex.split(lines[1]) if lines[1].startswith("'''exec'") else []
+        except ValueError:  # unbalanced quotes: not pip's line
+            later = []
+        return later[1] if len(later) > 1 and os.path.isabs(later[1]) else words[0]
+    return words[0]  # /usr/bin/env NAME: found on the unit's PATH, nothing to check here
+
+
+def under_private_tmp(executable: str | Sequence[str], system: SystemUnit) -> list[str]:
+    """What the service needs that lives under /tmp or /var/tmp, which PrivateTmp= hides.
+
+    The command's paths, where their links lead, the interpreter of a script (a virtual
+    environment made in /tmp), and the spool; e.g. ``["/tmp/venv/bin/rs-telemetry"]``.
+    """
+    paths = [path for path in _command(executable) if os.path.isabs(path)]
+    script = _interpreter(paths[0]) if paths else None
+    if script is not None:
+        paths.append(script)
+    if system.spool_dir:
+        paths.append(system.spool_dir)
+    found: list[str] = []
+    for path in paths:
+        for candidate in (os.path.abspath(path), os.path.realpath(path)):
+            inside = (candidate + "/").startswith(_TMP_TREES)
+            if inside and candidate not in found:
+                found.append(candidate)
+    return found
+
+
+def tmp_warnings(executable: str | Sequence[str], system: SystemUnit | None) -> list[str]:
+    """Why the system unit runs without PrivateTmp=, with the fix; ``[]`` when it has it."""
+    found = [] if system is None else under_private_tmp(executable, system)
+    if not found:
+        return []
+    return [
+        f"{found[0]} is under /tmp or /var/tmp, which PrivateTmp= would hide from the "
+        "service (every run would fail): the unit is written without it; for the full "
+        "hardening install rs-telemetry elsewhere (e.g. python3 -m venv /opt/rs-telemetry "
+        "&& /opt/rs-telemetry/bin/pip install rs-telemetry), keep the spool out of /tmp, "
+        "and rerun timer install"
+    ]
 
 
 def _write_atomic(path: Path, text: str) -> None:

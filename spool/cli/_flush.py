@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 
-from spool import exitcodes
+from spool import exitcodes, settings
 from spool.cli._boundary import (
     EXIT_CODES_HELP,
+    Command,
     Finished,
     command,
     quiet_stdout,
@@ -22,6 +23,11 @@ from spool.cli._boundary import (
     spool_dir_of,
 )
 from spool.errors import TelemetryError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from spool.flushing import FlushReport
+    from spool.stopping import StopRequest
 
 # --- flush ------------------------------------------------------------------------------
 
@@ -112,7 +118,28 @@ class Seconds(click.ParamType):  # type: ignore[type-arg] # generic from click 8
         return seconds
 
 
-@command(epilog=EXIT_CODES_HELP)
+class _FlushCommand(Command):
+    """``flush``: a setting that cannot be read ends the run like any other stop.
+
+    Every other command stops on it before its body (``Command``); a flush turns it into
+    its report instead, so that ``--json`` prints the one object whatever ends the run
+    (SPEC 5) and the stop is recorded as the last flush.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            settings.check()
+        except TelemetryError as exc:
+            ctx.meta[_STOPPED] = exc
+        # Command.invoke would check the settings again and raise: its parent runs the body.
+        return super(Command, self).invoke(ctx)
+
+
+_STOPPED = "rs_telemetry.flush_stopped"
+"""ctx.meta key: the error that stops a flush before it runs (read by its body)."""
+
+
+@click.command(cls=_FlushCommand, epilog=EXIT_CODES_HELP)
 @click.option(
     "--endpoint",
     metavar="URL",
@@ -142,10 +169,9 @@ class Seconds(click.ParamType):  # type: ignore[type-arg] # generic from click 8
 @click.option("--quiet", is_flag=True, help="No summary line (errors still go to stderr).")
 @click.option(
     "--metrics-textfile",
+    "textfile",
     type=click.Path(path_type=Path),
     metavar="DIR",
-    expose_value=False,
-    callback=lambda ctx, _param, value: _metrics_after(ctx, value),
     help="After the run, whatever its exit code, write DIR/rs_telemetry.prom for "
     "node_exporter's textfile collector (see metrics --help).",
 )
@@ -160,6 +186,7 @@ def flush(
     no_gzip: bool,
     force: bool,
     quiet: bool,
+    textfile: Path | None,
 ) -> Finished:
     """Upload pending events to Segment's batch API; delete only what was acknowledged.
 
@@ -175,13 +202,27 @@ def flush(
       17 * * * * rs-telemetry flush --quiet        (a crontab line)
     """
     from spool.flushing import flush as run_flush  # noqa: PLC0415 - loads requests
-    from spool.stopping import SIGNAL_EXIT_BASE, StopRequest  # noqa: PLC0415 - flush only
+    from spool.flushing import stopped_report  # noqa: PLC0415
+    from spool.stopping import StopRequest  # noqa: PLC0415 - flush only
 
     # This process is ours: its sender thread wakes from network and disk waits needing
     # the GIL back, and with the default 5 ms switch interval it would wait that long
     # behind the thread preparing the next batch at every request (a library caller's
     # process keeps its own setting).
     sys.setswitchinterval(0.0005)
+
+    stopped: TelemetryError | None = None
+    if textfile is not None:
+        try:
+            _metrics_after(ctx, textfile)
+        except TelemetryError as exc:
+            stopped = exc  # a wrong DIR: the flush sends nothing (exit 1, like a missing key)
+    stopped = ctx.meta.pop(_STOPPED, None) or stopped
+    if stopped is not None:
+        # Stopped before the run (a setting, the textfile's DIR): reported like a run's
+        # own stop, so that --json still prints the one object (SPEC 5).
+        report = stopped_report(stopped, ctx.obj, dry_run=dry_run, endpoint=endpoint)
+        return _said(report, StopRequest(), as_json=as_json, quiet=quiet, dry_run=dry_run)
 
     progress = None
     if not quiet and not as_json and not dry_run and sys.stderr.isatty():
@@ -211,6 +252,15 @@ def flush(
             progress.close()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    return _said(report, stop, as_json=as_json, quiet=quiet, dry_run=dry_run)
+
+
+def _said(
+    report: FlushReport, stop: StopRequest, *, as_json: bool, quiet: bool, dry_run: bool
+) -> Finished:
+    """Print the report (the one JSON object with --json) and the summary line; the exit."""
+    from spool.stopping import SIGNAL_EXIT_BASE  # noqa: PLC0415 - flush only
+
     if as_json:
         click.echo(json.dumps(report.to_json()))
     failed = report.exit_code == exitcodes.FAILURE
@@ -237,15 +287,16 @@ def flush(
 def _textfile_dir(value: Path | None) -> Path | None:
     from spool import metrics as exposition  # noqa: PLC0415
 
-    # Checked while the options are parsed: a flush with a wrong DIR sends nothing.
+    # Checked before anything else: a flush with a wrong DIR sends nothing.
     return None if value is None else exposition.check_dir(value)
 
 
-def _metrics_after(ctx: click.Context, value: Path | None) -> None:
+def _metrics_after(ctx: click.Context, value: Path) -> None:
     """``flush --metrics-textfile``: write the textfile when the command ends, however it ends.
 
-    A close callback of the command's context runs after its body, also when the body
-    ends with 75 or raises (no write key), so the file shows every outcome.
+    The directory is checked first (``TextfileError``: the flush then sends nothing). A
+    close callback of the command's context runs after its body, also when the body ends
+    with 75 or 1 (no write key), so the file shows every outcome.
     """
     directory = _textfile_dir(value)
     if directory is None:
