@@ -6,6 +6,7 @@ A spooled record *is* the message Segment receives, so upload never re-encodes i
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 # _json is the C half of json: json itself loads re (and re loads enum, functools...),
@@ -190,7 +191,8 @@ def check_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
 _ESCAPED_STRING = rb'"[^"\\\x00-\x1f\x7f-\xff]*(?:\\["\\/bfnrt][^"\\\x00-\x1f\x7f-\xff]*)*"'
 """A JSON string of printable ASCII, with short escapes ("unrolled": no alternation per
 character)."""
-_PLAIN_STRING = rb'"[^"]*+"'
+_POSSESSIVE = sys.version_info >= (3, 11)  # *+ and (?>...) came with Python 3.11
+_PLAIN_STRING = rb'"[^"]*+"' if _POSSESSIVE else rb'"[^"]*"'
 """A string where the whole block is known to hold only printable ASCII without a
 backslash, and no newline inside a string (``_plain_block_since`` checks both): a loop
 the regular-expression engine runs several times faster than a character class
@@ -305,7 +307,8 @@ def _plain_block_since(data: bytes, lines: int, limit: bytes) -> bool | None:
             _PLAIN_STRING, b"(?=" + _not_before(limit) + b")" if limit else b""
         )
         # Atomic lines: a line matches one way or not at all, so never backtrack into one.
-        plain = re.compile(b"(?:(?>" + line.pattern + b")\n)++")
+        lines_of = b"(?:(?>%s)\n)++" if _POSSESSIVE else b"(?:%s\n)+"
+        plain = re.compile(lines_of % line.pattern)
         _plain_blocks.clear()  # one limit per flush run
         _plain_blocks[limit] = plain
     start = 0

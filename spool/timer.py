@@ -331,7 +331,8 @@ def tmp_warnings(executable: str | Sequence[str], system: SystemUnit | None) -> 
     if not found:
         return []
     return [
-        f"{found[0]} is under /tmp or /var/tmp, which PrivateTmp= would hide from the "
+        f"{', '.join(found)} {'is' if len(found) == 1 else 'are'} under /tmp or /var/tmp, "
+        "which PrivateTmp= would hide from the "
         "service (every run would fail): the unit is written without it; for the full "
         "hardening install rs-telemetry elsewhere (e.g. python3 -m venv /opt/rs-telemetry "
         "&& /opt/rs-telemetry/bin/pip install rs-telemetry), keep the spool out of /tmp, "
