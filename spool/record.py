@@ -23,7 +23,7 @@ from spool.errors import InvalidEvent
 TYPE_CHECKING = False  # typing costs an emitter milliseconds to import; mypy sets this True
 if TYPE_CHECKING:
     import re
-    from collections.abc import Mapping
+    from collections.abc import Iterator, Mapping
     from typing import Any
 
 MAX_RECORD_BYTES = 32_000
@@ -311,15 +311,19 @@ def _plain_block_since(data: bytes, lines: int, limit: bytes) -> bool | None:
         plain = re.compile(lines_of % line.pattern)
         _plain_blocks.clear()  # one limit per flush run
         _plain_blocks[limit] = plain
+    return True if all(plain.fullmatch(data, *piece) for piece in _pieces(data)) else None
+
+
+def _pieces(data: bytes) -> Iterator[tuple[int, int]]:
+    """(start, end) of pieces of ~64 KB at line ends: a regular expression holds the GIL
+    for as long as it runs, and a flush's sender thread needs it back as soon as its
+    request is answered."""
     start = 0
     while start < len(data):
-        # Pieces of ~64 KB (at line ends): see _escaped_block_oldest.
         end = data.find(b"\n", start + _PIECE)
         end = len(data) if end < 0 else end + 1
-        if plain.fullmatch(data, start, end) is None:
-            return None
+        yield start, end
         start = end
-    return True
 
 
 def _not_before(limit: bytes) -> bytes:
@@ -340,18 +344,12 @@ def _escaped_block_oldest(data: bytes) -> bytes | None:
     may hold escapes), else None."""
     _line, block, timestamps = _patterns()
     oldest: bytes | None = None
-    start = 0
-    while start < len(data):
-        # Pieces of ~64 KB (at line ends): a regex holds the GIL for as long as it runs,
-        # and a flush's sender thread needs it back as soon as its request is answered.
-        end = data.find(b"\n", start + _PIECE)
-        end = len(data) if end < 0 else end + 1
+    for start, end in _pieces(data):
         if block.fullmatch(data, start, end) is None:
             return None
         stamps: list[bytes] = timestamps.findall(data, start, end)
         least = min(stamps)
         oldest = least if oldest is None or least < oldest else oldest
-        start = end
     return oldest
 
 
