@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 MAX_RECORD_BYTES = 32_000
-"""Segment refuses events over 32 KB; we stay under it with room, e.g. a 32,001-byte line fails."""
+"""Segment refuses events over 32 KB; we stay under it with room: a record of 32,000 bytes
+serialized is accepted, one of 32,001 refused (the line's newline is not the record's: SPEC 2)."""
 
 LIBRARY = {"name": "rs-telemetry", "version": __version__}
 
@@ -133,9 +134,9 @@ def build(
         line = text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidEvent("values must be valid Unicode text (no lone surrogates)") from None
-    if len(line) > MAX_RECORD_BYTES:
+    if len(line) > MAX_RECORD_BYTES + 1:  # + 1: the newline ends the line, it is not JSON
         raise InvalidEvent(
-            f"record is {len(line)} bytes serialized; the limit is {MAX_RECORD_BYTES}"
+            f"record is {len(line) - 1} bytes serialized; the limit is {MAX_RECORD_BYTES}"
         )
     return line
 
