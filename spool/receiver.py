@@ -406,6 +406,22 @@ class Receiver(Serving):
         return self.start()
 
 
+def _is_host_text(host: str) -> bool:
+    """Whether the socket layer can take ``host`` as a name at all, e.g. not ``"\\udcff"``.
+
+    bind() raises TypeError for a name it cannot encode (undecodable bytes of a shell
+    argument, a NUL) and UnicodeError for an IDNA label over 63 characters; the CLI would
+    show either as a traceback or a codec's words, not as a bad ``--listen``.
+    """
+    if not host.isprintable():
+        return False
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     """Split ``HOST:PORT``, e.g. ``"[::1]:8080"`` -> ``("::1", 8080)``; a bare port is loopback."""
     text = listen.strip()
@@ -429,6 +445,11 @@ def parse_listen(listen: str) -> tuple[str, int]:
         raise ValueError(
             f"bad listen address {listen!r}: the host is missing, {example} "
             "(0.0.0.0 listens on every interface)"
+        )
+    if not _is_host_text(host):
+        raise ValueError(
+            f"bad listen address {listen!r}: the host must be an IP address or a host name "
+            f"(printable, labels of at most 63 characters), {example}"
         )
     if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise ValueError(
