@@ -12,11 +12,11 @@ import click
 from spool import audit, catalogue, settings, store
 from spool.cli._boundary import (
     command,
-    escape,
     opted_out,
     say,
     spool_dir_of,
 )
+from spool.cli._visible import visible
 from spool.errors import InvalidEvent, TelemetryError
 
 # --- append -----------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def _human_record(message: dict[str, Any]) -> str:
     who = f"anonymousId={message['anonymousId']}"
     if "userId" in message:
         who += " userId=set"
-    return escape(
+    return visible(
         f"{message['timestamp']}  {message['event']:<22} {props}  "
         f"({who} messageId={message['messageId']})"
     )
@@ -178,7 +178,7 @@ def show(
                 info = entry["_quarantine"]
                 what = entry.get("event") or f"raw={entry.get('raw', '')[:120]!r}"
                 click.echo(
-                    escape(
+                    visible(
                         f"{info.get('at')}  {info.get('reason')}  "
                         f"status={info.get('status')}  {what}"
                     )
@@ -301,7 +301,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     lines.append(f"endpoint:        {data['endpoint']}")
     lines.append(f"write key from:  {data['write_key_source']}")
     for line in lines:
-        click.echo(escape(line))
+        click.echo(visible(line))
 
 
 @command()
