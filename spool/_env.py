@@ -153,3 +153,70 @@ def max_bytes() -> int:
         value = settings.max_bytes()
     _max_bytes_memo = (seen, value)
     return value
+
+
+MAX_ID_BYTES = 1000
+"""The longest ``RS_API_KEY`` or ``RS_TELEMETRY_SESSION_ID`` put into a record, in UTF-8
+bytes: an id, not a payload, so that the environment never fills a record (32,000 bytes)."""
+
+
+def id_problem(name: str, value: str) -> str | None:
+    """Why an environment value cannot be a record's id, or None when it can.
+
+    e.g. ``id_problem("RS_API_KEY", "\\udcff")`` -> ``"RS_API_KEY cannot be used (not
+    UTF-8 text): ..."``. The value itself is never quoted: ``RS_API_KEY`` is a key.
+    """
+    if not value.isprintable():
+        if any("\udc80" <= char <= "\udcff" for char in value):
+            why = "not UTF-8 text"  # bytes the environment held, smuggled in by fsdecode()
+        else:
+            why = "it holds a control, format or separator character"
+    elif len(value.encode()) > MAX_ID_BYTES:
+        why = f"{len(value.encode())} bytes, over {MAX_ID_BYTES}"
+    else:
+        return None
+    instead = "sending no userId" if name == "RS_API_KEY" else "using a fresh anonymousId"
+    return (
+        f"{name} cannot be used ({why}): {instead}; "
+        f"it accepts printable text of at most {MAX_ID_BYTES} bytes"
+    )
+
+
+_api_key_memo: tuple[object, str | None, str | None] = (None, None, None)
+
+
+def api_key() -> tuple[str | None, str | None]:
+    """``RS_API_KEY`` as a record's ``userId``, and why it is not used: ``("abc", None)``;
+    ``(None, None)`` unset or empty; ``(None, "RS_API_KEY cannot be used ...")``.
+
+    Every append asks: the value seen last is answered from a memo (one dict look-up and
+    one bytes comparison), so the check costs nothing per append.
+    """
+    global _api_key_memo  # noqa: PLW0603 - the judgement of the last value seen
+    seen: object = (
+        _ENV_BYTES.get(b"RS_API_KEY")
+        if _ENV_BYTES is not None
+        else os.environ.get("RS_API_KEY")  # pragma: no cover
+    )
+    memo = _api_key_memo
+    if seen == memo[0]:
+        return memo[1], memo[2]
+    value = env("RS_API_KEY")
+    problem = id_problem("RS_API_KEY", value) if value else None
+    memo = (seen, None if problem else value or None, problem)
+    _api_key_memo = memo
+    return memo[1], memo[2]
+
+
+def session_id() -> tuple[str | None, str | None]:
+    """``RS_TELEMETRY_SESSION_ID`` as the default session's ``anonymousId``, and why it is
+    not used, as ``api_key`` answers; read once per process (the session keeps it)."""
+    value = env("RS_TELEMETRY_SESSION_ID")
+    problem = id_problem("RS_TELEMETRY_SESSION_ID", value) if value else None
+    return (None if problem else value or None), problem
+
+
+def id_problems() -> list[tuple[str, str]]:
+    """``(variable, why)`` for each id variable set to something unusable; ``[]`` when none."""
+    found = [("RS_API_KEY", api_key()[1]), ("RS_TELEMETRY_SESSION_ID", session_id()[1])]
+    return [(name, problem) for name, problem in found if problem is not None]

@@ -18,10 +18,15 @@ from spool.store import _append, _files, _mode
 
 TYPE_CHECKING = False  # typing costs an emitter milliseconds to import; mypy sets this True
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
 
 _logged: set[str] = set()
 SPOOLED, OFF, FAILED = "spooled", "off", "failed"
+
+
+def told(kinds: Iterable[str]) -> None:
+    """Mark ``kinds`` as said: the CLI prints its own warning line, so nothing is logged."""
+    _logged.update(kinds)
 
 
 def _log_once(kind: str, msg: str, *args: object) -> None:
@@ -42,6 +47,9 @@ class Session:
     ``user_id`` defaults to ``RS_API_KEY`` as it is at each append; ``spool_dir`` to
     ``RS_TELEMETRY_DIR`` or the per-user default. Safe to share between threads.
     """
+
+    _env_problem: str | None = None
+    """Why the default session ignored ``RS_TELEMETRY_SESSION_ID``, said at its first append."""
 
     def __init__(
         self,
@@ -72,13 +80,24 @@ class Session:
 
     def spool(self, event: str, properties: Mapping[str, str] | None = None) -> tuple[str, str]:
         """Like ``append``, but say what happened: ``("spooled", "")``, ``("off", why)``,
-        or ``("failed", why)``. I/O trouble is never raised (and not logged: see ``append``).
+        or ``("failed", why)``. I/O trouble is never raised (and not logged: see ``append``);
+        an unusable ``RS_API_KEY`` or ``RS_TELEMETRY_SESSION_ID`` is ignored, logged once.
         """
-        user_id = self.user_id if self.user_id is not None else _env.env("RS_API_KEY")
-        line = record.build(event, properties, self.anonymous_id, user_id)
+        # The opt-out first: an opted-out process neither reads nor judges the environment's
+        # ids (nothing is logged); the caller's event is still validated, whatever the mode.
         opted = _env.opted_out_by()
+        user_id, problem = self.user_id, None
+        if user_id is None and opted is None:
+            user_id, problem = _env.api_key()
+        line = record.build(event, properties, self.anonymous_id, user_id)
         if opted is not None:
             return OFF, f"{opted} is set"
+        # An unusable RS_API_KEY or RS_TELEMETRY_SESSION_ID is the environment's fault, not
+        # the caller's: it is ignored (SPEC 6, as an unreadable setting), said once.
+        if problem is not None:
+            _log_once("RS_API_KEY", "rs-telemetry: %s", problem)
+        if self._env_problem is not None:
+            _log_once("RS_TELEMETRY_SESSION_ID", "rs-telemetry: %s", self._env_problem)
         directory = self.spool_dir or _env.configured_dir()
         try:
             dir_stat = _files.check_dir(directory, create=True, hot=True)
@@ -105,6 +124,8 @@ _default_lock = _thread.allocate_lock()  # _thread: no import cost, unlike threa
 def default_session() -> Session:
     """The process-wide session: ``RS_TELEMETRY_SESSION_ID`` if set, else one UUID per process.
 
+    An unusable ``RS_TELEMETRY_SESSION_ID`` (``_env.id_problem``) is ignored: a fresh UUID.
+
     Threads racing on their first append share one session.
     """
     global _default  # noqa: PLW0603 - one default session per process, reset in forked children
@@ -112,7 +133,9 @@ def default_session() -> Session:
     if session is None:
         with _default_lock:
             if _default is None:
-                _default = Session(anonymous_id=_env.env("RS_TELEMETRY_SESSION_ID") or None)
+                anonymous_id, problem = _env.session_id()
+                _default = Session(anonymous_id=anonymous_id)
+                _default._env_problem = problem  # said at an append, not here
             session = _default
     return session
 

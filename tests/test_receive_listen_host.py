@@ -44,7 +44,7 @@ def test_an_unusable_host_is_a_bad_listen_address(name: str) -> None:
 @pytest.mark.parametrize(
     ("listen", "expected"),
     [
-        ("0.0.0.0:0", ("0.0.0.0", 0)),  # noqa: S104 - parsed, never bound here
+        ("0.0.0.0:0", ("0.0.0.0", 0)),  # parsed, never bound here
         ("[fe80::1%lo]:0", ("fe80::1%lo", 0)),
         ("bücher.example:80", ("bücher.example", 80)),
         ("a" * 63 + ".example:80", ("a" * 63 + ".example", 80)),

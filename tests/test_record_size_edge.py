@@ -41,7 +41,8 @@ def test_the_library_accepts_exactly_32000_bytes_and_refuses_32001(
     session = spool.Session(anonymous_id=ANON)
     assert session.append("server_start", {"commit_id": _commit_id_for(LIMIT, tmp_path / "a")})
     (line,) = _spooled(spool_dir)
-    assert len(line) == LIMIT + 1 and line.endswith(b"\n")  # the record, then its newline
+    assert len(line) == LIMIT + 1  # the record, then its newline
+    assert line.endswith(b"\n")
     assert len(json.dumps(json.loads(line), separators=(",", ":")).encode()) == LIMIT
     with pytest.raises(spool.InvalidEvent, match=r"record is 32001 bytes serialized"):
         session.append("server_start", {"commit_id": _commit_id_for(LIMIT + 1, tmp_path / "b")})

@@ -108,13 +108,19 @@ def append(ctx: click.Context, event: str, pairs: tuple[str, ...]) -> None:
     Example:
       rs-telemetry append installer_run -p docker_version=27.1.1
     """
-    from spool.session import OFF, SPOOLED, Session, default_session  # noqa: PLC0415
+    from spool import _env  # noqa: PLC0415
+    from spool.session import OFF, SPOOLED, Session, default_session, told  # noqa: PLC0415
 
     for problem in settings.warn_and_continue():
         say(f"warning: {problem}; using the default")
+    # An opted-out process does not judge the ids (SPEC 6); an invalid event is told alone.
+    unusable = _env.id_problems() if _env.opted_out_by() is None else []
+    told(name for name, _problem in unusable)  # said here: the library logs nothing more
     base = default_session()
     session = Session(base.anonymous_id, spool_dir=ctx.obj)
     outcome, detail = session.spool(event, _parse_properties(pairs))
+    for _name, problem in unusable:
+        say(f"warning: {problem}")
     if outcome == OFF:
         say(f"not spooled: {detail}")
     elif outcome != SPOOLED:

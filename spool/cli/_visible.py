@@ -13,7 +13,7 @@ ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs"})
 
 
 def _escaped(char: str) -> str:
-    """Python's own spelling of one code point, e.g. ``"\\x1b"``, ``"\\u202e"``, ``"\\U000e0041"``."""
+    """Python's own spelling of a code point, e.g. ``"\\x1b"``, ``"\\u202e"``."""
     code = ord(char)
     if code < 0x100:
         return f"\\x{code:02x}"
