@@ -182,7 +182,7 @@ def id_problem(name: str, value: str) -> str | None:
     )
 
 
-_api_key_memo: tuple[object, str | None, str | None] = (None, None, None)
+_api_key_memo: tuple[object, tuple[str | None, str | None]] = (None, (None, None))
 
 
 def api_key() -> tuple[str | None, str | None]:
@@ -190,7 +190,7 @@ def api_key() -> tuple[str | None, str | None]:
     ``(None, None)`` unset or empty; ``(None, "RS_API_KEY cannot be used ...")``.
 
     Every append asks: the value seen last is answered from a memo (one dict look-up and
-    one bytes comparison), so the check costs nothing per append.
+    one bytes comparison, no allocation), so the check costs nothing per append.
     """
     global _api_key_memo  # noqa: PLW0603 - the judgement of the last value seen
     seen: object = (
@@ -200,12 +200,12 @@ def api_key() -> tuple[str | None, str | None]:
     )
     memo = _api_key_memo
     if seen == memo[0]:
-        return memo[1], memo[2]
+        return memo[1]
     value = env("RS_API_KEY")
     problem = id_problem("RS_API_KEY", value) if value else None
-    memo = (seen, None if problem else value or None, problem)
-    _api_key_memo = memo
-    return memo[1], memo[2]
+    answer = (None if problem else value or None, problem)
+    _api_key_memo = (seen, answer)
+    return answer
 
 
 def session_id() -> tuple[str | None, str | None]:
