@@ -103,6 +103,7 @@ if TYPE_CHECKING:
     )
     from spool.store._reading import (
         count_lines,
+        find_from_end,
         iter_pending,
         last_line,
         pending_files,
@@ -176,6 +177,7 @@ __all__ = [
     "enforce_cap",
     "enforce_cap_locked",
     "export_pending",
+    "find_from_end",
     "fsync_dir",
     "import_segments",
     "is_claimed",

@@ -170,10 +170,11 @@ def too_old_limit(now: float, max_age: float, newest: float | None) -> float:
     Dropping is irreversible, so only evidence counts (SPEC 7): a flush whose clock stands
     more than ``max_age`` past the spool's own newest record has a clock that jumped
     ahead, and drops nothing as too old; nor is a stamp before 2020 evidence (see
-    ``is_evidence``).
+    ``is_evidence``). ``newest`` None (no readable record found, e.g. a spool whose
+    tail is all unreadable) is no evidence that the clock is right: nothing is too old.
     """
     limit = now - max_age
-    if newest is not None and newest < limit:
+    if newest is None or newest < limit:
         return float("-inf")
     return limit
 
