@@ -88,12 +88,15 @@ def _purge(directory: Path, quarantine: bool) -> None:
         say("nothing to purge")
         return
     with flush_lock(directory):
-        if quarantine:
-            removed = store.purge_quarantine(directory)
-            say(f"purged {removed} quarantined entr{'y' if removed == 1 else 'ies'}")
-        else:
-            removed = store.purge_pending(directory)
-            say(f"purged {removed} pending event(s)")
+        try:
+            if quarantine:
+                removed = store.purge_quarantine(directory)
+                say(f"purged {removed} quarantined entr{'y' if removed == 1 else 'ies'}")
+            else:
+                removed = store.purge_pending(directory)
+                say(f"purged {removed} pending event(s)")
+        except store.CountsNotRecorded as exc:
+            say(exc.message)  # purged all the same: a full disk only kept the count
 
 
 @command()
@@ -188,12 +191,21 @@ def export_cmd(ctx: click.Context, file: Path, keep: bool) -> None:
     _check_export_path(file)
     try:
         result = bundle.export(spool_dir_of(ctx), file, keep=keep)
+    except store.CountsNotRecorded as exc:
+        say(f"{exc.message} (the bundle is {file})")  # exported all the same
+        return
     except OSError as exc:
         if not exc.filename or Path(exc.filename).parent != file.parent:
             raise
         # The bundle is written beside FILE first: name FILE, not that temporary file.
+        fix = (
+            "free space on its disk (or raise the file size limit, ulimit -f) "
+            "or choose another path"
+            if store.is_full_disk(exc)
+            else "choose another path"
+        )
         raise TelemetryError(
-            f"cannot write {file}: {exc.strerror or exc}; nothing was removed: choose another path"
+            f"cannot write {file}: {exc.strerror or exc}; nothing was removed: {fix}"
         ) from exc
     say(f"exported {result.count} event(s) to {file}" + (" (kept in the spool)" if keep else ""))
 
