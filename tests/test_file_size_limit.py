@@ -95,7 +95,9 @@ def test_purge_under_a_file_size_limit_deletes_and_says_what_it_could_not_count(
     assert cli("show", "--json").stdout == ""
 
 
-def test_purge_counts_when_the_limit_lets_the_state_be_written(cli: Cli, spool_dir: Path) -> None:
+def test_purge_under_a_file_size_limit_loses_only_the_count_it_said(
+    cli: Cli, spool_dir: Path
+) -> None:
     spool_some(cli, 2)
     result = limited("purge", "--yes")
     assert result.returncode == 0, result.stderr

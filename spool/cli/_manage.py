@@ -16,7 +16,7 @@ from spool.cli._boundary import (
     say,
     spool_dir_of,
 )
-from spool.errors import TelemetryError
+from spool.errors import Busy, TelemetryError
 from spool.locking import flush_lock
 
 # --- modes ------------------------------------------------------------------------------
@@ -77,10 +77,20 @@ def disable(ctx: click.Context, purge: bool) -> None:
     Example:
       rs-telemetry disable --purge
     """
-    _set_mode(ctx, "off")
-    if purge:
-        _purge(spool_dir_of(ctx), quarantine=False)
-        _purge(spool_dir_of(ctx), quarantine=True)
+    if not purge:
+        _set_mode(ctx, "off")
+        return
+    # All or nothing: flush.lock first, so that a running flush (or purge, export) refuses
+    # the whole command (exit 75) before the mode changes; then off, then both purges.
+    directory = spool_dir_of(ctx)
+    store.check_dir(directory, create=True)
+    try:
+        with flush_lock(directory):
+            _set_mode(ctx, "off")
+            _purge_locked(directory, quarantine=False)
+            _purge_locked(directory, quarantine=True)
+    except Busy as exc:
+        raise Busy(f"{exc.message}; nothing was changed (the mode is as it was)") from None
 
 
 def _purge(directory: Path, quarantine: bool) -> None:
@@ -88,15 +98,20 @@ def _purge(directory: Path, quarantine: bool) -> None:
         say("nothing to purge")
         return
     with flush_lock(directory):
-        try:
-            if quarantine:
-                removed = store.purge_quarantine(directory)
-                say(f"purged {removed} quarantined entr{'y' if removed == 1 else 'ies'}")
-            else:
-                removed = store.purge_pending(directory)
-                say(f"purged {removed} pending event(s)")
-        except store.CountsNotRecorded as exc:
-            say(exc.message)  # purged all the same: a full disk only kept the count
+        _purge_locked(directory, quarantine)
+
+
+def _purge_locked(directory: Path, quarantine: bool) -> None:
+    """Purge pending (or quarantined) data; the caller holds ``flush.lock``."""
+    try:
+        if quarantine:
+            removed = store.purge_quarantine(directory)
+            say(f"purged {removed} quarantined entr{'y' if removed == 1 else 'ies'}")
+        else:
+            removed = store.purge_pending(directory)
+            say(f"purged {removed} pending event(s)")
+    except store.CountsNotRecorded as exc:
+        say(exc.message)  # purged all the same: a full disk only kept the count
 
 
 @command()
