@@ -121,3 +121,18 @@ def test_export_under_a_file_size_limit_removes_nothing_and_names_the_fix(
     assert not target.exists()
     assert pending(cli) == 2
     assert_accounted(2)
+
+
+def test_a_mode_change_under_a_file_size_limit_is_one_line_with_the_fix(
+    cli: Cli, spool_dir: Path
+) -> None:
+    spool_some(cli, 2)
+    for args in (("disable",), ("disable", "--purge"), ("mode", "local")):
+        result = limited(*args)
+        assert result.returncode == 1, result.stderr
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert "could not set the mode" in result.stderr
+        assert "nothing was changed" in result.stderr
+        assert "ulimit -f" in result.stderr
+    assert cli("mode").stdout.strip() == "on"
+    assert pending(cli) == 2  # disable --purge purged nothing: all or nothing

@@ -25,7 +25,18 @@ from spool.locking import flush_lock
 def _set_mode(ctx: click.Context, mode: str) -> None:
     directory = spool_dir_of(ctx)
     store.check_dir(directory, create=True)
-    store.write_mode(directory, mode)
+    try:
+        store.write_mode(directory, mode)
+    except OSError as exc:
+        fix = (
+            "free space on the spool's disk (or raise the file size limit, ulimit -f)"
+            if store.is_full_disk(exc)
+            else "check the disk and the directory's permissions"
+        )
+        raise TelemetryError(
+            f"could not set the mode to {mode} in {directory / store.MODE} "
+            f"({exc.strerror or exc}); nothing was changed: {fix}"
+        ) from exc
     say(f"mode set to {mode}")
     opted = settings.opted_out_by()
     if opted and mode != "off":
