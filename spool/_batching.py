@@ -131,10 +131,35 @@ def batches(items: list[Item]) -> list[list[Item]]:
     return out
 
 
+NEWEST_SEARCH_BYTES = 1024 * 1024
+"""How far back ``newest_stamp`` looks for a readable record, over all segments."""
+
+
 def newest_stamp(directory: Path, names: list[str]) -> float | None:
-    """When the spool's newest record (the last one appended) was stamped, if readable."""
-    raw = store.last_line(directory / names[-1]) if names else None
-    if raw is None:
-        return None
+    """When the spool's newest readable record was stamped; None when none is within reach.
+
+    Searched backwards from the end of the newest segment, then the one before, so an
+    unreadable, torn or blank tail (which the run quarantines) does not hide the clock
+    the spool last saw. At most ``NEWEST_SEARCH_BYTES`` are read: a spool ending in more
+    garbage than that has no newest stamp this run, and then nothing is dropped as too
+    old (``store.too_old_limit``), so bounding the search never costs an event.
+    """
+    budget = NEWEST_SEARCH_BYTES
+    for name in reversed(names):
+        stamp, used = store.find_from_end(directory / name, _stamp_of, budget, _KEY)
+        if stamp is not None:
+            return stamp
+        budget -= used
+        if budget <= 0:
+            break
+    return None
+
+
+# Only a line holding it can be a record (a cheap scan past a long run of garbage). A
+# record spelling the key with escapes is passed over: an older stamp, or none, drops less.
+_KEY = b'"timestamp"'
+
+
+def _stamp_of(raw: bytes) -> float | None:
     message, _problem = record.check_line(raw)
     return record.parse_timestamp(message["timestamp"]) if message is not None else None

@@ -77,7 +77,8 @@ def last_flush_endpoint(directory: Path) -> str | None:
         return None
     last = store.load_state(directory).last_flush
     endpoint = last.get("endpoint") if last else None
-    return endpoint if isinstance(endpoint, str) else None
+    # Hidden: an earlier release recorded an endpoint carrying credentials as it was.
+    return settings.hide_credentials(endpoint) if isinstance(endpoint, str) else None
 
 
 def status(directory: Path) -> dict[str, Any]:

@@ -108,9 +108,15 @@ def _write_bundle(target: Path, lines: list[bytes]) -> None:
     except BundleError:
         raise
     except OSError as exc:
+        fix = (
+            "free space on its disk (or raise the file size limit, ulimit -f), "
+            "or choose another path"
+            if store.is_full_disk(exc)
+            else "choose another path"
+        )
         raise BundleError(
             f"could not write {target} ({exc.strerror or exc}); nothing was removed from the "
-            "spool: choose another path"
+            f"spool: {fix}"
         ) from exc
     finally:
         with contextlib.suppress(OSError):

@@ -379,7 +379,19 @@ def _finish(run: Run, report: FlushReport, deadline_ignored: bool) -> None:
             run.consumed.clear()
     except (OSError, LockTimeout) as exc:
         # The consumed segments stay until the next flush removes them (remove_consumed).
-        store.log_warning("could not record the flush summary: %s", exc)
+        if not isinstance(exc, OSError) or not store.is_full_disk(exc):
+            store.log_warning("could not record the flush summary: %s", exc)
+        else:
+            # What the server acknowledged was removed all the same (no re-send), but no
+            # state write could count it: the report says so, with the fix.
+            uncounted = run.unsaved.delivered + sum(run.unsaved.dropped.values())
+            note = (
+                f"the spool's disk is full ({exc.strerror or exc}): the summary"
+                + (f" and {uncounted} event(s) sent or dropped" if uncounted else "")
+                + " could not be recorded in state.json; free space on the spool's disk "
+                "(or raise the file size limit, ulimit -f)"
+            )
+            report.message = f"{report.message}; {note}" if report.message else note
 
 
 def _pending_now(spool_dir: str | Path | None) -> int:

@@ -143,8 +143,9 @@ def max_age_seconds() -> float:
     return _number(MAX_AGE_DAYS) * 86400.0
 
 
-def _check_url(url: str, name: str) -> str:
-    """``url`` if it parses as an http(s) URL with a host, else ``ConfigError`` naming ``name``."""
+def _check_url(url: str, name: str, as_set: str | None = None) -> str:
+    """``url`` if it parses as an http(s) URL with a host and no credentials, else
+    ``ConfigError`` naming ``name`` and quoting the value ``as_set`` (credentials hidden)."""
     problem = ""
     try:
         parts = urlsplit(url)
@@ -152,17 +153,42 @@ def _check_url(url: str, name: str) -> str:
     except ValueError as exc:
         problem = str(exc)
     else:
-        if parts.scheme not in ("http", "https"):
+        if not url:
+            problem = "it is blank"
+        elif parts.scheme not in ("http", "https"):
             problem = "not http or https"
         elif not parts.hostname:
             problem = "no host"
+        elif "@" in parts.netloc:
+            # A user or password in the URL would be sent to the server and shown by
+            # status; the write key has its own variables.
+            problem = "it carries credentials; the write key goes in RS_SEGMENT_WRITE_KEY"
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
         problem = "it contains a space or a control character"
     if problem:
+        shown = hide_credentials(url if as_set is None else as_set)
         raise ConfigError(
-            f"{name}={url!r} cannot be used ({problem}): it accepts {_ENDPOINT_ACCEPTS}"
+            f"{name}={shown!r} cannot be used ({problem}): it accepts {_ENDPOINT_ACCEPTS}"
         )
     return url
+
+
+def hide_credentials(url: str) -> str:
+    """``url`` with any user and password replaced, e.g. ``http://***@127.0.0.1:8787``.
+
+    On the text, not a parse: it must work on a URL too broken to parse.
+    """
+    scheme_end = url.find("://")
+    if scheme_end < 0:
+        return url
+    start = scheme_end + 3
+    end = len(url)
+    for stop in "/?#":
+        found = url.find(stop, start)
+        if found >= 0:
+            end = min(end, found)
+    at = url.rfind("@", start, end)
+    return url if at < 0 else f"{url[:start]}***{url[at:]}"
 
 
 def problems() -> list[str]:
@@ -223,10 +249,11 @@ def endpoint(explicit: str | None = None) -> str:
         name, value = ("RS_SEGMENT_ENDPOINT" if from_env else "--endpoint"), explicit
     else:
         name, value = "RS_SEGMENT_ENDPOINT", os.environ.get("RS_SEGMENT_ENDPOINT") or ""
-        if not value.strip():
-            return DEFAULT_ENDPOINT
-    value = value.strip()
-    return _check_url(value, name).rstrip("/")
+        if not value:
+            return DEFAULT_ENDPOINT  # empty is unset, as the shell convention reads it
+    # Spaces around a URL are forgiven; a value of spaces alone is no URL (flush, which
+    # gets it through click's envvar=, and status must agree on what is in effect).
+    return _check_url(value.strip(), name, value).rstrip("/")
 
 
 def is_loopback_host(host: str) -> bool:

@@ -16,7 +16,7 @@ from spool.cli._boundary import (
     say,
     spool_dir_of,
 )
-from spool.errors import TelemetryError
+from spool.errors import Busy, TelemetryError
 from spool.locking import flush_lock
 
 # --- modes ------------------------------------------------------------------------------
@@ -25,7 +25,18 @@ from spool.locking import flush_lock
 def _set_mode(ctx: click.Context, mode: str) -> None:
     directory = spool_dir_of(ctx)
     store.check_dir(directory, create=True)
-    store.write_mode(directory, mode)
+    try:
+        store.write_mode(directory, mode)
+    except OSError as exc:
+        fix = (
+            "free space on the spool's disk (or raise the file size limit, ulimit -f)"
+            if store.is_full_disk(exc)
+            else "check the disk and the directory's permissions"
+        )
+        raise TelemetryError(
+            f"could not set the mode to {mode} in {directory / store.MODE} "
+            f"({exc.strerror or exc}); nothing was changed: {fix}"
+        ) from exc
     say(f"mode set to {mode}")
     opted = settings.opted_out_by()
     if opted and mode != "off":
@@ -77,10 +88,20 @@ def disable(ctx: click.Context, purge: bool) -> None:
     Example:
       rs-telemetry disable --purge
     """
-    _set_mode(ctx, "off")
-    if purge:
-        _purge(spool_dir_of(ctx), quarantine=False)
-        _purge(spool_dir_of(ctx), quarantine=True)
+    if not purge:
+        _set_mode(ctx, "off")
+        return
+    # All or nothing: flush.lock first, so that a running flush (or purge, export) refuses
+    # the whole command (exit 75) before the mode changes; then off, then both purges.
+    directory = spool_dir_of(ctx)
+    store.check_dir(directory, create=True)
+    try:
+        with flush_lock(directory):
+            _set_mode(ctx, "off")
+            _purge_locked(directory, quarantine=False)
+            _purge_locked(directory, quarantine=True)
+    except Busy as exc:
+        raise Busy(f"{exc.message}; nothing was changed (the mode is as it was)") from None
 
 
 def _purge(directory: Path, quarantine: bool) -> None:
@@ -88,12 +109,20 @@ def _purge(directory: Path, quarantine: bool) -> None:
         say("nothing to purge")
         return
     with flush_lock(directory):
+        _purge_locked(directory, quarantine)
+
+
+def _purge_locked(directory: Path, quarantine: bool) -> None:
+    """Purge pending (or quarantined) data; the caller holds ``flush.lock``."""
+    try:
         if quarantine:
             removed = store.purge_quarantine(directory)
             say(f"purged {removed} quarantined entr{'y' if removed == 1 else 'ies'}")
         else:
             removed = store.purge_pending(directory)
             say(f"purged {removed} pending event(s)")
+    except store.CountsNotRecorded as exc:
+        say(exc.message)  # purged all the same: a full disk only kept the count
 
 
 @command()
@@ -188,12 +217,21 @@ def export_cmd(ctx: click.Context, file: Path, keep: bool) -> None:
     _check_export_path(file)
     try:
         result = bundle.export(spool_dir_of(ctx), file, keep=keep)
+    except store.CountsNotRecorded as exc:
+        say(f"{exc.message} (the bundle is {file})")  # exported all the same
+        return
     except OSError as exc:
         if not exc.filename or Path(exc.filename).parent != file.parent:
             raise
         # The bundle is written beside FILE first: name FILE, not that temporary file.
+        fix = (
+            "free space on its disk (or raise the file size limit, ulimit -f) "
+            "or choose another path"
+            if store.is_full_disk(exc)
+            else "choose another path"
+        )
         raise TelemetryError(
-            f"cannot write {file}: {exc.strerror or exc}; nothing was removed: choose another path"
+            f"cannot write {file}: {exc.strerror or exc}; nothing was removed: {fix}"
         ) from exc
     say(f"exported {result.count} event(s) to {file}" + (" (kept in the spool)" if keep else ""))
 

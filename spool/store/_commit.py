@@ -21,7 +21,7 @@ import errno
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from spool import exitcodes
 from spool.errors import TelemetryError
@@ -38,7 +38,10 @@ from spool.store._state import (
 )
 from spool.store._types import State
 
-FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
+FULL_DISK = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+"""Errors of a write that found no room: no free block (ENOSPC), the user's disk quota
+(EDQUOT), the process's file size limit (EFBIG, ``ulimit -f``; CPython ignores SIGXFSZ, so
+the write fails instead of killing the process). Removing data needs none of it."""
 
 
 class QuarantineUnwritable(TelemetryError):
@@ -49,6 +52,57 @@ class QuarantineUnwritable(TelemetryError):
 
     def __init__(self, exc: OSError) -> None:
         super().__init__(f"could not write the quarantine ({exc.strerror})")
+
+
+class CountsNotRecorded(TelemetryError):
+    """Data left the spool as asked, but no state write could count it: the disk stayed
+    full even after the removal (which needs no space), e.g. under ``ulimit -f 0``.
+
+    E.g. ``purged 3 pending event(s), but the spool's disk is full (File too large): ...``.
+    The command did what it was asked, so it still ends well (``exit_code`` 0); the line
+    says what ``status`` will miss and the fix.
+    """
+
+    exit_code: ClassVar[int] = exitcodes.OK
+
+    def __init__(self, done: str, count: int, exc: OSError) -> None:
+        self.done, self.count = done, count
+        super().__init__(
+            f"{done}, but the spool's disk is full ({exc.strerror or exc}): state.json could "
+            f"not count {'it' if count == 1 else 'them'}, so status will not show "
+            f"{'it' if count == 1 else 'them'}; free space on the spool's disk (or raise "
+            "the file size limit, ulimit -f)"
+        )
+
+
+def commit_removal(directory: Path, state: State, done: str, count: int, **kw: Any) -> None:
+    """``commit`` for an operator's removal (purge, export): on a disk full even after the
+    unlinks, ``CountsNotRecorded`` (what was asked is done; ``count`` is not in the state).
+    """
+    try:
+        commit(directory, state, **kw)
+    except OSError as exc:
+        # commit raises a full disk only from its second state write, after the unlinks.
+        if exc.errno not in FULL_DISK:
+            raise
+        if count:
+            raise CountsNotRecorded(done, count, exc) from exc
+
+
+def is_full_disk(exc: OSError) -> bool:
+    """True for a write that found no room (``FULL_DISK``): removing data still works."""
+    return exc.errno in FULL_DISK
+
+
+@contextlib.contextmanager
+def full_disk_ok() -> Iterator[None]:
+    """Around a ``commit`` whose state write only repeats what is durable already (its
+    unlinks are the point): a disk full even after them is no failure."""
+    try:
+        yield
+    except OSError as exc:
+        if not is_full_disk(exc):
+            raise
 
 
 @contextlib.contextmanager
@@ -135,7 +189,8 @@ def remove_consumed(directory: Path, state: State) -> None:
         if size == 0 or cursor >= size:  # an empty segment is never written by us: garbage
             done.append(name)
     if done:
-        remove_segments(directory, state, done)
+        with full_disk_ok():  # their cursors are at their ends already: only the unlinks matter
+            remove_segments(directory, state, done)
 
 
 def _remove(directory: Path, consumed: Sequence[str], files: Sequence[Path]) -> None:

@@ -8,8 +8,8 @@ from types import TracebackType
 
 from spool.errors import Busy
 from spool.locking import close_lock_fd, held, register_lock_fd, state_lock
-from spool.store._commit import commit, locked_state
-from spool.store._files import READ_FLAGS, open_spool_file, read_file
+from spool.store._commit import commit, full_disk_ok, is_full_disk, locked_state
+from spool.store._files import READ_FLAGS, log_warning, open_spool_file, read_file
 from spool.store._reading import pending_files, split_lines, valid_cursor
 from spool.store._state import load_state
 
@@ -92,7 +92,8 @@ def claim(directory: Path, name: str, deadline: float | None = None) -> Claim | 
             return None
         cursor = valid_cursor(path, state.cursors.get(name, 0), size)
         if cursor >= size:
-            commit(directory, state, consumed=[name])
+            with full_disk_ok():  # the state accounts for it already: only the unlink matters
+                commit(directory, state, consumed=[name])
             return None
         fd = open_spool_file(path, READ_FLAGS)
         register_lock_fd(fd)
@@ -145,7 +146,15 @@ def _drop_over_cap(directory: Path, cap: int) -> bool:
             consumed.append(pf.name)
     if dropped:
         state.drop("spool_full", dropped)
-        commit(directory, state, consumed=consumed)
+        try:
+            commit(directory, state, consumed=consumed)
+        except OSError as exc:
+            if not is_full_disk(exc):
+                raise
+            # Whole segments went (their unlinks need no space), uncounted; cursors moved
+            # part-way were not saved, so those events stay pending. No further pass.
+            log_warning("spool disk full: %d event(s) dropped over the cap uncounted", dropped)
+            return False
     return dropped > 0
 
 
@@ -170,10 +179,11 @@ def too_old_limit(now: float, max_age: float, newest: float | None) -> float:
     Dropping is irreversible, so only evidence counts (SPEC 7): a flush whose clock stands
     more than ``max_age`` past the spool's own newest record has a clock that jumped
     ahead, and drops nothing as too old; nor is a stamp before 2020 evidence (see
-    ``is_evidence``).
+    ``is_evidence``). ``newest`` None (no readable record found, e.g. a spool whose
+    tail is all unreadable) is no evidence that the clock is right: nothing is too old.
     """
     limit = now - max_age
-    if newest is not None and newest < limit:
+    if newest is None or newest < limit:
         return float("-inf")
     return limit
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from spool.locking import private_open
 from spool.record import MAX_RECORD_BYTES, canonical_timestamp, check_line
 from spool.store._append import adopt_segment, seal, write_first_segment
-from spool.store._commit import commit, locked_state
+from spool.store._commit import commit, commit_removal, locked_state
 from spool.store._files import QUARANTINE, atomic_write, fsync_dir, suppress_os
 from spool.store._pending import summary
 from spool.store._quarantine import json_line, quarantine_entry
@@ -35,7 +35,13 @@ def purge_pending(directory: Path) -> int:
         for pf in pending.files:
             state.cursors[pf.name] = pf.size
         state.purged += pending.events
-        commit(directory, state, consumed=[pf.name for pf in pending.files])
+        commit_removal(
+            directory,
+            state,
+            f"purged {pending.events} pending event(s)",
+            pending.events,
+            consumed=[pf.name for pf in pending.files],
+        )
     return pending.events
 
 
@@ -46,7 +52,8 @@ def purge_quarantine(directory: Path) -> int:
         if not removed:
             return 0
         state.purged += removed
-        commit(directory, state, files=[directory / QUARANTINE])
+        done = f"purged {removed} quarantined entr{'y' if removed == 1 else 'ies'}"
+        commit_removal(directory, state, done, removed, files=[directory / QUARANTINE])
     return removed
 
 
@@ -141,9 +148,11 @@ def export_pending(
             for pf in pending.files:
                 state.cursors[pf.name] = pf.size
             state.exported += len(lines)
-            commit(
+            commit_removal(
                 directory,
                 state,
+                f"exported {len(lines)} event(s) and removed them from the spool",
+                len(lines),
                 quarantine=unreadable,
                 quarantine_cap=quarantine_bytes,
                 consumed=[pf.name for pf in pending.files],

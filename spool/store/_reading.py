@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from spool.locking import high_fd
 from spool.store._files import (
@@ -17,6 +18,8 @@ from spool.store._files import (
     read_file,
 )
 from spool.store._types import Line, PendingFile, State
+
+T = TypeVar("T")
 
 
 def segments(directory: Path) -> list[str]:
@@ -134,3 +137,64 @@ def last_line(path: Path, tail: int = 64 * 1024) -> bytes | None:
         os.close(fd)
     lines = [ln for ln in data.split(b"\n")[:-1] if ln]
     return lines[-1] if lines else None
+
+
+LONGEST_LINE = 64 * 1024
+"""No record is longer (32,000 bytes, SPEC 2): ``find_from_end`` skips a longer line unread."""
+
+
+def find_from_end(
+    path: Path,
+    accept: Callable[[bytes], T | None],
+    budget: int,
+    needle: bytes = b"",
+    chunk: int = 64 * 1024,
+) -> tuple[T | None, int]:
+    """The first ``accept(line)`` that is not None, searching a file's lines from its last.
+
+    Returns it (None if no line within reach is accepted) and the bytes read. Reads
+    backwards in ``chunk``s and at most ``budget`` bytes, so memory and time stay bounded
+    however much garbage ends the file: a torn or NUL-padded tail, blank lines, a long
+    run of unreadable lines. A partial last line (no newline) is offered too; a line
+    longer than ``LONGEST_LINE`` is skipped without being joined up. Only lines holding
+    ``needle`` are offered: a chunk without it costs one scan, not a call per line.
+    """
+    try:
+        fd = high_fd(os.open(path, READ_FLAGS))
+    except OSError:
+        return None, 0
+    used = 0
+    try:
+        end = os.fstat(fd).st_size
+        carry = b""  # the end of a line whose start lies before ``end``
+        skipping = False  # inside a line longer than any record: its bytes are not kept
+        while end > 0 and used < budget:
+            n = min(chunk, end, budget - used)
+            start = end - n
+            data = os.pread(fd, n, start)
+            used += n
+            end = start
+            pieces = data.split(b"\n")
+            if not skipping:
+                pieces[-1] += carry
+            elif len(pieces) > 1:
+                pieces[-1] = b""  # the rest of the over-long line
+            else:
+                continue  # still inside it
+            skipping = False
+            head = pieces.pop(0) if start > 0 else None  # may go on before this chunk
+            if needle in data or (pieces and needle in pieces[-1]):  # pieces[-1]: with carry
+                for raw in reversed(pieces):
+                    if not raw or len(raw) > LONGEST_LINE or needle not in raw:
+                        continue
+                    found = accept(raw)
+                    if found is not None:
+                        return found, used
+            if head is not None:
+                carry = head
+                skipping = len(carry) > LONGEST_LINE
+                if skipping:
+                    carry = b""
+        return None, used  # a line cut by the budget is not offered: its start is unread
+    finally:
+        os.close(fd)
