@@ -296,6 +296,13 @@ def _stage(source: Path, directory: Path, limit: int) -> _Staged:
     except BaseException as exc:
         if stager is not None:
             stager.discard()
+        if isinstance(exc, OSError) and exc.errno in store.FULL_DISK:
+            # Staging the events into the spool found no room: the bundle is not to blame.
+            raise BundleError(
+                f"no room to stage {source} in {directory} ({exc.strerror}); nothing was "
+                "added: free space there (or raise the file size limit, ulimit -f) and "
+                "import it again"
+            ) from exc
         if isinstance(exc, (OSError, EOFError, zlib.error)) and not isinstance(exc, BundleError):
             raise BundleError(
                 f"{source} is not a readable bundle ({exc}); nothing was added"

@@ -123,6 +123,27 @@ def test_export_under_a_file_size_limit_removes_nothing_and_names_the_fix(
     assert_accounted(2)
 
 
+def test_import_under_a_file_size_limit_blames_the_room_not_the_bundle(
+    cli: Cli, spool_dir: Path, tmp_path: Path
+) -> None:
+    """Staging a good bundle finds no room: the error names the spool and the fix, and
+    does not call the bundle unreadable (it imports once there is room)."""
+    spool_some(cli, 3)
+    bundle = tmp_path / "good.rsbundle"
+    assert cli("export", str(bundle)).returncode == 0
+    assert pending(cli) == 0
+    result = limited("import", str(bundle))
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "not a readable bundle" not in result.stderr, result.stderr
+    assert "no room" in result.stderr, result.stderr
+    assert "ulimit -f" in result.stderr, result.stderr
+    assert pending(cli) == 0
+    again = cli("import", str(bundle))
+    assert again.returncode == 0, again.stderr
+    assert pending(cli) == 3
+
+
 def test_a_mode_change_under_a_file_size_limit_is_one_line_with_the_fix(
     cli: Cli, spool_dir: Path
 ) -> None:
