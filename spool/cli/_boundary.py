@@ -9,6 +9,7 @@ narration and errors go to stderr.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shlex
 import signal
@@ -183,9 +184,8 @@ class Group(click.Group):
             # Not expected (the store turns the trouble it knows into typed errors), but an
             # operator deserves one line with the path, not a traceback.
             where = f"{exc.filename}: " if exc.filename else ""
-            click.echo(
-                f"rs-telemetry: error: {escape(where + (exc.strerror or str(exc)))}", err=True
-            )
+            text = where + (exc.strerror or str(exc)) + _os_error_fix(exc.errno)
+            click.echo(f"rs-telemetry: error: {escape(text)}", err=True)
             sys.exit(exitcodes.FAILURE)
         _end(result)
         return result
@@ -230,3 +230,20 @@ def spool_dir_of(ctx: click.Context) -> Path:
 def opted_out(variable: str) -> str:
     """E.g. ``"DO_NOT_TRACK=1 keeps this process off"`` (the value as set, escaped later)."""
     return f"{variable}={os.environ.get(variable, '')} keeps this process off"
+
+
+_OS_ERROR_FIXES = {
+    errno.ENOSPC: "free space on that disk and run it again",
+    errno.EDQUOT: "free space within the disk quota and run it again",
+    errno.EFBIG: "a file size limit is in force (ulimit -f): raise it and run it again",
+    errno.EACCES: "check the owner and mode of the spool directory and its files",
+    errno.EPERM: "check the owner and mode of the spool directory and its files",
+    errno.EROFS: "the file system is read-only: use a spool directory on a writable one",
+    errno.EIO: "the disk reported an I/O error: check it (dmesg) and run it again",
+}
+
+
+def _os_error_fix(code: int | None) -> str:
+    """The fix for an unexpected ``OSError``, e.g. ``"; free space on that disk and ..."``."""
+    fix = _OS_ERROR_FIXES.get(code) if code is not None else None
+    return f"; {fix}" if fix else ""
