@@ -89,11 +89,44 @@ def iso_timestamp(now: float | None = None) -> str:
     return f"{text}.{ms:03d}Z"
 
 
-def parse_timestamp(text: str) -> float:
-    """Seconds since the epoch of an RFC 3339 timestamp, e.g. ``...10.123Z`` -> 1795817110.123."""
-    from datetime import datetime  # noqa: PLC0415 - only flush and import parse timestamps
+_RFC3339: re.Pattern[str] | None = None  # compiled on first use: only a flush parses one
 
-    return datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00")).timestamp()
+
+def parse_timestamp(text: str) -> float:
+    """Seconds since the epoch of an RFC 3339 ``date-time``, e.g. ``...10.123Z`` -> 1795817110.123.
+
+    Exactly RFC 3339's grammar (section 5.6), nothing ISO 8601 adds: a date, ``T``, a time
+    with seconds, an optional fraction, and ``Z`` or an offset. ``t`` and ``z`` are taken
+    (the grammar is case-insensitive); a space for ``T``, a leap second (``:60``, which no
+    Python time holds) and year 0000 are not. Raises ValueError for anything else, e.g.
+    ``2026-12-02`` or a zone-less ``2026-12-02T00:00:00`` (no instant: local to whom?).
+    """
+    from datetime import datetime, timedelta, timezone  # noqa: PLC0415 - flush and import only
+
+    global _RFC3339  # noqa: PLW0603 - compiled once per process
+    if _RFC3339 is None:
+        import re  # noqa: PLC0415 - see _canonical_pattern
+
+        _RFC3339 = re.compile(
+            r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})"
+            r"(?:\.([0-9]+))?(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+        )
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not an RFC 3339 date-time: {text!r}")
+    year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
+    offset = timezone.utc
+    if sign is not None:
+        if int(off_h) > 23 or int(off_m) > 59:
+            raise ValueError(f"not an RFC 3339 offset: {text!r}")
+        delta = timedelta(hours=int(off_h), minutes=int(off_m))
+        offset = timezone(-delta if sign == "-" else delta)
+    micro = int((fraction or "0")[:6].ljust(6, "0"))
+    # datetime refuses day 31 of a 30-day month, 29 February of a common year, year 0.
+    when = datetime(
+        int(year), int(month), int(day), int(hour), int(minute), int(second), micro, offset
+    )
+    return when.timestamp()
 
 
 # The start of a record up to its properties, per (event, anonymousId, userId): a session
@@ -167,10 +200,22 @@ def check(message: object) -> str | None:
     return None
 
 
+def size_problem(raw: bytes) -> str | None:
+    """Why a spooled line is too long to be a record, e.g. ``"40281 bytes, over the
+    32000-byte limit"``, else None; a newline ending ``raw`` is not the record's (SPEC 2)."""
+    size = len(raw) - raw.endswith(b"\n")
+    if size > MAX_RECORD_BYTES:
+        return f"{size} bytes, over the {MAX_RECORD_BYTES}-byte limit"
+    return None
+
+
 def check_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
     """Decode and check one spooled line: ``(message, "")`` or ``(None, why)``."""
     import json  # noqa: PLC0415 - a flush's work; an emitter never loads json (see above)
 
+    too_long = size_problem(raw)
+    if too_long is not None:  # Segment would refuse it: the same verdict as export's (SPEC 2)
+        return None, f"not a valid record: {too_long}"
     try:
         message = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
@@ -200,6 +245,18 @@ the regular-expression engine runs several times faster than a character class
 (possessive: what follows a string starts with a quote, so giving back never helps)."""
 
 
+_LEAP_YEAR = rb"(?:\d\d(?:0[48]|[2468][048]|[13579][26])|(?:[02468][048]|[13579][26])00)"
+"""A Gregorian leap year: divisible by 4, and by 400 if by 100 (0000 too: see below)."""
+_CANONICAL_DATE = (
+    rb"(?!0000)(?:\d{4}-(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]\d|3[01])"
+    rb"|(?:0[469]|11)-(?:0[1-9]|[12]\d|30)|02-(?:0[1-9]|1\d|2[0-8]))"
+    rb"|" + _LEAP_YEAR + rb"-02-29)"
+)
+"""Exactly the dates ``parse_timestamp`` takes: the days of each month, 29 February in
+leap years only, no year 0000. Cheap: the first branch matches all but 29 February, and
+the lookahead fails at once but on a year starting with 0."""
+
+
 def _canonical_pattern(string: bytes = _ESCAPED_STRING, guard: bytes = b"") -> re.Pattern[bytes]:
     """The exact shape ``build`` writes, as one regular expression over the line's bytes.
 
@@ -218,10 +275,7 @@ def _canonical_pattern(string: bytes = _ESCAPED_STRING, guard: bytes = b"") -> r
             value = b'"(?:' + b"|".join(re.escape(v.encode()) for v in sorted(allowed)) + b')"'
         props.append(b'"' + re.escape(key.encode()) + b'":' + value)
     prop = b"(?:" + b"|".join(props) + b")"
-    timestamp = (
-        rb"(\d{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])"
-        rb"T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z)"
-    )
+    timestamp = b"(" + _CANONICAL_DATE + rb"T(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d\.\d{3}Z)"
     return re.compile(
         rb'\{"type":"track","event":"(?:'
         + events
@@ -296,6 +350,8 @@ def _plain_block_since(data: bytes, lines: int, limit: bytes) -> bool | None:
     """
     if not lines or not data.endswith(b"\n") or "timestamp" in catalogue.PROPERTIES:
         return None
+    if not _lines_within_limit(data):
+        return None
     if len(data.translate(None, _PLAIN_BYTES)) != lines:  # what is left must be newlines
         return None
     if data.count(_TIMESTAMP_KEY) != lines:
@@ -313,6 +369,23 @@ def _plain_block_since(data: bytes, lines: int, limit: bytes) -> bool | None:
         _plain_blocks.clear()  # one limit per flush run
         _plain_blocks[limit] = plain
     return True if all(plain.fullmatch(data, *piece) for piece in _pieces(data)) else None
+
+
+def _lines_within_limit(data: bytes) -> bool:
+    """True when no line of ``data`` (whole lines) is over ``MAX_RECORD_BYTES``.
+
+    The patterns do not bound a string's length, so a line in ``build``'s shape can be of
+    any length. Each step jumps to the last newline within a record's reach, so a 440 KB
+    segment takes about 14 searches, not one per line.
+    """
+    reach = MAX_RECORD_BYTES + 1  # a line and its newline
+    end = len(data)
+    last = -1  # the newline before the next line
+    while last < end - 1:
+        last = data.rfind(b"\n", last + 1, last + 1 + reach)
+        if last < 0:
+            return False
+    return True
 
 
 def _pieces(data: bytes) -> Iterator[tuple[int, int]]:
@@ -343,6 +416,8 @@ def _not_before(limit: bytes) -> bytes:
 def _escaped_block_oldest(data: bytes) -> bytes | None:
     """The oldest timestamp of a block of whole lines all in ``build``'s exact shape (strings
     may hold escapes), else None."""
+    if not _lines_within_limit(data):
+        return None
     _line, block, timestamps = _patterns()
     oldest: bytes | None = None
     for start, end in _pieces(data):
@@ -360,5 +435,7 @@ def canonical_timestamp(raw: bytes) -> bytes | None:
     A flush checks each line this way first (a few microseconds less than decoding it);
     a line in any other shape, or with escapes, gets the full ``check_line``.
     """
+    if len(raw) > MAX_RECORD_BYTES:  # the pattern does not bound a string's length
+        return None
     match = _patterns()[0].fullmatch(raw)
     return match.group(1) if match is not None else None

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from spool.locking import private_open
-from spool.record import MAX_RECORD_BYTES, canonical_timestamp, check_line
+from spool.record import canonical_timestamp, check_line, size_problem
 from spool.store._append import adopt_segment, seal, write_first_segment
 from spool.store._commit import commit, commit_removal, locked_state
 from spool.store._files import QUARANTINE, atomic_write, fsync_dir, suppress_os
@@ -107,8 +107,9 @@ def record_problem(raw: bytes) -> str | None:
     The check a flush makes of each line (the exact shape ``append`` writes first, the
     full decode for anything else), plus the 32,000-byte limit of a record.
     """
-    if len(raw) > MAX_RECORD_BYTES:
-        return f"not a valid record: {len(raw)} bytes, over the {MAX_RECORD_BYTES}-byte limit"
+    too_long = size_problem(raw)  # check_line's verdict too, but before the fast path's
+    if too_long is not None:
+        return f"not a valid record: {too_long}"
     if canonical_timestamp(raw) is not None:
         return None
     message, problem = check_line(raw)
