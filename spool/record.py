@@ -116,16 +116,19 @@ def parse_timestamp(text: str) -> float:
         raise ValueError(f"not an RFC 3339 date-time: {text!r}")
     year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
     offset = timezone.utc
-    if sign is not None:
-        if int(off_h) > 23 or int(off_m) > 59:
-            raise ValueError(f"not an RFC 3339 offset: {text!r}")
-        delta = timedelta(hours=int(off_h), minutes=int(off_m))
-        offset = timezone(-delta if sign == "-" else delta)
-    micro = int((fraction or "0")[:6].ljust(6, "0"))
-    # datetime refuses day 31 of a 30-day month, 29 February of a common year, year 0.
-    when = datetime(
-        int(year), int(month), int(day), int(hour), int(minute), int(second), micro, offset
-    )
+    try:
+        if sign is not None:
+            if int(off_m) > 59:  # timezone() refuses 24:00 and over itself
+                raise ValueError("offset minutes")
+            delta = timedelta(hours=int(off_h), minutes=int(off_m))
+            offset = timezone(-delta if sign == "-" else delta)
+        micro = int((fraction or "0")[:6].ljust(6, "0"))
+        # datetime refuses day 31 of a 30-day month, 29 February of a common year, year 0.
+        when = datetime(
+            int(year), int(month), int(day), int(hour), int(minute), int(second), micro, offset
+        )
+    except ValueError:
+        raise ValueError(f"not an RFC 3339 date-time: {text!r}") from None
     return when.timestamp()
 
 

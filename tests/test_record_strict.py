@@ -112,7 +112,7 @@ def test_anything_else_is_not_a_record(stamp: str) -> None:
     message, problem = record.check_line(_line(stamp))
     assert message is None
     assert problem == "not a valid record: timestamp is not an RFC 3339 date-time"
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not an RFC 3339 date-time"):
         record.parse_timestamp(stamp)
 
 
