@@ -19,7 +19,7 @@ from typing import IO
 from spool import record, settings, store
 from spool._batching import Checker, Item, Prepared
 from spool._sleep import sleep
-from spool.errors import EndpointRefuses, FlushStopped, StoppedBySignal
+from spool.errors import EndpointRefuses, FlushStopped, ModeChanged, StoppedBySignal
 from spool.stopping import StopRequest, stopped_by
 from spool.upload import MAX_RETRY_AFTER, Answer, Body, Uploader, Verdict, retry_after
 
@@ -169,6 +169,22 @@ def check_stop(run: Run) -> None:
         raise StoppedBySignal(signum, stopped_by(signum))
 
 
+def check_mode(run: Run) -> None:
+    """A safe point before a request: raise ``ModeChanged`` if the stored mode is no longer
+    ``on`` (``disable`` or ``mode local`` write it without a lock, while a flush runs).
+
+    The mode file is a few bytes, read afresh (no cache) once per request, not per event.
+    """
+    mode = store.read_mode(run.directory)
+    if mode == "on":
+        return
+    how = "turned off" if mode == "off" else f"set to {mode}"
+    raise ModeChanged(
+        f"telemetry was {how} during the run (mode {mode}): stopped sending, {LEFT} left "
+        "pending (kept; rs-telemetry enable sends them later)"
+    )
+
+
 def _sleep(run: Run, seconds: float) -> None:
     """Wait ``seconds``, ending early (``StoppedBySignal``) if the run is asked to stop."""
     end = time.monotonic() + seconds
@@ -210,6 +226,7 @@ def _send(run: Run, valid: list[Item], body: Body | None = None) -> Answer | Non
         remaining = run.deadline - time.monotonic()
         if remaining <= 0:
             raise FlushStopped(_max_time_reached(run, last))
+        check_mode(run)
         answer = uploader.send(body.render(), min(run.conf.timeout, remaining))
         last = answer
         verdict = answer.verdict

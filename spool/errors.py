@@ -85,6 +85,13 @@ class SpoolIOError(FlushStopped):
     exit_code: ClassVar[int] = exitcodes.FAILURE
 
 
+class ModeChanged(FlushStopped):
+    """The mode left ``on`` while the run sent (``disable``, ``mode local``): it stopped before
+    its next request and kept the rest pending; exit 0, as a flush in that mode (SPEC 5)."""
+
+    exit_code: ClassVar[int] = exitcodes.OK
+
+
 class StoppedBySignal(FlushStopped):
     """SIGINT or SIGTERM asked the run to stop; its report's code is 128 + the signal's number."""
 

@@ -190,9 +190,17 @@ def collect(directory: Path) -> str:
 def check_dir(directory: Path) -> Path:
     """``directory`` when a textfile can be written into it; else ``TextfileError`` with the fix."""
     if not directory.is_dir():
-        what = "is not a directory" if directory.exists() else "does not exist"
+        if directory.exists() or directory.is_symlink():
+            # A file (or a link to nowhere) stands there: mkdir -p would fail on it, and the
+            # textfile is written inside the directory, never over the path given.
+            raise TextfileError(
+                f"metrics textfile directory is not a directory: {directory} is "
+                f"{'a file' if directory.is_file() else 'not one (a link to nothing, a device)'}; "
+                "name the directory that should hold rs_telemetry.prom instead (node_exporter's "
+                "--collector.textfile.directory, e.g. /var/lib/prometheus/node-exporter)"
+            )
         raise TextfileError(
-            f"metrics textfile directory {what}: {directory} (create it, e.g. mkdir -p "
+            f"metrics textfile directory does not exist: {directory} (create it, e.g. mkdir -p "
             f"{directory}, or name node_exporter's --collector.textfile.directory)"
         )
     if not os.access(directory, os.W_OK | os.X_OK):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -151,7 +152,9 @@ def _check_url(url: str, name: str, as_set: str | None = None) -> str:
         parts = urlsplit(url)
         _ = parts.port  # raises ValueError for a port that is not a number in 0-65535
     except ValueError as exc:
-        problem = str(exc)
+        # urllib quotes the text it took for a port ("... as 'pa'"): in ``u:pa/ss@h`` that
+        # is part of a password, so the reason is said in our words instead.
+        problem = "its port is not a number" if "cast to integer" in str(exc) else str(exc)
     else:
         if not url:
             problem = "it is blank"
@@ -174,21 +177,45 @@ def _check_url(url: str, name: str, as_set: str | None = None) -> str:
 
 
 def hide_credentials(url: str) -> str:
-    """``url`` with any user and password replaced, e.g. ``http://***@127.0.0.1:8787``.
+    """``url`` with any user and password replaced, e.g. ``http://***@127.0.0.1:8787``;
+    also ``https:/***@h`` for ``https:/u:pw@h``, ``***@h`` for ``u:pw@h``.
 
-    On the text, not a parse: it must work on a URL too broken to parse.
+    On the text, not a parse: it must work on a URL too broken to parse, and a broken one
+    is where credentials hide. The user part starts after the scheme and whatever slashes
+    follow it (one, two, three), or at the start when there is no scheme; it ends at the
+    last ``@`` before the first ``/``, ``?`` or ``#``, or, when what stands there cannot be
+    a host and port (``u:pa`` of ``https://u:pa/ss@h``: the password holds a ``/``), at the
+    ``@`` that comes later.
     """
-    scheme_end = url.find("://")
-    if scheme_end < 0:
-        return url
-    start = scheme_end + 3
+    lead = len(url) - len(url.lstrip())  # a value as set, spaces around it included
+    scheme = _SCHEME.match(url, lead)
+    start = scheme.end() if scheme is not None else lead
+    auth_end = _authority_end(url, start)
+    at = url.rfind("@", start, auth_end)
+    if at < 0:
+        _host, colon, port = url[start:auth_end].rpartition(":")
+        later = url.find("@", auth_end)
+        if not colon or port.isdigit() or port.endswith("]") or later < 0:
+            return url
+        at = url.rfind("@", later, _authority_end(url, later))
+    if scheme is None and any(ch.isspace() for ch in url[start:at]):
+        return url  # words before an "@" (a mistake, not a URL): nothing looks like a user
+    return f"{url[:start]}***{url[at:]}"
+
+
+def _authority_end(url: str, start: int) -> int:
+    """Where the host part that starts at ``start`` ends: the first ``/``, ``?`` or ``#``."""
     end = len(url)
     for stop in "/?#":
         found = url.find(stop, start)
         if found >= 0:
             end = min(end, found)
-    at = url.rfind("@", start, end)
-    return url if at < 0 else f"{url[:start]}***{url[at:]}"
+    return end
+
+
+_SCHEME = re.compile(r"(?:https?:|[A-Za-z][A-Za-z0-9+.-]*:(?=[/\\]))[/\\]*", re.IGNORECASE)
+"""A scheme and the slashes after it (``https://``, ``https:/``, ``ftp:///``); the ``u:`` of
+``u:pw@h`` is none (no slash follows it), ``https:`` always is."""
 
 
 def problems() -> list[str]:
@@ -275,7 +302,7 @@ def check_endpoint(url: str) -> str:
     """Refuse anything but https, or plain http to loopback; return the batch URL."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"endpoint must be an https:// URL, not {url!r}")
+        raise ConfigError(f"endpoint must be an https:// URL, not {hide_credentials(url)!r}")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         raise ConfigError(
             f"refusing plain http to {parts.hostname}: use https (plain http is allowed only "
