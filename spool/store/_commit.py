@@ -59,17 +59,37 @@ class QuarantineUnwritable(TelemetryError):
 
 def quarantine_fix(exc: OSError) -> str:
     """What to do about a quarantine write that failed, by its errno."""
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return "free space on the spool's disk; a later flush quarantines what is left"
-    if exc.errno == errno.EFBIG:
-        return "raise the file size limit (ulimit -f, LimitFSIZE=); a later flush quarantines it"
     if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
         return "quarantine.jsonl in the spool is not a regular file (a symlink?): move it away"
+    return write_fix(exc) + "; a later flush quarantines what is left"
+
+
+def write_fix(exc: OSError) -> str:
+    """What to do about a write into the spool that failed, by its errno, e.g. ``free
+    space on the spool's disk``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space on the spool's disk"
+    if exc.errno == errno.EFBIG:
+        return "raise the file size limit (ulimit -f, LimitFSIZE=)"
     if exc.errno in (errno.EACCES, errno.EPERM):
-        return "check the owner and mode of the spool directory and quarantine.jsonl"
+        return "check the owner and mode of the spool directory and its files"
     if exc.errno == errno.EROFS:
         return "the spool's file system is read-only: make it writable"
-    return "check the spool's disk (dmesg); a later flush quarantines what is left"
+    return "check the spool's disk (dmesg)"
+
+
+class RequeueUnwritable(TelemetryError):
+    """``requeue`` could not write, e.g. ``could not requeue: no room to rewrite
+    quarantine.jsonl (No space left on device); nothing was put back, the quarantine is
+    unchanged; free space on the spool's disk and run it again``."""
+
+    exit_code: ClassVar[int] = exitcodes.TEMPFAIL
+
+    def __init__(self, exc: OSError, what: str) -> None:
+        super().__init__(
+            f"could not requeue: {what} could not be written ({exc.strerror or exc}); nothing "
+            f"was put back, the quarantine is unchanged; {write_fix(exc)} and run it again"
+        )
 
 
 class CountsNotRecorded(TelemetryError):
