@@ -81,9 +81,10 @@ def write_fix(exc: OSError) -> str:
 class RequeueUnwritable(TelemetryError):
     """``requeue`` could not write, e.g. ``could not requeue: no room to rewrite
     quarantine.jsonl (No space left on device); nothing was put back, the quarantine is
-    unchanged; free space on the spool's disk and run it again``."""
+    unchanged; free space on the spool's disk and run it again``. Exit 1, as ``export``'s
+    and any command's write that fails."""
 
-    exit_code: ClassVar[int] = exitcodes.TEMPFAIL
+    exit_code: ClassVar[int] = exitcodes.FAILURE
 
     def __init__(self, exc: OSError, what: str) -> None:
         super().__init__(
