@@ -9,6 +9,7 @@ run early is a ``FlushStopped`` with its exit code on the class.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Callable
@@ -80,6 +81,9 @@ class Run:
     consumed: list[str] = field(default_factory=list)  # committed, unlinked at the settle
     settled: float = field(default_factory=time.monotonic)
     rng: random.Random = field(default_factory=random.Random)
+    unquarantined: int = 0  # lines to quarantine kept pending: the quarantine was unwritable
+    quarantine_error: store.QuarantineUnwritable | None = None
+    kept_acknowledged: int = 0  # acknowledged, but kept pending: nothing could be written
 
 
 def deliver(run: Run, names: list[str]) -> None:
@@ -100,12 +104,30 @@ def deliver(run: Run, names: list[str]) -> None:
                 _send_prepared(run, ahead.pop(0).result())
             while ahead:
                 _send_prepared(run, ahead.pop(0).result())
+            if run.quarantine_error is not None:
+                raise FlushStopped(_unquarantined(run, run.quarantine_error))
         finally:
             for future in ahead:  # stopped early: give back the claims taken ahead
                 if not future.cancel():
                     prepared = future.exception() is None and future.result()
                     if prepared:
                         prepared.claim.release()
+
+
+def _unquarantined(run: Run, exc: store.QuarantineUnwritable) -> str:
+    """The end of a run that kept lines to quarantine pending, e.g. ``could not write
+    quarantine.jsonl (No space left on device): 1 line(s) to quarantine kept pending ...``."""
+    kept = (
+        f", and {run.kept_acknowledged} acknowledged event(s) with them (no state could be "
+        "written either: a later run sends them again, same messageIds)"
+        if run.kept_acknowledged
+        else ""
+    )
+    return (
+        f"could not write quarantine.jsonl ({exc.error.strerror or exc.error}): "
+        f"{run.unquarantined} line(s) to quarantine kept pending{kept}; {LEFT} left pending; "
+        f"{exc.fix}"
+    )
 
 
 def _prepare(run: Run, name: str) -> Prepared | None:
@@ -116,7 +138,7 @@ def _prepare(run: Run, name: str) -> Prepared | None:
 def _send_prepared(run: Run, prepared: Prepared | None) -> None:
     if prepared is None:
         return
-    with prepared.claim as claim:
+    with prepared.claim as claim, contextlib.suppress(_Stuck):
         if not prepared.batches:
             _commit(run, claim, [], [])  # only blank lines
         for items, body in prepared.batches:
@@ -326,73 +348,183 @@ def _commit(
         for it, answer in refused
     ]
     end = items[-1].line.end if items else claim.size
-    _account(run, claim, end, sent, old, entries)
+    first = next(
+        (k for k, it in enumerate(items) if id(it) in refused_ids or not (it.valid or it.too_old)),
+        None,
+    )
+    fallback = None
+    if first is not None:
+        # For a quarantine that cannot be written: what precedes the first line to
+        # quarantine (the cursor stops before it), and the byte ranges of the lines that
+        # leave the spool anyway (acknowledged or too old), to blank if no state is written.
+        head = items[:first]
+        done = [it for it in items if it.too_old or (it.valid and id(it) not in refused_ids)]
+        fallback = _Fallback(
+            items[first].line.start,
+            sum(1 for it in head if it.valid),  # refused ones are never before ``first``
+            sum(1 for it in head if it.too_old),
+            sent,
+            old,
+            [(it.line.start, it.line.end) for it in done],
+        )
+    _account(run, claim, end, sent, old, entries, fallback)
+
+
+@dataclass(frozen=True)
+class _Fallback:
+    """How to commit a range whose quarantine lines cannot be written (see ``_keep_pending``)."""
+
+    cut: int  # the start of the first line to quarantine: the cursor may not pass it
+    head_sent: int
+    head_old: int
+    sent: int
+    old: int
+    ranges: list[tuple[int, int]]  # [start, end) of every line acknowledged or too old
+
+
+class _Stuck(Exception):
+    """A line of this segment could not be quarantined: the segment's cursor stays before
+    it, so nothing after it may be committed in this run (the rest of it stays pending)."""
 
 
 def _account(
-    run: Run, claim: store.Claim, end: int, sent: int, old: int, entries: list[bytes]
+    run: Run,
+    claim: store.Claim,
+    end: int,
+    sent: int,
+    old: int,
+    entries: list[bytes],
+    fallback: _Fallback | None = None,
 ) -> None:
     """Commit ``[cursor, end)`` of a claimed segment through ``store.commit``: ``sent``
-    delivered, ``old`` dropped, ``entries`` quarantined."""
+    delivered, ``old`` dropped, ``entries`` quarantined.
+
+    When the quarantine cannot be written (a full disk, a symlink in its place) and the
+    range has a ``fallback``, ``_keep_pending`` commits what left the spool without the
+    lines to quarantine, and ``_Stuck`` ends this segment's delivery.
+    """
+    if run.uploader is None:
+        _count(run, sent, old, len(entries))
+        return  # dry run: nothing changes
+    with store.locked_state(run.directory, deadline=run.deadline + FINISH_GRACE) as state:
+        try:
+            _account_locked(run, claim, state, end, sent, old, entries)
+        except store.QuarantineUnwritable as exc:
+            if fallback is None:
+                raise
+            # Still under state.lock: the cap cannot have dropped the segment meanwhile.
+            _keep_pending(run, claim, fallback)
+            run.unquarantined += len(entries)
+            run.quarantine_error = exc
+            raise _Stuck from exc
+
+
+def _keep_pending(run: Run, claim: store.Claim, fb: _Fallback) -> None:
+    """Commit a range except its lines to quarantine, which stay pending (SPEC 7, 8).
+
+    First choice: the cursor stops before the first of them, counting what precedes it
+    (the rest of the range is sent again by a later run, same ``messageId``s). When no
+    state can be written either (a full disk), the acknowledged and too-old lines are
+    blanked in place instead, which needs no free space; their counts are kept in memory
+    for a later state write, as for any commit on a full disk. When neither can be written
+    (``ulimit -f``), nothing of the range leaves the spool and nothing is counted.
+    """
+    state = store.load_state(run.directory)
+    this = store.State(delivered=fb.head_sent, cursors={claim.name: fb.cut})
+    this.drop("too_old", fb.head_old)
+    apply(run.unsaved, state)
+    apply(this, state)
+    try:
+        store.commit(run.directory, state, consumed=run.consumed)
+    except OSError as exc:
+        if exc.errno not in store.FULL_DISK:
+            raise  # EIO: nothing of the range is committed, nor counted
+        run.consumed.clear()  # commit unlinked them before its second try
+        if not fb.ranges:
+            return  # nothing left the spool: the lines to quarantine are all there is
+    else:
+        run.unsaved = store.State()
+        run.consumed.clear()
+        _count(run, fb.head_sent, fb.head_old, 0)
+        return
+    try:
+        store.blank_lines(run.directory / claim.name, fb.ranges)
+    except OSError as exc:
+        if exc.errno not in store.FULL_DISK:
+            raise
+        run.kept_acknowledged += fb.sent
+        return
+    blanked = store.State(delivered=fb.sent)  # no cursor: it may not pass the kept lines
+    blanked.drop("too_old", fb.old)
+    apply(blanked, run.unsaved)
+    _count(run, fb.sent, fb.old, 0)  # the run's summary says if no state write counted them
+
+
+def _count(run: Run, sent: int, old: int, quarantined: int) -> None:
     counts = run.counts
     counts.sent += sent
-    counts.quarantined += len(entries)
+    counts.quarantined += quarantined
     counts.dropped += old
     if run.progress is not None:
-        run.progress(sent + old + len(entries))
-    if run.uploader is None:
-        return  # dry run: nothing changes
+        run.progress(sent + old + quarantined)
+
+
+def _account_locked(
+    run: Run,
+    claim: store.Claim,
+    state: store.State,
+    end: int,
+    sent: int,
+    old: int,
+    entries: list[bytes],
+) -> None:
+    """``_account``'s commit, ``state.lock`` held and ``state`` just loaded."""
     this = store.State(delivered=sent, cursors={claim.name: end})
     this.drop("too_old", old)
     consumed = end >= claim.size
-    with store.locked_state(run.directory, deadline=run.deadline + FINISH_GRACE) as state:
-        apply(run.unsaved, state)
-        apply(this, state)
-        if consumed:
-            claim.release()  # our own claim would block the unlink (state.lock keeps the cap off)
-        # Group commit: the state write of a consumed segment survives any process death
-        # at once; the fsyncs that make it survive a power loss come every SETTLE_INTERVAL,
-        # and only then are the segments it accounts for unlinked (settle).
-        pending = [*run.consumed, claim.name] if consumed else run.consumed
-        try:
-            removed = store.commit(
-                run.directory,
-                state,
-                quarantine=entries,
-                quarantine_cap=store.quarantine_cap(run.conf.max_bytes),
-                consumed=pending,
-                durable=not consumed,
-            )
-        except store.QuarantineUnwritable:
-            counts.sent -= sent
-            counts.quarantined -= len(entries)
-            counts.dropped -= old
+    apply(run.unsaved, state)
+    apply(this, state)
+    if consumed:
+        claim.release()  # our own claim would block the unlink (state.lock keeps the cap off)
+    # Group commit: the state write of a consumed segment survives any process death
+    # at once; the fsyncs that make it survive a power loss come every SETTLE_INTERVAL,
+    # and only then are the segments it accounts for unlinked (settle).
+    pending = [*run.consumed, claim.name] if consumed else run.consumed
+    try:
+        removed = store.commit(
+            run.directory,
+            state,
+            quarantine=entries,
+            quarantine_cap=store.quarantine_cap(run.conf.max_bytes),
+            consumed=pending,
+            durable=not consumed,
+        )
+    except store.QuarantineUnwritable:
+        raise  # nothing of the range was committed, nor counted
+    except OSError as exc:
+        if exc.errno not in store.FULL_DISK:
+            # Not committed (EIO): the range is pending still and sent again later, so
+            # the report must not count it as delivered.
             raise
-        except OSError as exc:
-            if exc.errno not in store.FULL_DISK:
-                # Not committed (EIO): the range is pending still and sent again later, so
-                # the report must not count it as delivered.
-                counts.sent -= sent
-                counts.quarantined -= len(entries)
-                counts.dropped -= old
-                raise
-            # Full disk, even after unlinking what was committed (which frees space): keep
-            # the counts in memory and add them to the next state write.
-            run.consumed.clear()
-            apply(this, run.unsaved)
-            store.log_warning("spool disk full: progress kept in memory (%s)", exc)
-            return
-        run.unsaved = store.State()
-        if removed:
-            run.consumed.clear()
-        else:
-            run.consumed = pending
-            if time.monotonic() - run.settled >= SETTLE_INTERVAL:
-                settle(run)
-        now = time.monotonic()
-        if now - run.cap_checked >= CAP_CHECK_INTERVAL:
-            run.cap_checked = now
-            store.enforce_cap_locked(run.directory, run.conf.max_bytes)
+        # Full disk, even after unlinking what was committed (which frees space): keep
+        # the counts in memory and add them to the next state write.
+        _count(run, sent, old, len(entries))
+        run.consumed.clear()
+        apply(this, run.unsaved)
+        store.log_warning("spool disk full: progress kept in memory (%s)", exc)
+        return
+    _count(run, sent, old, len(entries))
+    run.unsaved = store.State()
+    if removed:
+        run.consumed.clear()
+    else:
+        run.consumed = pending
+        if time.monotonic() - run.settled >= SETTLE_INTERVAL:
+            settle(run)
+    now = time.monotonic()
+    if now - run.cap_checked >= CAP_CHECK_INTERVAL:
+        run.cap_checked = now
+        store.enforce_cap_locked(run.directory, run.conf.max_bytes)
 
 
 def settle(run: Run) -> None:

@@ -45,13 +45,52 @@ the write fails instead of killing the process). Removing data needs none of it.
 
 
 class QuarantineUnwritable(TelemetryError):
-    """The quarantine could not be written, e.g. ``could not write the quarantine (EIO)``;
-    nothing of the range was committed."""
+    """The quarantine could not be written, e.g. ``could not write the quarantine.jsonl
+    (No space left on device): free space on the spool's disk ...``; nothing of the range
+    was committed. ``error`` is the write's ``OSError``, ``fix`` what to do about it."""
 
     exit_code: ClassVar[int] = exitcodes.TEMPFAIL
 
     def __init__(self, exc: OSError) -> None:
-        super().__init__(f"could not write the quarantine ({exc.strerror})")
+        self.error = exc
+        self.fix = quarantine_fix(exc)
+        super().__init__(f"could not write quarantine.jsonl ({exc.strerror or exc}): {self.fix}")
+
+
+def quarantine_fix(exc: OSError) -> str:
+    """What to do about a quarantine write that failed, by its errno."""
+    if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+        return "quarantine.jsonl in the spool is not a regular file (a symlink?): move it away"
+    return write_fix(exc) + "; a later flush quarantines what is left"
+
+
+def write_fix(exc: OSError) -> str:
+    """What to do about a write into the spool that failed, by its errno, e.g. ``free
+    space on the spool's disk``."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free space on the spool's disk"
+    if exc.errno == errno.EFBIG:
+        return "raise the file size limit (ulimit -f, LimitFSIZE=)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "check the owner and mode of the spool directory and its files"
+    if exc.errno == errno.EROFS:
+        return "the spool's file system is read-only: make it writable"
+    return "check the spool's disk (dmesg)"
+
+
+class RequeueUnwritable(TelemetryError):
+    """``requeue`` could not write, e.g. ``could not requeue: no room to rewrite
+    quarantine.jsonl (No space left on device); nothing was put back, the quarantine is
+    unchanged; free space on the spool's disk and run it again``. Exit 1, as ``export``'s
+    and any command's write that fails."""
+
+    exit_code: ClassVar[int] = exitcodes.FAILURE
+
+    def __init__(self, exc: OSError, what: str) -> None:
+        super().__init__(
+            f"could not requeue: {what} could not be written ({exc.strerror or exc}); nothing "
+            f"was put back, the quarantine is unchanged; {write_fix(exc)} and run it again"
+        )
 
 
 class CountsNotRecorded(TelemetryError):
@@ -191,6 +230,28 @@ def remove_consumed(directory: Path, state: State) -> None:
     if done:
         with full_disk_ok():  # their cursors are at their ends already: only the unlinks matter
             remove_segments(directory, state, done)
+
+
+def blank_lines(path: Path, ranges: Sequence[tuple[int, int]]) -> None:
+    """Overwrite byte ranges of a segment with newlines, in place, then fsync it.
+
+    How lines leave a segment whose cursor cannot pass a line kept pending (the quarantine
+    and ``state.json`` both unwritable on a full disk): a blank line is no event, and
+    overwriting allocated blocks needs no free space (tmpfs, ext4, xfs; a copy-on-write
+    file system or ``ulimit -f`` refuses it, and then nothing is removed). Offsets are kept,
+    so the segment's cursor stays valid; a crash in between leaves a line to send again.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        for start, end in ranges:
+            data = memoryview(b"\n" * (end - start))
+            offset = start
+            while data:
+                n = os.pwrite(fd, data, offset)
+                data, offset = data[n:], offset + n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _remove(directory: Path, consumed: Sequence[str], files: Sequence[Path]) -> None:

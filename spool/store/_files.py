@@ -246,6 +246,13 @@ def read_file(path: StrPath, offset: int = 0) -> bytes:
 
 
 def log_warning(msg: str, *args: object) -> None:
+    """Warn through the ``spool`` logger, e.g. ``rs-telemetry: spool disk full: ...``.
+
+    The prefix is ours: in a CLI run nothing configures logging, so the message goes to
+    stderr as it is (logging's last resort), beside the CLI's own ``rs-telemetry:`` lines.
+    """
     import logging  # noqa: PLC0415 - the error path only; keeps `import spool` lean
 
+    if not msg.startswith("rs-telemetry: "):
+        msg = "rs-telemetry: " + msg
     logging.getLogger("spool").warning(msg, *args)

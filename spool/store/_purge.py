@@ -15,7 +15,7 @@ from pathlib import Path
 from spool.locking import private_open
 from spool.record import canonical_timestamp, check_line, size_problem
 from spool.store._append import adopt_segment, seal, write_first_segment
-from spool.store._commit import commit, commit_removal, locked_state
+from spool.store._commit import RequeueUnwritable, commit, commit_removal, locked_state
 from spool.store._files import QUARANTINE, atomic_write, fsync_dir, suppress_os
 from spool.store._pending import summary
 from spool.store._quarantine import json_line, quarantine_entry
@@ -80,8 +80,17 @@ def requeue(directory: Path) -> tuple[int, int]:
                 back.append(original + b"\n")
         if not back:
             return 0, len(kept)
-        write_first_segment(directory, b"".join(back), state.cursors)  # durable first: see above
-        atomic_write(directory, QUARANTINE, b"".join(kept))
+        try:
+            name = write_first_segment(directory, b"".join(back), state.cursors)  # durable first
+        except OSError as exc:
+            raise RequeueUnwritable(exc, "a new segment of the spool") from exc
+        try:
+            atomic_write(directory, QUARANTINE, b"".join(kept))
+        except OSError as exc:
+            # Undone (removing needs no room): under both locks nothing has read it yet.
+            with suppress_os():
+                os.unlink(directory / name)
+            raise RequeueUnwritable(exc, "quarantine.jsonl (rewritten without them)") from exc
     return len(back), len(kept)
 
 
