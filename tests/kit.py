@@ -4,14 +4,17 @@ spool, read-only views run in this process, and the accounting identity of SPEC 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 import spool
@@ -147,3 +150,27 @@ def command_paths() -> list[tuple[str, ...]]:
         if isinstance(command, click.Group):
             paths += [(name, sub) for sub in sorted(command.commands)]
     return paths
+
+
+@contextlib.contextmanager
+def tmpfs_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: str) -> Iterator[Path]:
+    """A spool directory on a tmpfs of ``size`` (e.g. ``"256k"``), ``RS_TELEMETRY_DIR``
+    pointing there; the test is skipped, with the reason, where mounting is not allowed."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    if shutil.which("mount") is None:
+        pytest.skip("cannot mount tmpfs: no mount command")
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {result.stderr.strip() or result.returncode}")
+    try:
+        directory = mount_point / "spool"
+        monkeypatch.setenv("RS_TELEMETRY_DIR", str(directory))
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)

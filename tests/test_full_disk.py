@@ -10,12 +10,11 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kit
 import pytest
 from kit import accounted, cli_status
 from scripted_server import Respond, ScriptedServer
@@ -31,24 +30,8 @@ DISK_SIZE = "1m"
 @pytest.fixture
 def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A 1 MiB tmpfs holding this test's spool directory (``RS_TELEMETRY_DIR`` points there)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("cannot mount tmpfs: no mount command")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={DISK_SIZE},mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {result.stderr.strip() or result.returncode}")
-    try:
-        directory = mount_point / "spool"
-        monkeypatch.setenv("RS_TELEMETRY_DIR", str(directory))
+    with kit.tmpfs_spool(tmp_path, monkeypatch, DISK_SIZE) as directory:
         yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
 
 
 # --- helpers ------------------------------------------------------------------------------

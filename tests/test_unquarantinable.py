@@ -14,13 +14,13 @@ import errno
 import json
 import os
 import resource
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kit
 import pytest
 from kit import Cli, accounted, assert_accounted, cli_status
 
@@ -34,24 +34,8 @@ GARBAGE = b"garbage that is no record\n"
 @pytest.fixture
 def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     """A 256 KiB tmpfs holding this test's spool directory (``RS_TELEMETRY_DIR`` points there)."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    if shutil.which("mount") is None:
-        pytest.skip("cannot mount tmpfs: no mount command")
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount tmpfs: {result.stderr.strip() or result.returncode}")
-    try:
-        directory = mount_point / "spool"
-        monkeypatch.setenv("RS_TELEMETRY_DIR", str(directory))
+    with kit.tmpfs_spool(tmp_path, monkeypatch, "256k") as directory:
         yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
 
 
 def fill(directory: Path) -> Path:
