@@ -5,6 +5,7 @@ spool, read-only views run in this process, and the accounting identity of SPEC 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import random
@@ -174,3 +175,22 @@ def tmpfs_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: str) -> I
         yield directory
     finally:
         subprocess.run(["umount", "-l", str(mount_point)], capture_output=True, check=False)
+
+
+def fill_disk(directory: Path) -> Path:
+    """Take every byte left on ``directory``'s file system with a file beside it; its path."""
+    filler = directory.parent / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        for chunk in (b"\0" * 65536, b"\0" * 4096, b"\0"):
+            while True:
+                try:
+                    os.write(fd, chunk)
+                except OSError as exc:
+                    if exc.errno != errno.ENOSPC:
+                        raise
+                    break
+    finally:
+        os.close(fd)
+    assert os.statvfs(directory).f_bavail == 0
+    return filler

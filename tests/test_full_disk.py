@@ -7,7 +7,6 @@ permitted the tests are skipped, saying why.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -77,19 +76,7 @@ def fill_to_the_brim(directory: Path) -> list[str]:
     A file outside the spool takes every free block; then small appends fill the slack at
     the end of the spool's last page, until they are refused too.
     """
-    fd = os.open(directory.parent / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for chunk in (b"\0" * 65536, b"\0" * 4096, b"\0"):
-            while True:
-                try:
-                    os.write(fd, chunk)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    break
-    finally:
-        os.close(fd)
-    assert os.statvfs(directory).f_bavail == 0
+    kit.fill_disk(directory)
     spooled: list[str] = []
     for i in range(500):
         tag = f"s{i:05d}"

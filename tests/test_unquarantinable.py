@@ -10,7 +10,6 @@ prefix on every stderr line of a run that found the disk full.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import resource
@@ -36,25 +35,6 @@ def small_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path
     """A 256 KiB tmpfs holding this test's spool directory (``RS_TELEMETRY_DIR`` points there)."""
     with kit.tmpfs_spool(tmp_path, monkeypatch, "256k") as directory:
         yield directory
-
-
-def fill(directory: Path) -> Path:
-    """Take every byte left on the spool's file system with a file beside the spool."""
-    filler = directory.parent / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for chunk in (b"\0" * 65536, b"\0" * 4096, b"\0"):
-            while True:
-                try:
-                    os.write(fd, chunk)
-                except OSError as exc:
-                    if exc.errno != errno.ENOSPC:
-                        raise
-                    break
-    finally:
-        os.close(fd)
-    assert os.statvfs(directory).f_bavail == 0
-    return filler
 
 
 def spool_with_garbage(cli: Cli, directory: Path, before: int, after: int) -> None:
@@ -94,7 +74,7 @@ def test_full_disk_commits_the_acknowledged_and_keeps_the_unreadable_line_pendin
     cli: Cli, small_disk: Path, receiver: Receiver
 ) -> None:
     spool_with_garbage(cli, small_disk, before=3, after=2)
-    filler = fill(small_disk)
+    filler = kit.fill_disk(small_disk)
 
     report, stderr = flush(cli, receiver)
     assert (report["exit_code"], report["sent"], report["left_pending"]) == (75, 5, 1), report
@@ -217,7 +197,7 @@ def test_requeue_on_a_full_disk_is_one_line_naming_the_file_and_the_fix(
     cli: Cli, small_disk: Path
 ) -> None:
     entry = quarantine_one(cli, small_disk)
-    filler = fill(small_disk)
+    filler = kit.fill_disk(small_disk)
     result = cli("requeue", "--yes")
     assert result.returncode == 1, result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
