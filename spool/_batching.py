@@ -5,6 +5,7 @@ No network and no state here: a ``Prepared`` segment is what the delivery sends.
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -81,8 +82,11 @@ class Checker:
             )
         return items
 
-    def prepare(self, claim: store.Claim, gzip: bool) -> Prepared:
-        """Cut a claimed segment into bodies; the claim is released if this fails."""
+    def prepare(self, claim: store.Claim, gzip: bool, pool: Executor | None = None) -> Prepared:
+        """Cut a claimed segment into bodies; the claim is released if this fails.
+
+        ``pool``: where the bodies are compressed (see ``upload.Body``).
+        """
         try:
             data = claim.data
             count = data.count(b"\n")
@@ -92,13 +96,15 @@ class Checker:
                 and record.canonical_block_since(data, count, self.oldest_stamp)
             ):
                 # The common case: lines append wrote, none too old, one batch. Joined in
-                # one pass, with no object per line (a split on 400 makes them after all).
-                joined = data[:-1].replace(b"\n", b",")
-                return Prepared(claim, [(None, Body((), gzip, joined=joined, count=count))])
+                # one pass and one copy (a view drops the last comma), with no object per
+                # line (a split on 400 makes them after all).
+                joined = memoryview(data.replace(b"\n", b","))[:-1]
+                body = Body((), gzip, joined=joined, count=count, pool=pool)
+                return Prepared(claim, [(None, body)])
             return Prepared(
                 claim,
                 [
-                    (batch, Body([it.line.raw for it in batch if it.valid], gzip))
+                    (batch, Body([it.line.raw for it in batch if it.valid], gzip, pool=pool))
                     for batch in batches(self.items(claim))
                 ],
             )

@@ -13,6 +13,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -84,17 +85,23 @@ class Run:
     unquarantined: int = 0  # lines to quarantine kept pending: the quarantine was unwritable
     quarantine_error: store.QuarantineUnwritable | None = None
     kept_acknowledged: int = 0  # acknowledged, but kept pending: nothing could be written
+    gzip_pool: Executor | None = None  # the run's compressing thread, while it delivers
 
 
 def deliver(run: Run, names: list[str]) -> None:
     """Send segments in order while a worker prepares the next one.
 
-    Preparing (checking lines, compressing) and sending (waiting on the network and on
-    fsync, both of which release the GIL) overlap; the order of commits is unchanged.
+    Preparing (checking lines, then compressing in a thread of its own) and sending
+    (waiting on the network and on fsync, both of which release the GIL) overlap; the
+    order of commits is unchanged. Both threads live as long as the run, not a segment.
     """
     from concurrent.futures import Future, ThreadPoolExecutor  # noqa: PLC0415 - flush only
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rs-telemetry-prepare") as pool:
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="rs-telemetry-prepare") as pool,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="rs-telemetry-gzip") as gzip,
+    ):
+        run.gzip_pool = gzip
         ahead: list[Future[Prepared | None]] = []
         try:
             for name in names:
@@ -107,6 +114,7 @@ def deliver(run: Run, names: list[str]) -> None:
             if run.quarantine_error is not None:
                 raise FlushStopped(_unquarantined(run, run.quarantine_error))
         finally:
+            run.gzip_pool = None
             for future in ahead:  # stopped early: give back the claims taken ahead
                 if not future.cancel():
                     prepared = future.exception() is None and future.result()
@@ -132,7 +140,7 @@ def _unquarantined(run: Run, exc: store.QuarantineUnwritable) -> str:
 
 def _prepare(run: Run, name: str) -> Prepared | None:
     claim = store.claim(run.directory, name, deadline=run.deadline)
-    return None if claim is None else run.checker.prepare(claim, run.conf.gzip)
+    return None if claim is None else run.checker.prepare(claim, run.conf.gzip, run.gzip_pool)
 
 
 def _send_prepared(run: Run, prepared: Prepared | None) -> None:
@@ -234,7 +242,7 @@ def _send(run: Run, valid: list[Item], body: Body | None = None) -> Answer | Non
             "or RS_SEGMENT_ENDPOINT, then `rs-telemetry requeue` puts the refused back",
         )
     if body is None:
-        body = Body([it.line.raw for it in valid], run.conf.gzip)
+        body = Body([it.line.raw for it in valid], run.conf.gzip, pool=run.gzip_pool)
     run.counts.batches += 1
     if run.uploader is None:
         if run.out is not None:

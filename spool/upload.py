@@ -16,6 +16,8 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor, Future
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -32,6 +34,7 @@ MAX_BODY_BYTES = 475_000
 MAX_BATCH_EVENTS = 2_500
 """Past 2,500 events Segment answers 200 and silently drops the rest."""
 BODY_START = b'{"batch":['
+SENT_AT_KEY = b'],"sentAt":"'
 BODY_END_TEMPLATE = b'],"sentAt":"2026-11-27T22:05:10.123Z"}'
 ENVELOPE_BYTES = len(BODY_START) + len(BODY_END_TEMPLATE)
 MAX_RETRY_AFTER = 3600.0
@@ -103,29 +106,41 @@ class Body:
     """One batch's request body; only ``sentAt`` changes between attempts.
 
     With gzip the batch is compressed once; each attempt copies the compressor and adds
-    the few bytes of its own ``sentAt``. The compression runs in a thread of its own,
-    started here and waited for by ``render``: zlib releases the GIL, so on a machine with
-    two cores a flush checks the next segment (a regular expression, which holds the GIL)
-    while this one is compressed (issue 14, figure B).
+    the few bytes of its own ``sentAt``. The compression runs off the caller's thread, in
+    ``pool`` (the run's one compressing thread) or, without one, in a thread of its own:
+    zlib releases the GIL, so on a machine with two cores a flush checks the next segment
+    (a regular expression, which holds the GIL) while this one is compressed (issue 14,
+    figure B). ``render`` waits for it.
     """
 
     def __init__(
-        self, lines: Sequence[bytes], gzip: bool, joined: bytes | None = None, count: int = 0
+        self,
+        lines: Sequence[bytes],
+        gzip: bool,
+        joined: bytes | memoryview | None = None,
+        count: int = 0,
+        pool: Executor | None = None,
     ) -> None:
         """``joined``: ``count`` lines already joined by commas (a whole segment at once)."""
         self.count = len(lines) if joined is None else count
-        self._head = BODY_START + (b",".join(lines) if joined is None else joined) + b'],"sentAt":"'
+        # The lines are never copied into one ``{"batch":[...`` buffer: zlib takes the
+        # pieces in turn, and only a plain render joins them (a segment is ~440 KB).
+        self._joined = b",".join(lines) if joined is None else joined
         self._gzip = gzip
         self._compressor: Any = None
         self._prefix = b""
-        self._compressing: threading.Thread | None = None
+        self._compressing: Future[None] | threading.Thread | None = None
         if gzip:
             try:
-                self._compressing = threading.Thread(
-                    target=self._compress, name="rs-telemetry-gzip", daemon=True
-                )
-                self._compressing.start()
-            except RuntimeError:  # no thread to be had: compress when rendering
+                if pool is not None:
+                    self._compressing = pool.submit(self._compress)
+                else:
+                    thread = threading.Thread(
+                        target=self._compress, name="rs-telemetry-gzip", daemon=True
+                    )
+                    thread.start()
+                    self._compressing = thread
+            except RuntimeError:  # no thread to be had (or a pool shut down): compress later
                 self._compressing = None
 
     def _compress(self) -> None:
@@ -135,17 +150,27 @@ class Body:
         compressor = zlib.compressobj(2, zlib.DEFLATED, 31)  # 31: gzip framing
         # A sync flush here emits every block of the batch now, in this thread: what is
         # left for ``render`` (on the sender's critical path) is the few bytes of sentAt.
-        self._prefix = compressor.compress(self._head) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        self._prefix = b"".join(
+            (
+                compressor.compress(BODY_START),
+                compressor.compress(self._joined),
+                compressor.compress(SENT_AT_KEY),
+                compressor.flush(zlib.Z_SYNC_FLUSH),
+            )
+        )
         self._compressor = compressor
 
     def render(self, sent_at: str | None = None) -> bytes:
         """The bytes to send now, e.g. ``b'{"batch":[...],"sentAt":"..."}'`` (gzipped)."""
         tail = (sent_at or iso_timestamp()).encode() + b'"}'
         if not self._gzip:
-            return self._head + tail
-        if self._compressing is not None:
-            self._compressing.join()
-        if self._compressor is None:  # the thread failed (e.g. MemoryError): here it raises
+            return b"".join((BODY_START, self._joined, SENT_AT_KEY, tail))
+        compressing, self._compressing = self._compressing, None
+        if isinstance(compressing, threading.Thread):
+            compressing.join()
+        elif compressing is not None:
+            futures_wait([compressing])  # its exception, if any, is raised again below
+        if self._compressor is None:  # it failed (e.g. MemoryError): here it raises
             self._compress()
         compressor = self._compressor.copy()
         data: bytes = self._prefix + compressor.compress(tail) + compressor.flush()
@@ -153,7 +178,7 @@ class Body:
 
     def plain(self) -> bytes:
         """The uncompressed body as it would be sent now (for ``--dry-run``)."""
-        return self._head + iso_timestamp().encode() + b'"}'
+        return b"".join((BODY_START, self._joined, SENT_AT_KEY, iso_timestamp().encode(), b'"}'))
 
 
 @dataclass(frozen=True)

@@ -56,3 +56,55 @@ def test_without_a_thread_the_body_is_compressed_when_rendered(
     body = Body(lines, gzip=True)
     stamp = "2026-12-01T00:00:00.000Z"
     assert gzip.decompress(body.render(stamp)) == Body(lines, gzip=False).render(stamp)
+
+
+STAMP = "2026-12-01T00:00:00.000Z"
+
+
+def test_bodies_given_a_pool_are_compressed_in_its_one_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    threads: list[int] = []
+    real = Body._compress
+
+    def spy(self: Body) -> None:
+        threads.append(threading.get_ident())
+        real(self)
+
+    monkeypatch.setattr(Body, "_compress", spy)
+    lines = _lines(40)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        bodies = [Body(lines, gzip=True, pool=pool) for _ in range(3)]
+        rendered = [body.render(STAMP) for body in bodies]
+    assert len(threads) == 3
+    assert len(set(threads)) == 1  # one thread for the run, not one per body
+    assert threads[0] != threading.get_ident()
+    plain = Body(lines, gzip=False).render(STAMP)
+    assert all(gzip.decompress(data) == plain for data in rendered)
+
+
+def test_a_pool_that_is_shut_down_leaves_the_compression_to_render() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(max_workers=1)
+    pool.shutdown()
+    lines = _lines(10)
+    body = Body(lines, gzip=True, pool=pool)
+    assert gzip.decompress(body.render(STAMP)) == Body(lines, gzip=False).render(STAMP)
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_a_segment_joined_in_place_is_the_same_body(compress: bool) -> None:
+    """The whole-segment path: newlines turned into commas, the last one cut by a view."""
+    lines = _lines(30)
+    segment = b"\n".join(lines) + b"\n"
+    joined = memoryview(segment.replace(b"\n", b","))[:-1]
+    body = Body((), compress, joined=joined, count=len(lines))
+    data = body.render(STAMP)
+    expected = Body(lines, gzip=False).render(STAMP)
+    assert (gzip.decompress(data) if compress else data) == expected
+    assert body.count == 30
+    assert json.loads(expected)["batch"][29]["properties"]["commit_id"] == "c29"
+    assert body.plain().startswith(expected[: -len(STAMP) - 2])
