@@ -80,6 +80,7 @@ class Run:
     unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
     cap_checked: float = 0.0
     consumed: list[str] = field(default_factory=list)  # committed, unlinked at the settle
+    unlinked: list[str] = field(default_factory=list)  # unlinked, cursors still on disk
     settled: float = field(default_factory=time.monotonic)
     rng: random.Random = field(default_factory=random.Random)
     unquarantined: int = 0  # lines to quarantine kept pending: the quarantine was unwritable
@@ -492,6 +493,8 @@ def _account_locked(
     consumed = end >= claim.size
     apply(run.unsaved, state)
     apply(this, state)
+    for name in run.unlinked:  # what settle removed: the group commit does not look (prune)
+        state.cursors.pop(name, None)
     if consumed:
         claim.release()  # our own claim would block the unlink (state.lock keeps the cap off)
     # Group commit: the state write of a consumed segment survives any process death
@@ -506,6 +509,7 @@ def _account_locked(
             quarantine_cap=store.quarantine_cap(run.conf.max_bytes),
             consumed=pending,
             durable=not consumed,
+            prune=not consumed,
         )
     except store.QuarantineUnwritable:
         raise  # nothing of the range was committed, nor counted
@@ -523,6 +527,7 @@ def _account_locked(
         return
     _count(run, sent, old, len(entries))
     run.unsaved = store.State()
+    run.unlinked.clear()
     if removed:
         run.consumed.clear()
     else:
@@ -537,7 +542,7 @@ def _account_locked(
 
 def settle(run: Run) -> None:
     """Make the state durable, then unlink the segments it marks consumed (under state.lock)."""
-    store.settle(run.directory, run.consumed)
+    run.unlinked += store.settle(run.directory, run.consumed)
     run.consumed.clear()
     run.settled = time.monotonic()
 

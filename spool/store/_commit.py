@@ -165,6 +165,7 @@ def commit(
     consumed: Sequence[str] = (),
     files: Sequence[Path] = (),
     durable: bool = True,
+    prune: bool = True,
 ) -> bool:
     """Commit ``state``: ``quarantine`` durable, then the state write, then the unlinks.
 
@@ -173,7 +174,7 @@ def commit(
     after a purge). ``durable=False`` (a flush's group commit) renames the state into
     place without fsync and unlinks nothing: ``settle`` does both later. Returns True
     when ``consumed`` and ``files`` were removed. Raises ``QuarantineUnwritable`` (the
-    state untouched) or the state write's ``OSError``.
+    state untouched) or the state write's ``OSError``. ``prune``: see ``save_state``.
     """
     if quarantine:
         # Quarantine first and durably: a crash after it quarantines the range again (a
@@ -183,7 +184,7 @@ def commit(
         except OSError as exc:
             raise QuarantineUnwritable(exc) from exc
     try:
-        save_state(directory, state, durable)
+        save_state(directory, state, durable, prune=prune)
     except OSError as exc:
         if exc.errno not in FULL_DISK:
             raise
@@ -199,15 +200,17 @@ def commit(
     return True
 
 
-def settle(directory: Path, consumed: Sequence[str]) -> None:
-    """Make the last ``commit(durable=False)`` durable, then unlink what it consumed.
+def settle(directory: Path, consumed: Sequence[str]) -> list[str]:
+    """Make the last ``commit(durable=False)`` durable, then unlink what it consumed; returns
+    the names unlinked (their cursors can go).
 
     The caller holds ``state.lock``. A crash before this point can only send those
     segments again (same messageIds), never lose one.
     """
-    if consumed:
-        sync_state(directory)
-        discard_segments(directory, list(consumed))
+    if not consumed:
+        return []
+    sync_state(directory)
+    return discard_segments(directory, list(consumed))
 
 
 def remove_segments(directory: Path, state: State, names: list[str]) -> None:

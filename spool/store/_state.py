@@ -109,12 +109,16 @@ def _check_state(state: State) -> None:
         raise ValueError("a field has the wrong type")
 
 
-def save_state(directory: Path, state: State, durable: bool = True) -> None:
+def save_state(directory: Path, state: State, durable: bool = True, *, prune: bool = True) -> None:
     """Write ``state.json`` atomically; cursors of segments that are gone are forgotten.
 
     ``durable=False``: see ``atomic_write``; ``sync_state`` finishes the job.
+    ``prune=False``: the caller dropped the cursors of what it removed itself, and looking
+    for every other segment (one ``lstat`` each) is left to the next pruning write (a
+    flush's group commits: cursor names are never reused, see ``write_first_segment``).
     """
-    state.cursors = {k: v for k, v in state.cursors.items() if os.path.lexists(directory / k)}
+    if prune:
+        state.cursors = {k: v for k, v in state.cursors.items() if os.path.lexists(directory / k)}
     payload = {"version": 1, **state.__dict__}
     atomic_write(directory, STATE, json.dumps(payload, sort_keys=True).encode(), durable)
 
@@ -124,19 +128,25 @@ def sync_state(directory: Path) -> None:
     sync_file(directory, STATE)
 
 
-def discard_segments(directory: Path, names: list[str]) -> None:
-    """Remove consumed segments whose accounting state is durable already."""
+def discard_segments(directory: Path, names: list[str]) -> list[str]:
+    """Remove consumed segments whose accounting state is durable already; the names removed.
+
+    A segment that could not be removed (locked, or an error) stays, with its cursor.
+    """
+    removed = []
     for name in names:
         with suppress_os():
-            _discard(directory / name)
+            if _discard(directory / name):
+                removed.append(name)
+    return removed
 
 
 DISCARD_WAIT = 2.0
 """Seconds a consumed segment's removal waits for its flock (held for a write, else stuck)."""
 
 
-def _discard(path: Path) -> None:
-    """Empty, stamp and unlink a consumed segment, under its flock.
+def _discard(path: Path) -> bool:
+    """Empty, stamp and unlink a consumed segment, under its flock; False when it stays.
 
     An appender may still hold a descriptor to it from when it was the active file, and
     an open file's blocks outlive its unlink: emptying it first frees them at once (a
@@ -153,8 +163,10 @@ def _discard(path: Path) -> None:
         os.unlink(path)
     except LockTimeout:
         log_warning("%s stays locked by another process; it is removed by a later run", path)
+        return False
     finally:
         close_lock_fd(fd)
+    return True
 
 
 def sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:
