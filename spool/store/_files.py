@@ -245,6 +245,20 @@ def read_file(path: StrPath, offset: int = 0) -> bytes:
         os.close(fd)
 
 
+def read_range(fd: int, offset: int, length: int) -> bytes:
+    """``length`` bytes of an open file from ``offset`` (fewer where it ends), read into one
+    buffer of that size, e.g. the pending part of a claimed segment."""
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length and (chunk := os.pread(fd, length - got, offset + got)):
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
 def log_warning(msg: str, *args: object) -> None:
     """Warn through the ``spool`` logger, e.g. ``rs-telemetry: spool disk full: ...``.
 

@@ -9,7 +9,7 @@ from types import TracebackType
 from spool.errors import Busy
 from spool.locking import close_lock_fd, held, register_lock_fd, state_lock
 from spool.store._commit import commit, full_disk_ok, is_full_disk, locked_state
-from spool.store._files import READ_FLAGS, log_warning, open_spool_file, read_file
+from spool.store._files import READ_FLAGS, log_warning, open_spool_file, read_file, read_range
 from spool.store._reading import pending_files, split_lines, valid_cursor
 from spool.store._state import load_state
 
@@ -104,7 +104,9 @@ def claim(directory: Path, name: str, deadline: float | None = None) -> Claim | 
             raise
     taken = Claim(name, size, cursor, fd)
     try:
-        taken.data = read_file(path, cursor)
+        # Through the claim's own descriptor, to the size measured under state.lock: a
+        # sealed segment never grows, and the claim keeps the cap from shortening it.
+        taken.data = read_range(fd, cursor, size - cursor)
     except BaseException:
         taken.release()
         raise
