@@ -43,6 +43,9 @@ taken for one that refuses everything (a proxy answering 400 to any request): th
 stops before its next request, keeps the rest pending and exits 1 (SPEC 7). Our records
 are checked before they are sent, so a real refusal is rare, and halving reaches an
 acceptable event of a working endpoint long before five refused ones in a row."""
+PREPARED_AHEAD = 2
+"""Segments handed to the preparing thread before the sender waits for the oldest one:
+the one being sent, and the next, prepared (checked, then compressed) meanwhile."""
 _STOP_POLL = 0.1
 LEFT = "\x00left\x00"
 """Stands in a stop message for the number of events left pending, known only later."""
@@ -107,7 +110,7 @@ def deliver(run: Run, names: list[str]) -> None:
         try:
             for name in names:
                 ahead.append(pool.submit(_prepare, run, name))
-                if len(ahead) < 2:
+                if len(ahead) < PREPARED_AHEAD:
                     continue
                 _send_prepared(run, ahead.pop(0).result())
             while ahead:
