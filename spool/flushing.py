@@ -104,8 +104,9 @@ def flush(
     Configuration trouble (no write key, a refused endpoint, a spool directory that must
     not be used) is reported, not raised: ``exit_code`` 1 and the reason in ``message``.
     ``progress`` is called with (events done, events taken on); ``out`` receives
-    ``--dry-run`` batches; ``stop``, once set, ends the run at its next safe point with
-    exit code 128 + the signal number.
+    ``--dry-run`` batches (a ``BrokenPipeError`` writing to it is raised: its reader left);
+    ``stop``, once set, ends the run at its next safe point with exit code 128 + the
+    signal number.
     """
     started = time.monotonic()
     report = FlushReport(dry_run=dry_run)
@@ -116,6 +117,8 @@ def flush(
         # Stopped before sending (no key, a refused endpoint, another flush running): all
         # of it is still pending.
         report = stopped_report(exc, spool_dir, dry_run=dry_run, endpoint=endpoint)
+    except BrokenPipeError:
+        raise  # ``out`` lost its reader (``flush --dry-run | head -1``): not the spool's disk
     except OSError as exc:
         # The spool's disk failed outside a delivery (a seal, the cap, a state read): the
         # report says so, as the CLI's one line does; a host never sees the traceback.
@@ -301,6 +304,8 @@ def _locked_flush(
         deliver(run, names)
     except (FlushStopped, store.QuarantineUnwritable, LockTimeout) as exc:
         stopped = exc  # the endpoint, --max-time, Retry-After, a signal, the disk, a lock
+    except BrokenPipeError:
+        raise  # the reader of ``out`` (the dry run's batches) has gone: see flush()
     except OSError as exc:
         # A commit's state write failed (EIO): what was committed stands, the rest is sent
         # again later; the summary is still recorded when the disk lets it (_finish).
@@ -333,7 +338,8 @@ def _outcome(run: Run, report: FlushReport, stopped: TelemetryError | None) -> t
             + (f", {report.dropped} dropped as too old" if report.dropped else "")
         )
         said = stopped_by(stop.signum) if stop is not None and stop.signum is not None else ""
-        return exitcodes.OK, said or (stopped.message if stopped else "") or would
+        told = stopped.message.replace(LEFT, str(report.left_pending)) if stopped else ""
+        return exitcodes.OK, said or told or would
     if stop is not None and stop.signum is not None:
         # Asked to stop (even if the run had just ended): the code says so, and the
         # summary and last_flush are recorded all the same.
