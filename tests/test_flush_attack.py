@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kit import fill
+from kit import Cli, fill
+
+from spool.receiver import Receiver
 
 KEY = "wk-attack"
 
@@ -38,3 +40,27 @@ def test_a_dry_run_into_a_closed_pipe_ends_quietly(spool_dir: Path) -> None:
     result = into_closed_pipe("flush", "--dry-run")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+
+
+def _quarantine_odd_objects(cli: Cli, receiver: Receiver, spool_dir: Path) -> None:
+    fill(1)
+    (segment,) = [p for p in spool_dir.iterdir() if p.suffix == ".jsonl"]
+    with segment.open("ab") as f:
+        f.write(b'{"raw":5}\n{"event":{"a":1},"raw":[1]}\n{"type":"track"}\n')
+    result = cli("flush", "--endpoint", receiver.url)
+    assert result.returncode == 65, result.stderr
+
+
+def test_the_human_quarantine_view_shows_objects_that_are_no_record(
+    cli: Cli, receiver: Receiver, spool_dir: Path, write_key: str
+) -> None:
+    _quarantine_odd_objects(cli, receiver, spool_dir)
+    result = cli("show", "--quarantine")
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stdout
+    # Each shows what the line held, not an empty raw=''.
+    assert """raw='{"raw":5}'""" in lines[0]
+    assert '"event":{"a":1}' in lines[1]
+    assert """raw='{"type":"track"}'""" in lines[2]
