@@ -8,7 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from kit import Cli, fill
+from kit import Cli, assert_accounted, fill, status
+from scripted_server import OK, Recorded, Respond, ScriptedServer
 
 from spool.receiver import Receiver
 
@@ -64,3 +65,27 @@ def test_the_human_quarantine_view_shows_objects_that_are_no_record(
     assert """raw='{"raw":5}'""" in lines[0]
     assert '"event":{"a":1}' in lines[1]
     assert """raw='{"type":"track"}'""" in lines[2]
+
+
+def test_requeue_keeps_the_pending_cap(
+    scripted_server: ScriptedServer, cli: Cli, spool_dir: Path, write_key: str
+) -> None:
+    # 30 events, every second one refused alone: 15 quarantined (~4 KB of records). Under
+    # a 1,500-byte cap, putting them back must not hold more than 1.5 x the cap pending:
+    # the oldest go first, counted as spool_full (SPEC 8), and nothing is lost silently.
+    fill(30)
+    answered = [0]
+
+    def refuse_every_second(request: Recorded) -> Respond:
+        answered[0] += 1
+        return Respond(400) if len(request.events) > 1 or answered[0] % 2 else OK
+
+    scripted_server.handler = refuse_every_second
+    assert cli("flush", "--endpoint", scripted_server.url).returncode == 65
+    assert status()["quarantined"]["events"] == 15
+    result = cli("requeue", "--yes", env={"RS_TELEMETRY_MAX_BYTES": "1500"})
+    assert result.returncode == 0, result.stderr
+    st = assert_accounted(30)
+    assert st["pending"]["bytes"] <= 1500 * 3 // 2, st
+    assert st["dropped"]["by_reason"]["spool_full"] > 0, st
+    assert "spool_full" in result.stderr
