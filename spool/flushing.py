@@ -38,7 +38,7 @@ from spool.errors import (
     SpoolUnusable,
     TelemetryError,
 )
-from spool.locking import flush_lock
+from spool.locking import flush_lock, stop_waits
 from spool.stopping import SIGNAL_EXIT_BASE, StopRequest, stopped_by
 from spool.upload import MAX_RETRY_AFTER, Uploader
 
@@ -112,11 +112,18 @@ def flush(
     report = FlushReport(dry_run=dry_run)
     call = _Call(max_time, timeout, gzip, dry_run, force, endpoint, progress, out, stop)
     try:
-        _flush(spool_dir, call, started, report)
+        with stop_waits(stop):  # a signal cuts the lock waits short (a stuck state.lock)
+            _flush(spool_dir, call, started, report)
     except TelemetryError as exc:
         # Stopped before sending (no key, a refused endpoint, another flush running): all
         # of it is still pending.
         report = stopped_report(exc, spool_dir, dry_run=dry_run, endpoint=endpoint)
+        if stop is not None and stop.signum is not None and not dry_run:
+            # Asked to stop while it waited (on a lock): the code and message say so, as
+            # _outcome's do, and the summary is recorded if the lock comes free at once.
+            report.exit_code = SIGNAL_EXIT_BASE + stop.signum
+            report.message = stopped_by(stop.signum)
+            _record_stop(spool_dir, report, endpoint)
     except BrokenPipeError:
         raise  # ``out`` lost its reader (``flush --dry-run | head -1``): not the spool's disk
     except OSError as exc:

@@ -3,11 +3,15 @@ failed on the code before its fix. Real processes, real loopback servers."""
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 from kit import Cli, assert_accounted, fill, status
 from scripted_server import OK, Recorded, Respond, ScriptedServer
 
@@ -89,3 +93,53 @@ def test_requeue_keeps_the_pending_cap(
     assert st["pending"]["bytes"] <= 1500 * 3 // 2, st
     assert st["dropped"]["by_reason"]["spool_full"] > 0, st
     assert "spool_full" in result.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_a_flush_waiting_on_a_stuck_state_lock(
+    receiver: Receiver, spool_dir: Path, write_key: str, signum: int
+) -> None:
+    # A stopped process holds state.lock: the flush waits for it up to --max-time. Ctrl-C
+    # or systemd's SIGTERM must end that wait at once, not 30 s later, and --json must
+    # carry the code the process ends with (SPEC 5).
+    fill(3)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STATE_LOCK, str(spool_dir / "state.lock")],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"locked\n"
+        flush = subprocess.Popen(
+            [sys.executable, "-m", "spool", "flush", "--json", "--max-time", "30",
+             "--endpoint", receiver.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        time.sleep(1.5)  # well into its wait for state.lock
+        asked = time.monotonic()
+        flush.send_signal(signum)
+        out, err = flush.communicate(timeout=60)
+        took = time.monotonic() - asked
+    finally:
+        holder.kill()
+        holder.wait()
+    assert took < 10, f"{took:.1f} s after the signal: {err}"
+    expected = 130 if signum == signal.SIGINT else -signal.SIGTERM
+    assert flush.returncode == expected, err
+    report = json.loads(out)
+    assert report["exit_code"] == 128 + signum, report
+    assert "stopped by" in report["message"], report
+    assert report["left_pending"] == 3, report
+    assert "Traceback" not in err
+    assert_accounted(3)
+
+
+HOLD_STATE_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""
