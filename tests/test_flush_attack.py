@@ -125,6 +125,8 @@ def test_a_signal_stops_a_flush_waiting_on_a_stuck_state_lock(
     finally:
         holder.kill()
         holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
     assert took < 10, f"{took:.1f} s after the signal: {err}"
     expected = 130 if signum == signal.SIGINT else -signal.SIGTERM
     assert flush.returncode == expected, err
