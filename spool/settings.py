@@ -316,6 +316,17 @@ def check_endpoint(url: str) -> str:
     return f"{base}/v1/batch"
 
 
+MAX_RUN_SECONDS = 86_400.0
+"""The longest --max-time or --timeout taken: a day (a run is bounded, and nan or inf is not)."""
+
+
+def _bounded_seconds(value: object) -> bool:
+    """True for a number of seconds above 0 and at most a day, e.g. ``2.5``; never nan."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return 0 < value <= MAX_RUN_SECONDS  # nan fails both comparisons
+
+
 @dataclass(frozen=True)
 class FlushSettings:
     """Everything a flush run needs, resolved once, e.g. ``FlushSettings(max_time=60.0, ...)``."""
@@ -348,8 +359,13 @@ class FlushSettings:
         if found.problem is not None and not dry_run:
             raise ConfigError(found.problem)
         key, source = found.key, found.source
-        if max_time <= 0 or timeout <= 0:
-            raise ConfigError("--max-time and --timeout must be positive")
+        if not (_bounded_seconds(max_time) and _bounded_seconds(timeout)):
+            # The command line's Seconds type refuses these before a run; a library call
+            # (spool.flush(max_time=nan)) would otherwise run unbounded or raise.
+            raise ConfigError(
+                f"--max-time and --timeout must be numbers of seconds above 0 and at most "
+                f"{MAX_RUN_SECONDS:g} (got max_time={max_time!r}, timeout={timeout!r})"
+            )
         return cls(
             endpoint=endpoint(endpoint_url),
             write_key=key,

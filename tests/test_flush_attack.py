@@ -145,3 +145,30 @@ fcntl.flock(fd, fcntl.LOCK_EX)
 print("locked", flush=True)
 time.sleep(120)
 """
+
+
+@pytest.mark.parametrize(
+    "limits",
+    ["max_time=float('nan')", "max_time=float('inf'), timeout=0.5", "timeout=float('nan')",
+     "timeout=-1", "max_time=1e9", "max_time='5'"],
+)  # fmt: skip
+def test_the_library_refuses_a_time_limit_that_bounds_nothing(
+    receiver: Receiver, spool_dir: Path, write_key: str, limits: str
+) -> None:
+    # What the command line refuses (exit 2) must not hang or raise in spool.flush(): a
+    # report with exit code 1 and the reason, everything kept (SPEC 3, 7).
+    fill(2)
+    code = (
+        "import json, spool\n"
+        f"r = spool.flush(endpoint={receiver.url!r}, {limits})\n"
+        "print(json.dumps(r.to_json()))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert run.returncode == 0, run.stderr
+    report = json.loads(run.stdout)
+    assert report["exit_code"] == 1, report
+    assert "--max-time" in report["message"], report
+    assert report["left_pending"] == 2, report
+    assert receiver.events == []

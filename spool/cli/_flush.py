@@ -89,7 +89,7 @@ PROGRESS_REDRAW = 0.5
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-MAX_RUN_SECONDS = 86_400.0
+MAX_RUN_SECONDS = settings.MAX_RUN_SECONDS
 """The longest --max-time or --timeout taken: a day (a run is bounded, and nan or inf is not)."""
 
 
