@@ -172,3 +172,25 @@ def test_the_library_refuses_a_time_limit_that_bounds_nothing(
     assert "--max-time" in report["message"], report
     assert report["left_pending"] == 2, report
     assert receiver.events == []
+
+
+def test_a_415_to_a_gzip_body_says_to_send_plain_json(
+    scripted_server: ScriptedServer, cli: Cli, write_key: str
+) -> None:
+    # An endpoint that takes no gzip (a proxy, a self-hosted collector) answers 415: the
+    # one line names the fix, --no-gzip, not a wrong base URL.
+    fill(3)
+
+    def no_gzip(request: Recorded) -> Respond:
+        if request.headers.get("content-encoding") == "gzip":
+            return Respond(415, body=b"unsupported content encoding")
+        return OK
+
+    scripted_server.handler = no_gzip
+    refused = cli("flush", "--json", "--endpoint", scripted_server.url)
+    assert refused.returncode == 1, refused.stderr
+    assert "--no-gzip" in json.loads(refused.stdout)["message"]
+    assert "--no-gzip" in refused.stderr
+    plain = cli("flush", "--json", "--no-gzip", "--endpoint", scripted_server.url)
+    assert plain.returncode == 0, plain.stderr
+    assert_accounted(3)
