@@ -194,3 +194,28 @@ def test_a_415_to_a_gzip_body_says_to_send_plain_json(
     plain = cli("flush", "--json", "--no-gzip", "--endpoint", scripted_server.url)
     assert plain.returncode == 0, plain.stderr
     assert_accounted(3)
+
+
+def test_a_fifo_in_place_of_the_active_file_loses_nothing_and_holds_nothing(
+    receiver: Receiver, cli: Cli, spool_dir: Path, write_key: str
+) -> None:
+    # A FIFO where active.jsonl belongs: an append wrote into the pipe's buffer and said
+    # True (the record gone at the close), and flush and purge blocked forever opening it.
+    fill(2)
+    cli("flush", "--dry-run")  # sealed: the two are in a segment
+    os.mkfifo(spool_dir / "active.jsonl", 0o600)
+    code = "import spool; print(spool.append('server_start'))"
+    appended = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert appended.stdout.strip() == "False", appended
+    for args in (("flush", "--endpoint", receiver.url), ("purge", "--yes")):
+        result = cli(*args, timeout=30)
+        assert result.returncode == 1, result.stderr
+        assert "active.jsonl" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert receiver.events == []
+    os.unlink(spool_dir / "active.jsonl")
+    assert cli("flush", "--endpoint", receiver.url).returncode == 0
+    assert len(receiver.events) == 2
+    assert_accounted(2)
