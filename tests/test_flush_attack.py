@@ -219,3 +219,20 @@ def test_a_fifo_in_place_of_the_active_file_loses_nothing_and_holds_nothing(
     assert cli("flush", "--endpoint", receiver.url).returncode == 0
     assert len(receiver.events) == 2
     assert_accounted(2)
+
+
+def test_flush_json_into_a_closed_pipe_keeps_its_exit_code(
+    scripted_server: ScriptedServer, spool_dir: Path, write_key: str
+) -> None:
+    # The report has nowhere to go, but the run left its events pending: 75, not 0 (which
+    # says nothing is left), and the summary still reaches stderr, with no pipe error.
+    fill(3)
+    scripted_server.default = Respond(503)
+    result = into_closed_pipe(
+        "flush", "--json", "--endpoint", scripted_server.url, "--max-time", "1"
+    )
+    assert result.returncode == 75, result.stderr
+    assert "left pending 3" in result.stderr
+    assert "Broken pipe" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert status()["last_flush"]["exit_code"] == 75

@@ -262,7 +262,12 @@ def _said(
     from spool.stopping import SIGNAL_EXIT_BASE  # noqa: PLC0415 - flush only
 
     if as_json:
-        click.echo(json.dumps(report.to_json()))
+        try:
+            click.echo(json.dumps(report.to_json()))
+        except BrokenPipeError:
+            # The reader left (`flush --json | head -c0`): quietly, but the run's outcome
+            # still stands; exit 0 would say nothing is left pending (SPEC 5).
+            quiet_stdout()
     failed = report.exit_code == exitcodes.FAILURE
     if failed or not quiet:
         summary = (
