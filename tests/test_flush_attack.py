@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,3 +237,74 @@ def test_flush_json_into_a_closed_pipe_keeps_its_exit_code(
     assert "Broken pipe" not in result.stderr
     assert "Traceback" not in result.stderr
     assert status()["last_flush"]["exit_code"] == 75
+
+
+BLACKHOLE_DNS = """
+import socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 53))
+s.settimeout(1)
+print("listening", flush=True)
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end:
+    try:
+        s.recvfrom(4096)  # read every query, answer none
+    except OSError:
+        pass
+"""
+
+IN_NAMESPACE = """
+set -e
+ip link set lo up
+mount --bind "$RESOLV" /etc/resolv.conf
+"$PYTHON" -c "$BLACKHOLE" 30 > "$READY" &
+server=$!
+while ! grep -q listening "$READY" 2>/dev/null; do sleep 0.05; done
+start=$("$PYTHON" -c 'import time; print(time.monotonic())')
+set +e
+"$PYTHON" -m spool flush --json --endpoint https://telemetry.example.invalid \
+  --max-time 2 --timeout 1
+code=$?
+end=$("$PYTHON" -c 'import time; print(time.monotonic())')
+echo "exit=$code took=$("$PYTHON" -c "print($end - $start)")" >&2
+kill "$server"
+"""
+
+
+def test_a_resolver_that_never_answers_cannot_hold_a_flush(
+    tmp_path: Path, spool_dir: Path, write_key: str
+) -> None:
+    # getaddrinfo() blocks in C, before any socket exists for the watchdog to hang up:
+    # a DNS server that answers nothing held a flush 5 s per try and server of
+    # resolv.conf, past --timeout 1 and --max-time 2 (SPEC 7). In a network and mount
+    # namespace of its own: loopback only, and a resolv.conf that names a silent server.
+    if os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("unshare", "ip", "mount")):
+        pytest.skip("needs root, unshare, ip and mount for a namespace with its own resolver")
+    fill(1)
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:5 attempts:2\n")
+    env = dict(
+        os.environ,
+        RESOLV=str(resolv),
+        PYTHON=sys.executable,
+        BLACKHOLE=BLACKHOLE_DNS,
+        READY=str(tmp_path / "ready"),
+    )
+    probe = subprocess.run(["unshare", "-m", "-n", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make namespaces here: {probe.stderr.decode().strip()}")
+    result = subprocess.run(
+        ["unshare", "-m", "-n", "sh", "-c", IN_NAMESPACE],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=90,
+        check=False,
+    )
+    found = [line for line in result.stderr.splitlines() if line.startswith("exit=")]
+    assert found, result.stderr
+    code, took = found[-1].split()
+    assert code == "exit=75", result.stderr
+    assert float(took.split("=")[1]) < 5, result.stderr  # --max-time 2, not 10 s of DNS
+    report = json.loads(result.stdout)
+    assert report["left_pending"] == 1, report
