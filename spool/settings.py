@@ -162,6 +162,9 @@ def _check_url(url: str, name: str, as_set: str | None = None) -> str:
             problem = "not http or https"
         elif not parts.hostname:
             problem = "no host"
+        elif not _host_name_ok(parts.hostname):
+            # urllib3 refuses it only when it connects, with a traceback (LocationParseError).
+            problem = "its host name has an empty label or one over 63 characters"
         elif "@" in parts.netloc:
             # A user or password in the URL would be sent to the server and shown by
             # status; the write key has its own variables.
@@ -174,6 +177,17 @@ def _check_url(url: str, name: str, as_set: str | None = None) -> str:
             f"{name}={shown!r} cannot be used ({problem}): it accepts {_ENDPOINT_ACCEPTS}"
         )
     return url
+
+
+def _host_name_ok(host: str) -> bool:
+    """True when a URL's host can be connected to by name, e.g. not ``a..b``."""
+    if ":" in host:
+        return True  # an IPv6 address (urlsplit took the brackets off)
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def hide_credentials(url: str) -> str:

@@ -308,3 +308,19 @@ def test_a_resolver_that_never_answers_cannot_hold_a_flush(
     assert float(took.split("=")[1]) < 5, result.stderr  # --max-time 2, not 10 s of DNS
     report = json.loads(result.stdout)
     assert report["left_pending"] == 1, report
+
+
+@pytest.mark.parametrize("host", ["a..b", "x" * 64 + ".example", ".example"])
+def test_an_endpoint_host_with_a_bad_label_is_one_line_not_a_traceback(
+    cli: Cli, spool_dir: Path, write_key: str, host: str
+) -> None:
+    # urllib3 refused it only while connecting (LocationParseError), which reached the
+    # user as a traceback; it is a setting that cannot be used (SPEC 6: exit 1, one line).
+    fill(1)
+    result = cli("flush", "--json", "--endpoint", f"https://{host}", "--max-time", "2")
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    report = json.loads(result.stdout)
+    assert "--endpoint" in report["message"], report
+    assert report["left_pending"] == 1, report
