@@ -179,6 +179,45 @@ def _check_url(url: str, name: str, as_set: str | None = None) -> str:
     return url
 
 
+_PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
+
+
+def check_proxy(proxy: str) -> None:
+    """Refuse a proxy URL that requests could not use, e.g. ``http://a..b:3128``.
+
+    Said as what it is: without this check the run stopped on it with "the endpoint URL is
+    not usable" (or a traceback), naming the endpoint instead of the proxy.
+    """
+    url = proxy if "://" in proxy else f"http://{proxy}"  # as requests reads it
+    problem = ""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        problem = "its host or port cannot be read"
+    else:
+        scheme = parts.scheme.lower()
+        if scheme not in _PROXY_SCHEMES:
+            problem = f"{scheme}:// is no proxy scheme (http, https or socks5)"
+        elif not parts.hostname:
+            problem = "no host"
+        elif not _host_name_ok(parts.hostname):
+            problem = "its host name has an empty label or one over 63 characters"
+        elif scheme.startswith("socks"):
+            import importlib.util  # noqa: PLC0415 - a SOCKS proxy only
+
+            if importlib.util.find_spec("socks") is None:
+                problem = "a SOCKS proxy needs PySocks: pip install 'requests[socks]'"
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in proxy):
+        problem = "it contains a space or a control character"
+    if problem:
+        raise ConfigError(
+            f"the proxy {hide_credentials(proxy)!r} (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY) "
+            f"cannot be used ({problem}): set it to a URL such as http://proxy.example:3128, "
+            "or unset it"
+        )
+
+
 def _host_name_ok(host: str) -> bool:
     """True when a URL's host can be connected to by name, e.g. not ``a..b``."""
     if ":" in host:

@@ -324,3 +324,24 @@ def test_an_endpoint_host_with_a_bad_label_is_one_line_not_a_traceback(
     report = json.loads(result.stdout)
     assert "--endpoint" in report["message"], report
     assert report["left_pending"] == 1, report
+
+
+@pytest.mark.parametrize(
+    "proxy", ["http://a..b:3128", "http://127.0.0.1:99999", "ftp://127.0.0.1:3128", "::"]
+)
+def test_a_proxy_that_cannot_be_used_is_named_not_the_endpoint(
+    cli: Cli, spool_dir: Path, write_key: str, proxy: str
+) -> None:
+    # A broken HTTPS_PROXY stopped the run with "the endpoint URL is not usable" (or, for
+    # a bad host label, a traceback): the one line must name the proxy and the fix.
+    fill(1)
+    result = cli(
+        "flush", "--json", "--endpoint", "https://telemetry.example.invalid", "--max-time", "2",
+        env={"HTTPS_PROXY": proxy, "NO_PROXY": ""},
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    message = json.loads(result.stdout)["message"]
+    assert "HTTPS_PROXY" in message, message
+    assert "endpoint URL" not in message, message
