@@ -240,8 +240,8 @@ def _locked_flush(
     report: FlushReport,
     call: _Call,
 ) -> None:
-    store.seal(directory)
     lock_deadline = started + conf.max_time  # no lock may hold a flush past --max-time
+    store.seal(directory, deadline=lock_deadline)
     if conf.dry_run:
         # A dry run changes nothing: not even the cap's drops (it shows what is pending).
         with store.locked_state(directory, deadline=lock_deadline) as state:

@@ -345,3 +345,33 @@ def test_a_proxy_that_cannot_be_used_is_named_not_the_endpoint(
     message = json.loads(result.stdout)["message"]
     assert "HTTPS_PROXY" in message, message
     assert "endpoint URL" not in message, message
+
+
+def test_a_stopped_appender_holding_the_active_file_cannot_hold_a_flush(
+    receiver: Receiver, cli: Cli, spool_dir: Path, write_key: str
+) -> None:
+    # An appender holds the active file's lock for one write; one stopped in that instant
+    # (SIGSTOP, a frozen container) held the flush's seal past --max-time, deaf to signals.
+    fill(1)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_STATE_LOCK, str(spool_dir / "active.jsonl")],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"locked\n"
+        started = time.monotonic()
+        result = cli("flush", "--json", "--endpoint", receiver.url, "--max-time", "2")
+        took = time.monotonic() - started
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+    assert took < 10, f"{took:.1f} s: {result.stderr}"
+    assert result.returncode == 75, result.stderr
+    report = json.loads(result.stdout)
+    assert "active.jsonl" in report["message"], report
+    assert report["left_pending"] == 1, report
+    assert cli("flush", "--endpoint", receiver.url).returncode == 0
+    assert len(receiver.events) == 1
