@@ -375,3 +375,25 @@ def test_a_stopped_appender_holding_the_active_file_cannot_hold_a_flush(
     assert report["left_pending"] == 1, report
     assert cli("flush", "--endpoint", receiver.url).returncode == 0
     assert len(receiver.events) == 1
+
+
+def test_a_full_stderr_does_not_change_the_flush_exit_code(
+    scripted_server: ScriptedServer, spool_dir: Path, write_key: str
+) -> None:
+    # `flush 2>/dev/full` (a log file on a full disk): the summary cannot be written, but
+    # the run left its events pending and says so with 75, not 1.
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    fill(2)
+    scripted_server.default = Respond(503)
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "spool", "flush", "--endpoint", scripted_server.url,
+             "--max-time", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=full,
+            timeout=60,
+            check=False,
+        )  # fmt: skip
+    assert result.returncode == 75
+    assert status()["last_flush"]["exit_code"] == 75

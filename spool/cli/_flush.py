@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -279,7 +280,10 @@ def _said(
             # A run that sent some, then stopped, or was stopped: the counts matter.
             partial = (report.batches or stop.signum is not None) and not dry_run
             summary = f"{report.message}. {summary}" if partial else report.message
-        say(("error: " if failed else "") + summary)
+        # stderr full or gone (2>/dev/full, a closed pipe): the run happened as reported
+        # and recorded; its exit code must not turn into 1 over the narration.
+        with contextlib.suppress(OSError):
+            say(("error: " if failed else "") + summary)
     if stop.signum is not None:
         # Ended by the signal itself where it is SIGTERM (see Finished), else 128 + N.
         return Finished(SIGNAL_EXIT_BASE + stop.signum, stop.signum)
