@@ -279,10 +279,16 @@ def _send(run: Run, valid: list[Item], body: Body | None = None) -> Answer | Non
         if verdict is Verdict.MISCONFIGURED:
             if answer.status is None:  # a TLS certificate, an unusable URL
                 raise EndpointRefuses(f"{answer.describe(where)}; everything is kept")
+            fix = (
+                # 415 to a gzip body: an endpoint (a proxy, a self-hosted collector) that
+                # takes plain JSON only; the endpoint itself is right.
+                "it does not take gzip bodies: run flush with --no-gzip"
+                if answer.status == 415 and run.conf.gzip
+                else "check --endpoint or RS_SEGMENT_ENDPOINT (the base URL, e.g. "
+                "https://api.segment.io)"
+            )
             raise EndpointRefuses(
-                f"{uploader.url} answered HTTP {answer.status}: check --endpoint or "
-                "RS_SEGMENT_ENDPOINT (the base URL, e.g. https://api.segment.io); "
-                "everything is kept",
+                f"{uploader.url} answered HTTP {answer.status}: {fix}; everything is kept",
             )
         backoff = run.rng.uniform(0, min(BACKOFF_MAX, BACKOFF_BASE * 2**attempt))
         # 0 for "Retry-After: 0", a date past or a negative number: "retry now", which

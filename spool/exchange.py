@@ -18,6 +18,7 @@ it defines them; only urllib3's connection classes are subclassed, to learn each
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import socket
 import threading
 import time
@@ -55,7 +56,7 @@ class _Watched:
     _rs_dup: socket.socket | None = None
 
     def _new_conn(self) -> socket.socket:
-        sock: socket.socket = super()._new_conn()  # type: ignore[misc]
+        sock = self._rs_new_conn_bounded()
         # A duplicate of the descriptor, ours alone: the TLS wrapper detaches the original
         # object, and a descriptor number alone could be reused by another file once the
         # connection closes. shutdown() acts on the connection, not on the descriptor.
@@ -65,6 +66,53 @@ class _Watched:
         if watchdog is not None:
             watchdog.attach(self)
         return sock
+
+    def _rs_new_conn_bounded(self) -> socket.socket:
+        """``_new_conn`` of urllib3, within the request's deadline even while a name resolves.
+
+        ``getaddrinfo()`` blocks in C before any socket exists, so the watchdog has nothing
+        to hang up: a resolver that never answers held a flush past --timeout and
+        --max-time (5 s per try and server in resolv.conf). So a name is looked up and
+        connected in a helper thread, abandoned once the watchdog fires (its socket, if
+        one comes later, is closed there). An address needs no look-up: connected here.
+        """
+        watchdog = getattr(_current, "watchdog", None)
+        host = str(getattr(self, "_dns_host", "") or "")
+        if watchdog is None or _is_address(host):
+            direct: socket.socket = super()._new_conn()  # type: ignore[misc]
+            return direct
+        guard = threading.Lock()
+        box: dict[str, Any] = {}
+
+        def connect() -> None:
+            try:
+                outcome: tuple[str, Any] = ("sock", super(_Watched, self)._new_conn())  # type: ignore[misc]
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                outcome = ("error", exc)
+            with guard:
+                if box.get("abandoned"):
+                    if outcome[0] == "sock":
+                        outcome[1].close()
+                    return
+                box["outcome"] = outcome
+
+        helper = threading.Thread(target=connect, name="rs-telemetry-connect", daemon=True)
+        helper.start()
+        while True:
+            helper.join(_POLL)
+            with guard:
+                if "outcome" in box:
+                    break
+                if watchdog.fired is not None:
+                    box["abandoned"] = True
+                    raise urllib3.exceptions.ConnectTimeoutError(
+                        self, f"no connection to {host} within the request's deadline"
+                    )
+        kind, value = box["outcome"]
+        if kind == "error":
+            raise value
+        connected: socket.socket = value
+        return connected
 
     def request(self, *args: Any, **kwargs: Any) -> Any:
         watchdog = getattr(_current, "watchdog", None)
@@ -88,6 +136,15 @@ class _Watched:
             super().close()  # type: ignore[misc]
         finally:
             self._rs_close_dup()
+
+
+def _is_address(host: str) -> bool:
+    """True for an IP address (no look-up needed), e.g. ``127.0.0.1`` or ``[::1]``."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 class _HTTPConnection(_Watched, HTTPConnection):

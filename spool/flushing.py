@@ -38,7 +38,7 @@ from spool.errors import (
     SpoolUnusable,
     TelemetryError,
 )
-from spool.locking import flush_lock
+from spool.locking import flush_lock, stop_waits
 from spool.stopping import SIGNAL_EXIT_BASE, StopRequest, stopped_by
 from spool.upload import MAX_RETRY_AFTER, Uploader
 
@@ -104,18 +104,28 @@ def flush(
     Configuration trouble (no write key, a refused endpoint, a spool directory that must
     not be used) is reported, not raised: ``exit_code`` 1 and the reason in ``message``.
     ``progress`` is called with (events done, events taken on); ``out`` receives
-    ``--dry-run`` batches; ``stop``, once set, ends the run at its next safe point with
-    exit code 128 + the signal number.
+    ``--dry-run`` batches (a ``BrokenPipeError`` writing to it is raised: its reader left);
+    ``stop``, once set, ends the run at its next safe point with exit code 128 + the
+    signal number.
     """
     started = time.monotonic()
     report = FlushReport(dry_run=dry_run)
     call = _Call(max_time, timeout, gzip, dry_run, force, endpoint, progress, out, stop)
     try:
-        _flush(spool_dir, call, started, report)
+        with stop_waits(stop):  # a signal cuts the lock waits short (a stuck state.lock)
+            _flush(spool_dir, call, started, report)
     except TelemetryError as exc:
         # Stopped before sending (no key, a refused endpoint, another flush running): all
         # of it is still pending.
         report = stopped_report(exc, spool_dir, dry_run=dry_run, endpoint=endpoint)
+        if stop is not None and stop.signum is not None and not dry_run:
+            # Asked to stop while it waited (on a lock): the code and message say so, as
+            # _outcome's do, and the summary is recorded if the lock comes free at once.
+            report.exit_code = SIGNAL_EXIT_BASE + stop.signum
+            report.message = stopped_by(stop.signum)
+            _record_stop(spool_dir, report, endpoint)
+    except BrokenPipeError:
+        raise  # ``out`` lost its reader (``flush --dry-run | head -1``): not the spool's disk
     except OSError as exc:
         # The spool's disk failed outside a delivery (a seal, the cap, a state read): the
         # report says so, as the CLI's one line does; a host never sees the traceback.
@@ -230,8 +240,8 @@ def _locked_flush(
     report: FlushReport,
     call: _Call,
 ) -> None:
-    store.seal(directory)
     lock_deadline = started + conf.max_time  # no lock may hold a flush past --max-time
+    store.seal(directory, deadline=lock_deadline)
     if conf.dry_run:
         # A dry run changes nothing: not even the cap's drops (it shows what is pending).
         with store.locked_state(directory, deadline=lock_deadline) as state:
@@ -301,6 +311,8 @@ def _locked_flush(
         deliver(run, names)
     except (FlushStopped, store.QuarantineUnwritable, LockTimeout) as exc:
         stopped = exc  # the endpoint, --max-time, Retry-After, a signal, the disk, a lock
+    except BrokenPipeError:
+        raise  # the reader of ``out`` (the dry run's batches) has gone: see flush()
     except OSError as exc:
         # A commit's state write failed (EIO): what was committed stands, the rest is sent
         # again later; the summary is still recorded when the disk lets it (_finish).
@@ -333,7 +345,8 @@ def _outcome(run: Run, report: FlushReport, stopped: TelemetryError | None) -> t
             + (f", {report.dropped} dropped as too old" if report.dropped else "")
         )
         said = stopped_by(stop.signum) if stop is not None and stop.signum is not None else ""
-        return exitcodes.OK, said or (stopped.message if stopped else "") or would
+        told = stopped.message.replace(LEFT, str(report.left_pending)) if stopped else ""
+        return exitcodes.OK, said or told or would
     if stop is not None and stop.signum is not None:
         # Asked to stop (even if the run had just ended): the code says so, and the
         # summary and last_flush are recorded all the same.

@@ -35,7 +35,7 @@ from spool.errors import Busy, LockTimeout
 # append takes no lock of this module, and the context managers load contextlib on use.
 TYPE_CHECKING = False  # mypy sets this True
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
     from contextlib import AbstractContextManager
     from pathlib import Path
 
@@ -169,10 +169,40 @@ class state_lock:  # named as a function: used as contextlib's context managers 
         close_lock_fd(fd)  # LOCK_UN first: a forked child's copy must not keep the lock
 
 
+STOP_GRACE = 1.0
+"""Seconds a lock wait with a deadline goes on once a running flush was asked to stop
+(SIGINT, SIGTERM): enough to commit what the server acknowledged, never --max-time."""
+
+# The stop requests of the flushes running in this process (``stop_waits``): a signal must
+# not leave a flush waiting on a stuck state.lock until --max-time (SPEC 5).
+_stop_checks: list[Callable[[], bool]] = []
+
+
+class stop_waits:  # named as a function: used as contextlib's context managers are
+    """While a flush runs, cut its lock waits short once ``stop()`` is true, e.g.
+    ``with stop_waits(request): ...``; ``None`` changes nothing."""
+
+    def __init__(self, stop: Callable[[], bool] | None) -> None:
+        self._stop = stop
+
+    def __enter__(self) -> None:
+        if self._stop is not None:
+            _stop_checks.append(self._stop)
+
+    def __exit__(self, *_: object) -> None:
+        if self._stop is not None:
+            _stop_checks.remove(self._stop)
+
+
 def flock_until(fd: int, operation: int, deadline: float, path: Path) -> None:
-    """``flock(fd, operation)``, waiting at most until ``deadline``; else ``LockTimeout``."""
+    """``flock(fd, operation)``, waiting at most until ``deadline``; else ``LockTimeout``.
+
+    Once a flush of this process is asked to stop (``stop_waits``), at most ``STOP_GRACE``
+    more.
+    """
     started = time.monotonic()
     pause = 0.001
+    asked = False
     while True:
         try:
             fcntl.flock(fd, operation | fcntl.LOCK_NB)
@@ -181,6 +211,9 @@ def flock_until(fd: int, operation: int, deadline: float, path: Path) -> None:
         else:
             return
         now = time.monotonic()
+        if not asked and any(stop() for stop in _stop_checks):
+            asked = True
+            deadline = min(deadline, now + STOP_GRACE)
         if now >= deadline:
             raise LockTimeout(
                 f"{path} stayed locked for {now - started:.1f} s by another process"

@@ -162,6 +162,9 @@ def _check_url(url: str, name: str, as_set: str | None = None) -> str:
             problem = "not http or https"
         elif not parts.hostname:
             problem = "no host"
+        elif not _host_name_ok(parts.hostname):
+            # urllib3 refuses it only when it connects, with a traceback (LocationParseError).
+            problem = "its host name has an empty label or one over 63 characters"
         elif "@" in parts.netloc:
             # A user or password in the URL would be sent to the server and shown by
             # status; the write key has its own variables.
@@ -174,6 +177,56 @@ def _check_url(url: str, name: str, as_set: str | None = None) -> str:
             f"{name}={shown!r} cannot be used ({problem}): it accepts {_ENDPOINT_ACCEPTS}"
         )
     return url
+
+
+_PROXY_SCHEMES = ("http", "https", "socks4", "socks4a", "socks5", "socks5h")
+
+
+def check_proxy(proxy: str) -> None:
+    """Refuse a proxy URL that requests could not use, e.g. ``http://a..b:3128``.
+
+    Said as what it is: without this check the run stopped on it with "the endpoint URL is
+    not usable" (or a traceback), naming the endpoint instead of the proxy.
+    """
+    url = proxy if "://" in proxy else f"http://{proxy}"  # as requests reads it
+    problem = ""
+    try:
+        parts = urlsplit(url)
+        _ = parts.port
+    except ValueError:
+        problem = "its host or port cannot be read"
+    else:
+        scheme = parts.scheme.lower()
+        if scheme not in _PROXY_SCHEMES:
+            problem = f"{scheme}:// is no proxy scheme (http, https or socks5)"
+        elif not parts.hostname:
+            problem = "no host"
+        elif not _host_name_ok(parts.hostname):
+            problem = "its host name has an empty label or one over 63 characters"
+        elif scheme.startswith("socks"):
+            import importlib.util  # noqa: PLC0415 - a SOCKS proxy only
+
+            if importlib.util.find_spec("socks") is None:
+                problem = "a SOCKS proxy needs PySocks: pip install 'requests[socks]'"
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in proxy):
+        problem = "it contains a space or a control character"
+    if problem:
+        raise ConfigError(
+            f"the proxy {hide_credentials(proxy)!r} (HTTPS_PROXY, HTTP_PROXY or ALL_PROXY) "
+            f"cannot be used ({problem}): set it to a URL such as http://proxy.example:3128, "
+            "or unset it"
+        )
+
+
+def _host_name_ok(host: str) -> bool:
+    """True when a URL's host can be connected to by name, e.g. not ``a..b``."""
+    if ":" in host:
+        return True  # an IPv6 address (urlsplit took the brackets off)
+    try:
+        host.encode("idna")
+    except UnicodeError:
+        return False
+    return True
 
 
 def hide_credentials(url: str) -> str:
@@ -316,6 +369,17 @@ def check_endpoint(url: str) -> str:
     return f"{base}/v1/batch"
 
 
+MAX_RUN_SECONDS = 86_400.0
+"""The longest --max-time or --timeout taken: a day (a run is bounded, and nan or inf is not)."""
+
+
+def _bounded_seconds(value: object) -> bool:
+    """True for a number of seconds above 0 and at most a day, e.g. ``2.5``; never nan."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    return 0 < value <= MAX_RUN_SECONDS  # nan fails both comparisons
+
+
 @dataclass(frozen=True)
 class FlushSettings:
     """Everything a flush run needs, resolved once, e.g. ``FlushSettings(max_time=60.0, ...)``."""
@@ -348,8 +412,13 @@ class FlushSettings:
         if found.problem is not None and not dry_run:
             raise ConfigError(found.problem)
         key, source = found.key, found.source
-        if max_time <= 0 or timeout <= 0:
-            raise ConfigError("--max-time and --timeout must be positive")
+        if not (_bounded_seconds(max_time) and _bounded_seconds(timeout)):
+            # The command line's Seconds type refuses these before a run; a library call
+            # (spool.flush(max_time=nan)) would otherwise run unbounded or raise.
+            raise ConfigError(
+                f"--max-time and --timeout must be numbers of seconds above 0 and at most "
+                f"{MAX_RUN_SECONDS:g} (got max_time={max_time!r}, timeout={timeout!r})"
+            )
         return cls(
             endpoint=endpoint(endpoint_url),
             write_key=key,

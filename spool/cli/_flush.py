@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -89,7 +90,7 @@ PROGRESS_REDRAW = 0.5
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-MAX_RUN_SECONDS = 86_400.0
+MAX_RUN_SECONDS = settings.MAX_RUN_SECONDS
 """The longest --max-time or --timeout taken: a day (a run is bounded, and nan or inf is not)."""
 
 
@@ -262,7 +263,12 @@ def _said(
     from spool.stopping import SIGNAL_EXIT_BASE  # noqa: PLC0415 - flush only
 
     if as_json:
-        click.echo(json.dumps(report.to_json()))
+        try:
+            click.echo(json.dumps(report.to_json()))
+        except BrokenPipeError:
+            # The reader left (`flush --json | head -c0`): quietly, but the run's outcome
+            # still stands; exit 0 would say nothing is left pending (SPEC 5).
+            quiet_stdout()
     failed = report.exit_code == exitcodes.FAILURE
     if failed or not quiet:
         summary = (
@@ -274,7 +280,10 @@ def _said(
             # A run that sent some, then stopped, or was stopped: the counts matter.
             partial = (report.batches or stop.signum is not None) and not dry_run
             summary = f"{report.message}. {summary}" if partial else report.message
-        say(("error: " if failed else "") + summary)
+        # stderr full or gone (2>/dev/full, a closed pipe): the run happened as reported
+        # and recorded; its exit code must not turn into 1 over the narration.
+        with contextlib.suppress(OSError):
+            say(("error: " if failed else "") + summary)
     if stop.signum is not None:
         # Ended by the signal itself where it is SIGTERM (see Finished), else 128 + N.
         return Finished(SIGNAL_EXIT_BASE + stop.signum, stop.signum)

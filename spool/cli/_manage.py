@@ -172,12 +172,23 @@ def requeue(ctx: click.Context, yes: bool) -> None:
         return
     with flush_lock(directory):
         back, kept = store.requeue(directory)
+        # What comes back is pending data like any other, under the cap (SPEC 8): over it,
+        # the oldest go first (the requeued ones, oldest of all), counted as spool_full.
+        dropped_before = sum(store.load_state(directory).dropped.values())
+        store.enforce_cap(directory, settings.max_bytes())
+        dropped = sum(store.load_state(directory).dropped.values()) - dropped_before
     stays = (
         f"; {kept} entr{'y' if kept == 1 else 'ies'} that are not valid records stay"
         if kept
         else ""
     )
-    say(f"requeued {back} event(s) into pending{stays}")
+    over = (
+        f"; the spool is over its cap (RS_TELEMETRY_MAX_BYTES): the oldest {dropped} "
+        "pending event(s) were dropped (counted as spool_full)"
+        if dropped > 0
+        else ""
+    )
+    say(f"requeued {back} event(s) into pending{stays}{over}")
 
 
 # --- export / import --------------------------------------------------------------------

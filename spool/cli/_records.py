@@ -130,6 +130,23 @@ def append(ctx: click.Context, event: str, pairs: tuple[str, ...]) -> None:
 # --- show / status ----------------------------------------------------------------------
 
 
+def _human_quarantined(entry: dict[str, Any], info: dict[str, Any]) -> str:
+    """One quarantine entry for a human, e.g. ``... not JSON  status=None  raw='garbage'``.
+
+    A quarantined line that is a JSON object but no record (``{"raw": 5}``, ``{"type":
+    "track"}``) is shown as the object it was: its keys may be anything, of any type.
+    """
+    event = entry.get("event")
+    if isinstance(event, str) and event:
+        what = event
+    else:
+        raw = entry.get("raw")
+        if not (isinstance(raw, str) and set(entry) == {"_quarantine", "raw"}):
+            raw = store.json_line({k: v for k, v in entry.items() if k != "_quarantine"})
+        what = f"raw={raw[:120]!r}"
+    return f"{info.get('at')}  {info.get('reason')}  status={info.get('status')}  {what}"
+
+
 def _human_record(message: dict[str, Any]) -> str:
     props = " ".join(f"{k}={v}" for k, v in message.get("properties", {}).items())
     who = f"anonymousId={message['anonymousId']}"
@@ -182,13 +199,7 @@ def show(
                 click.echo(store.json_line(entry))
             else:
                 info = entry["_quarantine"]
-                what = entry.get("event") or f"raw={entry.get('raw', '')[:120]!r}"
-                click.echo(
-                    visible(
-                        f"{info.get('at')}  {info.get('reason')}  "
-                        f"status={info.get('status')}  {what}"
-                    )
-                )
+                click.echo(visible(_human_quarantined(entry, info)))
         if not as_json and not shown and limit != 0:
             if event_name is not None and others:
                 say(f"no quarantined {event_name} events ({others} other entries quarantined)")

@@ -9,7 +9,7 @@ import itertools
 import os
 import time
 
-from spool.locking import close_lock_fd, register_lock_fd
+from spool.locking import close_lock_fd, flock_until, register_lock_fd
 from spool.store._files import (
     ACTIVE,
     APPEND_FLAGS,
@@ -332,15 +332,23 @@ def _still_at(path: str, st: os.stat_result) -> bool:
     return (current.st_dev, current.st_ino) == (st.st_dev, st.st_ino)
 
 
-def seal(directory: Path) -> None:
-    """Seal the active file if it holds anything; appenders wait at most for this rename."""
+def seal(directory: Path, deadline: float | None = None) -> None:
+    """Seal the active file if it holds anything; appenders wait at most for this rename.
+
+    ``deadline`` (a ``time.monotonic()`` instant) bounds the wait for the active file's
+    lock, held by an appender for one write: one that was stopped (SIGSTOP, a frozen
+    container) in that instant held a flush there past --max-time. Past it, ``LockTimeout``.
+    """
     try:
         fd = open_spool_file(directory / ACTIVE, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except FileNotFoundError:
         return
     register_lock_fd(fd)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        if deadline is None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        else:
+            flock_until(fd, fcntl.LOCK_EX, deadline, directory / ACTIVE)
         st = os.fstat(fd)
         try:
             current = os.stat(directory / ACTIVE, follow_symlinks=False)

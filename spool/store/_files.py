@@ -217,18 +217,41 @@ def open_spool_file(path: StrPath, flags: int) -> int:
     """``os.open`` that refuses, with the reason and the fix, a symbolic link in the spool.
 
     Like ssh with a loose ``~/.ssh``, we stop and say so rather than repair silently:
-    only the owner or root can have put the link there.
+    only the owner or root can have put the link there. So for anything else that is not
+    a regular file: a FIFO would swallow appended records (a pipe's buffer, gone at the
+    close) and block a flush's open forever, so it is opened without waiting
+    (``O_NONBLOCK``, which changes nothing for a regular file) and refused.
     """
     try:
-        return high_fd(os.open(path, flags, 0o600))
+        fd = high_fd(os.open(path, flags | os.O_NONBLOCK, 0o600))
     except OSError as exc:
-        if exc.errno != errno.ELOOP:
+        if exc.errno not in (errno.ELOOP, errno.ENXIO):
             raise
+        # ENXIO: a FIFO opened for writing with no reader (O_NONBLOCK).
+        link = exc.errno == errno.ELOOP
         raise SpoolUnusable(
-            "a symbolic link stands where a spool file belongs; it is never followed",
+            "a symbolic link stands where a spool file belongs; it is never followed"
+            if link
+            else "a FIFO stands where a spool file belongs",
             os.fspath(path),
             f"look at it, then remove it: rm {os.fspath(path)}",
         ) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):  # as reading it would say: its callers know this one
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+        raise SpoolUnusable(
+            "something that is not a regular file (a FIFO, a device) stands where a spool "
+            "file belongs",
+            os.fspath(path),
+            f"look at it, then remove it: rm {os.fspath(path)}",
+        )
+    return fd
 
 
 def read_file(path: StrPath, offset: int = 0) -> bytes:
