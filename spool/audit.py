@@ -91,7 +91,7 @@ def status(directory: Path) -> dict[str, Any]:
         else store.Summary(0, 0, None, ())
     )
     quarantine = len(store.quarantine_lines(directory)) if exists else 0
-    retry = state.retry_not_before
+    retry = store.retry_deadline_in_effect(state.retry_not_before, time.time())
     key_source = settings.find_write_key().source  # a refused key file still shows
     return {
         "version": 1,
@@ -108,7 +108,7 @@ def status(directory: Path) -> dict[str, Any]:
             if state.last_flush is not None
             else None
         ),
-        "retry_not_before": record.iso_timestamp(retry) if retry and retry > time.time() else None,
+        "retry_not_before": record.iso_timestamp(retry) if retry is not None else None,
         "endpoint": settings.endpoint(),
         "write_key_source": key_source,
     }

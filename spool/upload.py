@@ -29,6 +29,7 @@ from spool._version import __version__
 from spool.exchange import Exchange, Interrupted, RequestDeadline
 from spool.record import iso_timestamp
 from spool.settings import check_proxy
+from spool.store._state import RETRY_WAIT_CAP
 
 MAX_BODY_BYTES = 475_000
 """Largest request body before compression, e.g. a batch of ~1,500 typical events."""
@@ -38,7 +39,7 @@ BODY_START = b'{"batch":['
 SENT_AT_KEY = b'],"sentAt":"'
 BODY_END_TEMPLATE = b'],"sentAt":"2026-11-27T22:05:10.123Z"}'
 ENVELOPE_BYTES = len(BODY_START) + len(BODY_END_TEMPLATE)
-MAX_RETRY_AFTER = 3600.0
+MAX_RETRY_AFTER = RETRY_WAIT_CAP
 BODY_EXCERPT = 512
 
 

@@ -117,8 +117,10 @@ if TYPE_CHECKING:
         valid_cursor,
     )
     from spool.store._state import (
+        RETRY_WAIT_CAP,
         discard_segments,
         load_state,
+        retry_deadline_in_effect,
         save_state,
         sync_state,
     )
@@ -154,6 +156,7 @@ __all__ = [
     "FULL_DISK",
     "MODE",
     "QUARANTINE",
+    "RETRY_WAIT_CAP",
     "SEALED_MTIME_NS",
     "SEGMENT_MAX_BYTES",
     "SEGMENT_PREFIX",
@@ -211,6 +214,7 @@ __all__ = [
     "remove_consumed",
     "remove_segments",
     "requeue",
+    "retry_deadline_in_effect",
     "save_state",
     "seal",
     "segment_bytes",

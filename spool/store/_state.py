@@ -59,6 +59,19 @@ def load_state(directory: Path) -> State:
     return state
 
 
+RETRY_WAIT_CAP = 3600.0
+"""The longest wait a server's ``Retry-After`` is honoured for (SPEC 7)."""
+
+
+def retry_deadline_in_effect(deadline: float | None, now: float) -> float | None:
+    """The stored retry deadline if it still holds at ``now``, else None: one that has
+    passed, or one more than ``RETRY_WAIT_CAP`` ahead, which no server asked for: it was
+    recorded under a wrong clock, and flush, status and metrics all ignore it (SPEC 7)."""
+    if deadline is None or not now < deadline <= now + RETRY_WAIT_CAP:
+        return None
+    return deadline
+
+
 # 9999-12-31T23:59:59Z: the last instant an RFC 3339 timestamp (and datetime) can show.
 _LAST_TIMESTAMP = 253402300799.0
 
