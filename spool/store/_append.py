@@ -108,8 +108,13 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
     else:
         path = os.path.join(directory, ACTIVE)
         _last_dir = (directory, path)
-    with _active_lock:
+    # Bounded too: another thread of this process may be the one waiting on a stopped holder.
+    if not _active_lock.acquire(timeout=APPEND_LOCK_WAIT):
+        raise _StillLocked(errno.EAGAIN, "another thread of this process kept the spool busy")
+    try:
         _append_locked(directory, path, line, fsync, cap)
+    finally:
+        _active_lock.release()
 
 
 def _open_active(path: str) -> tuple[str, int, int, int]:
@@ -136,7 +141,9 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
         active = _active if _active is not None and _active[0] == path else _open_active(path)
         fd = active[1]
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            _lock_active(fd)
+        except _StillLocked:
+            raise
         except OSError:
             _forget_active(close=False)  # the host closed our descriptor: not ours to close
             continue
@@ -196,6 +203,49 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
             if _active is not None and _active[1] == fd:
                 fcntl.flock(fd, fcntl.LOCK_UN)
     raise OSError(errno.EAGAIN, "the active spool file kept being replaced")
+
+
+APPEND_LOCK_WAIT = 2.0
+"""Seconds an appender waits for the active file's flock. Another appender holds it for
+one ``write()``, a flush for one rename: only a stopped process (SIGSTOP, a frozen
+container, a debugger) holds it longer, and then the append gives up, unspooled, rather
+than hang the host (an emitter is never slowed or broken by its telemetry)."""
+
+
+class _StillLocked(OSError):
+    """The active file stayed locked past ``APPEND_LOCK_WAIT``."""
+
+
+def _lock_active(fd: int) -> None:
+    """``flock(fd, LOCK_EX)``, waiting at most ``APPEND_LOCK_WAIT``; else ``_StillLocked``.
+
+    The first try costs what a blocking ``flock`` costs; a busy file is tried again after
+    50 us, doubling to 10 ms (a holder keeps it for microseconds).
+    """
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pass
+    else:
+        return
+    from spool._sleep import sleep  # noqa: PLC0415 - contention only (select: an import)
+
+    deadline = time.monotonic() + APPEND_LOCK_WAIT
+    pause = 0.00005
+    while True:
+        sleep(pause)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise _StillLocked(
+                    errno.EAGAIN,
+                    f"the active spool file stayed locked by another process for "
+                    f"{APPEND_LOCK_WAIT:g} s (a stopped appender or flush: resume or end it)",
+                ) from None
+        else:
+            return
+        pause = min(pause * 2, 0.01)
 
 
 APPEND_CAP_WAIT = 0.5

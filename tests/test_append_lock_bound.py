@@ -1,0 +1,74 @@
+"""An appender never hangs its host: a process stopped while it holds the active file's
+flock (SIGSTOP, a frozen container, a debugger) costs an append at most
+``APPEND_LOCK_WAIT``, after which the event is not spooled and the caller is told."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import kit
+import pytest
+
+import spool
+from spool.store._append import APPEND_LOCK_WAIT
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+HOLD = (
+    "import fcntl, os, sys, time\n"
+    "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
+    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+    "print('held', flush=True)\n"
+    "time.sleep(120)\n"
+)
+
+
+@pytest.fixture
+def stopped_holder() -> Iterator[int]:
+    """A process holding the active file's flock, then stopped where it stands."""
+    assert spool.append("server_start")
+    active = Path(os.environ["RS_TELEMETRY_DIR"]) / "active.jsonl"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(active)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        os.kill(holder.pid, signal.SIGSTOP)
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
+
+
+def test_the_library_gives_up_instead_of_hanging(stopped_holder: int) -> None:
+    started = time.monotonic()
+    assert spool.append("server_stop") is False
+    waited = time.monotonic() - started
+    assert APPEND_LOCK_WAIT - 0.1 <= waited < APPEND_LOCK_WAIT + 1.5
+
+
+def test_the_cli_says_so_in_one_line(stopped_holder: int, cli: Cli) -> None:
+    started = time.monotonic()
+    done = cli("append", "server_stop", timeout=30)
+    assert time.monotonic() - started < APPEND_LOCK_WAIT + 10
+    assert done.returncode == 1, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "locked" in lines[0], lines[0]
+    assert "stopped" in lines[0], lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_appends_resume_once_the_holder_is_gone(stopped_holder: int) -> None:
+    os.kill(stopped_holder, signal.SIGKILL)  # its flock goes with it
+    assert spool.append("adapter_start")
+    kit.assert_accounted(2)
