@@ -137,13 +137,15 @@ def find(built_in: str = "", environ: Mapping[str, str] | None = None) -> WriteK
 
     A source that is present but unusable wins all the same (its ``problem`` says why):
     falling through to the next one would send under a key the operator did not choose.
-    An empty variable counts as unset. ``environ``: look as a process with that
+    An empty (or blank) variable counts as unset. ``environ``: look as a process with that
     environment would (``timer install`` checks what its unit will find).
     """
     environ = os.environ if environ is None else environ
-    value = environ.get("RS_SEGMENT_WRITE_KEY")
+    # Blank (spaces, a lone newline from `$(cat missing)`) is unset too: an empty key
+    # would hide the key file behind it, and the flush would then find no key at all.
+    value = (environ.get("RS_SEGMENT_WRITE_KEY") or "").strip()
     if value:
-        return WriteKey("env", value.strip())
+        return WriteKey("env", value)
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials:
         path = os.path.join(credentials, CREDENTIAL)

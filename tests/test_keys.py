@@ -200,6 +200,20 @@ def test_an_empty_variable_counts_as_unset(cli: Cli, default_file: Path) -> None
     assert _source(cli, env)[0] == "file"
 
 
+@pytest.mark.parametrize("blank", [" ", "\n", " \t "])
+def test_a_blank_key_variable_counts_as_unset_and_the_key_file_is_used(
+    cli: Cli, scripted_server: ScriptedServer, default_file: Path, blank: str
+) -> None:
+    # `RS_SEGMENT_WRITE_KEY="$(cat missing-file)"` or an Environment= line left with a space:
+    # no key at all, so the key file must win, not an empty key that the flush then refuses.
+    _write(default_file, "default-key-444\n")
+    env = {"RS_SEGMENT_WRITE_KEY": blank}
+    assert _source(cli, env)[0] == "file"
+    result = _flush(cli, scripted_server, env)
+    assert result.returncode == 0, result.stderr
+    assert _sent_key(scripted_server) == "default-key-444"
+
+
 def test_a_credentials_directory_without_our_credential_falls_through(
     cli: Cli, tmp_path: Path, default_file: Path
 ) -> None:
