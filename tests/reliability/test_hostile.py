@@ -147,6 +147,30 @@ def test_spool_file_replaced_by_a_symlink_is_a_clear_error_not_a_crash(
     assert not crashes, crashes
 
 
+@pytest.mark.parametrize("name", ["state.lock", "flush.lock"])
+def test_a_lock_file_replaced_by_a_symlink_is_named_with_the_fix(
+    name: str, cli: Cli, receiver: Receiver, spool_dir: Path, tmp_path: Path
+) -> None:
+    """A link where a lock belongs is refused as any other spool file is: the path and the
+    fix (``rm``), never a bare ``Too many levels of symbolic links``, nor a failing disk."""
+    _link_out(name, spool_dir, tmp_path)
+    path = spool_dir / name
+    for args in (
+        ("flush", "--endpoint", receiver.url, "--max-time", "5"),
+        ("purge", "--yes"),
+        ("requeue", "--yes"),
+        ("export", str(tmp_path / "bundle")),
+    ):
+        result = cli(*args)
+        assert result.returncode == 1, (args, result.stderr)
+        line = result.stderr.strip()
+        assert "\n" not in line, (args, line)
+        assert "symbolic link" in line, (args, line)
+        assert f"rm {path}" in line, (args, line)
+        assert "disk" not in line, (args, line)
+    assert receiver.events == []
+
+
 def test_spool_directory_replaced_by_nothing_but_links_is_never_followed(
     cli: Cli, receiver: Receiver, spool_dir: Path, tmp_path: Path
 ) -> None:
