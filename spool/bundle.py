@@ -262,7 +262,7 @@ def _read_manifest(source: Path, gz: gzip.GzipFile) -> tuple[dict[str, object], 
     line, newline, rest = head.partition(b"\n")
     try:
         manifest = json.loads(line) if newline else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         manifest = None
     count = manifest.get("count") if isinstance(manifest, dict) else None
     if (

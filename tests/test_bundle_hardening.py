@@ -205,3 +205,23 @@ def test_a_bundle_whose_lines_are_not_what_its_manifest_says_adds_nothing(
     st = status(cli, *other)
     assert st["pending"]["events"] == 30
     assert accounted(st) == 30
+
+
+def test_a_bundle_nested_deeper_than_python_recurses_is_damaged_not_a_crash(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # json.loads raises RecursionError, not ValueError, past ~1,000 levels: 5,000 bytes of
+    # "[" is well inside a record's size and the manifest's, and must read as damage.
+    deep = b"[" * 5000
+    manifest_deep = tmp_path / "manifest-deep.rsbundle"
+    with gzip.open(manifest_deep, "wb") as gz:
+        gz.write(deep + b"\n")
+    line_deep = tmp_path / "line-deep.rsbundle"
+    honest_bundle(line_deep, [deep + b"\n"])
+    other = ["--spool-dir", str(tmp_path / "other")]
+    for bundle, word in ((manifest_deep, "manifest"), (line_deep, "damaged")):
+        line = one_line_error(cli(*other, "import", str(bundle)))
+        assert word in line, line
+        st = status(cli, *other)
+        assert st["pending"]["events"] == 0, st
+        assert accounted(st) == 0

@@ -25,7 +25,7 @@ def quarantine_entry(
     entry: dict[str, Any]
     try:
         decoded = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         decoded = None
     if isinstance(decoded, dict) and "_quarantine" not in decoded:
         entry = {"_quarantine": info, **decoded}
