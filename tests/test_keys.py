@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scripted_server import ScriptedServer
+from scripted_server import Respond, ScriptedServer
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 UNUSED_UID = 54321
@@ -220,6 +220,32 @@ def test_a_credentials_directory_without_our_credential_falls_through(
     (tmp_path / "creds").mkdir()
     _write(default_file, "default-key-444\n")
     assert _source(cli, {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")})[0] == "file"
+
+
+@pytest.mark.parametrize("where", ["credential", "named file", "default file"])
+def test_a_refused_key_names_where_it_came_from(
+    cli: Cli, scripted_server: ScriptedServer, tmp_path: Path, default_file: Path, where: str
+) -> None:
+    # A 401 from a key the timer's unit read from a file: "check RS_SEGMENT_WRITE_KEY" (unset
+    # here) sends the operator to the wrong place; the fix is the file the key came from.
+    if where == "credential":
+        path = _write(tmp_path / "creds" / "rs-segment-write-key", "cred-key-222\n", 0o400)
+        env = {"CREDENTIALS_DIRECTORY": str(path.parent)}
+    elif where == "named file":
+        path = _write(tmp_path / "k" / "key", "named-key-333\n")
+        env = {"RS_SEGMENT_WRITE_KEY_FILE": str(path)}
+    else:
+        path = _write(default_file, "default-key-444\n")
+        env = {}
+    scripted_server.default = Respond(401)
+    result = _flush(cli, scripted_server, env)
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line, line
+    assert "refused" in line, line
+    assert str(path) in line, line
+    assert "check RS_SEGMENT_WRITE_KEY" not in line, line
+    _assert_no_secret(result.stdout, result.stderr)
 
 
 # --- refusals -----------------------------------------------------------------------------
