@@ -111,8 +111,20 @@ class Session:
         except OSError as exc:
             return FAILED, f"could not spool to {directory}: {exc.strerror or exc}"
         if _env.flag("RS_TELEMETRY_DEBUG"):
-            sys.stderr.write("rs-telemetry: " + line.decode("utf-8"))
+            _debug(line)
         return SPOOLED, ""
+
+
+def _debug(line: bytes) -> None:
+    """Print a spooled record to stderr (``RS_TELEMETRY_DEBUG=1``), never raising: a daemon
+    may have no stderr (``sys.stderr`` is None) or a closed descriptor 2 behind it."""
+    try:
+        stream = sys.stderr
+        if stream is not None:
+            stream.write("rs-telemetry: " + line.decode("utf-8"))
+            stream.flush()
+    except (OSError, ValueError):  # EBADF, a closed pipe; ValueError: a closed file object
+        pass
 
 
 _default: Session | None = None

@@ -200,3 +200,40 @@ def test_a_host_that_closed_its_standard_streams_never_prints_into_the_spool(
     assert_accounted(3)
     lines = (spool_dir / "active.jsonl").read_bytes().splitlines()
     assert [json.loads(line)["properties"]["commit_id"] for line in lines] == ["c0", "c1", "c2"]
+
+
+DEBUG_NO_STDERR_HOST = r"""
+import os, sys
+import spool
+
+if sys.argv[2] == "closed":
+    os.close(2)  # the descriptor closed under a live sys.stderr: its write fails, EBADF
+results = []
+for i in range(2):
+    try:
+        results.append(spool.append("server_start", {"commit_id": f"d{i}"}))
+    except BaseException as exc:
+        results.append(repr(exc))
+with open(sys.argv[1], "w") as report:
+    report.write(repr(results))
+"""
+
+
+@pytest.mark.parametrize("how", ["none", "closed"])
+def test_debug_output_with_no_stderr_never_raises_into_the_host(
+    spool_dir: Path, tmp_path: Path, how: str
+) -> None:
+    # RS_TELEMETRY_DEBUG=1 in a daemon whose stderr is gone (started with 2>&-: sys.stderr
+    # is None; or fd 2 closed later): the event is spooled and append says True, quietly.
+    report = tmp_path / "report.txt"
+    result = subprocess.run(
+        [sys.executable, "-c", DEBUG_NO_STDERR_HOST, str(report), how],
+        stderr=subprocess.DEVNULL if how == "closed" else None,
+        preexec_fn=(lambda: os.close(2)) if how == "none" else None,
+        env={**os.environ, "RS_TELEMETRY_DEBUG": "1"},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert report.read_text() == "[True, True]"
+    assert_accounted(2)
