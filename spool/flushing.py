@@ -246,6 +246,8 @@ def _locked_flush(
     names = [pf.name for pf in store.pending_files(directory, state) if pf.sealed]
     if not names:
         report.message = "nothing pending"
+        if not conf.dry_run:
+            _record_idle(directory, conf, lock_deadline)
         return
     wait_until = state.retry_not_before
     clock_note = ""
@@ -356,6 +358,29 @@ def _when(timestamp: float) -> str:
         return record.iso_timestamp(timestamp)
     except (OverflowError, ValueError, OSError):
         return "a date beyond the calendar"
+
+
+def _record_idle(directory: Path, conf: settings.FlushSettings, deadline: float) -> None:
+    """``last_flush`` for a run that found nothing pending: it ran, and all is delivered.
+
+    Most hourly runs of a healthy host are such runs; left unrecorded, the last flush's
+    timestamp would age and the "no flush for 3 hours" alert fire on every idle host. A
+    full disk or a held lock only leaves the previous record (nothing is at stake).
+    """
+    try:
+        with store.locked_state(directory, deadline=deadline + FINISH_GRACE) as state:
+            state.last_flush = {
+                "at": record.iso_timestamp(),
+                "exit_code": exitcodes.OK,
+                "sent": 0,
+                "quarantined": 0,
+                "left_pending": 0,
+                "endpoint": conf.endpoint,  # for the human status only (audit.py)
+            }
+            store.commit(directory, state)
+    except (OSError, LockTimeout) as exc:
+        if not isinstance(exc, OSError) or not store.is_full_disk(exc):
+            store.log_warning("could not record the flush summary: %s", exc)
 
 
 def _finish(run: Run, report: FlushReport, deadline_ignored: bool) -> None:
