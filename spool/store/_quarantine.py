@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,9 @@ def add_to_quarantine(directory: Path, entries: list[bytes], state: State, cap: 
         return
     fd = private_open(directory / QUARANTINE, APPEND_FLAGS)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            # A FIFO would swallow the entries: refused (the lines stay pending).
+            raise OSError(errno.ENXIO, "not a regular file", str(directory / QUARANTINE))
         size = write_once(fd, b"".join(entries), fsync=True, what="the quarantine")
     finally:
         os.close(fd)
