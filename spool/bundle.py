@@ -24,6 +24,7 @@ from pathlib import Path
 from spool import record, settings, store
 from spool.errors import TelemetryError
 from spool.locking import flush_lock
+from spool.store._commit import write_fix
 
 FORMAT_KEY = "rs_telemetry_bundle"
 
@@ -245,10 +246,24 @@ class _Stager:
         self.staging.discard()
 
     def _write(self, data: bytes) -> None:
-        self.staging.write(data)
+        try:
+            self.staging.write(data)
+        except OSError as exc:
+            raise _SpoolWriteError(exc) from exc
 
     def _close(self) -> None:
-        self.staging.close_file()
+        try:
+            self.staging.close_file()
+        except OSError as exc:
+            raise _SpoolWriteError(exc) from exc
+
+
+class _SpoolWriteError(Exception):
+    """Staging into the spool failed (``error``): the spool's fault, never the bundle's."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _read_manifest(source: Path, gz: gzip.GzipFile) -> tuple[dict[str, object], int, bytes]:
@@ -296,6 +311,14 @@ def _stage(source: Path, directory: Path, limit: int) -> _Staged:
     except BaseException as exc:
         if stager is not None:
             stager.discard()
+        if isinstance(exc, _SpoolWriteError):
+            if exc.error.errno not in store.FULL_DISK:
+                raise BundleError(
+                    f"could not stage {source} in the spool {directory} "
+                    f"({exc.error.strerror or exc.error}); nothing was added: "
+                    f"{write_fix(exc.error)}, and import it again"
+                ) from exc.error
+            exc = exc.error  # no room: said below, as before
         if isinstance(exc, OSError) and exc.errno in store.FULL_DISK:
             # Staging the events into the spool found no room: the bundle is not to blame.
             raise BundleError(

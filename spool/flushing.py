@@ -12,6 +12,7 @@ nothing, and at most the range in flight is sent again (with the same messageIds
 from __future__ import annotations
 
 import contextlib
+import errno
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,10 +186,20 @@ def _record_stop(spool_dir: str | Path | None, report: FlushReport, endpoint: st
 def _io_error(exc: OSError, spool_dir: str | Path | None) -> SpoolIOError:
     """An I/O error of the spool's disk as one line naming the file and the fix."""
     where = exc.filename or spool_dir or "the spool directory"
+    fix = _IO_FIXES.get(exc.errno or 0, "check the disk (free space, dmesg)")
     return SpoolIOError(
         f"the spool's disk failed ({where}: {exc.strerror or exc}): {LEFT} left pending; "
-        "check the disk (free space, dmesg) and run flush again"
+        f"{fix} and run flush again"
     )
+
+
+# Errors whose fix is not on the disk itself: free space and dmesg would not help.
+_IO_FIXES = {
+    errno.EROFS: "the spool's file system is read-only: make it writable (or use a spool "
+    "directory on a writable one)",
+    errno.EACCES: "check the owner and mode of the spool directory and its files",
+    errno.EPERM: "check the owner and mode of the spool directory and its files",
+}
 
 
 def _flush(spool_dir: str | Path | None, call: _Call, started: float, report: FlushReport) -> None:

@@ -7,6 +7,7 @@ host: trouble is logged once per kind and reported as ``False``.
 from __future__ import annotations
 
 import _thread
+import errno
 import os
 import sys
 
@@ -109,10 +110,28 @@ class Session:
         except SpoolUnusable as exc:
             return FAILED, str(exc)
         except OSError as exc:
-            return FAILED, f"could not spool to {directory}: {exc.strerror or exc}"
+            return FAILED, f"could not spool to {directory}: {exc.strerror or exc}{_fix(exc)}"
         if _env.flag("RS_TELEMETRY_DEBUG"):
             _debug(line)
         return SPOOLED, ""
+
+
+# The fix of an append's OSError, by errno (errno is loaded already: store._files uses it).
+_FIXES = {
+    errno.ENOSPC: "free space on its disk",
+    errno.EDQUOT: "free space within the disk quota",
+    errno.EFBIG: "raise the file size limit (ulimit -f)",
+    errno.EACCES: "check the owner and mode of the spool directory and its files",
+    errno.EPERM: "check the owner and mode of the spool directory and its files",
+    errno.EROFS: "its file system is read-only: use a spool directory on a writable one "
+    "(RS_TELEMETRY_DIR)",
+}
+
+
+def _fix(exc: OSError) -> str:
+    """``"; free space on its disk"`` for an append that failed on a full disk, else ``""``."""
+    fix = _FIXES.get(exc.errno or 0)
+    return f"; {fix}" if fix else ""
 
 
 def _debug(line: bytes) -> None:
