@@ -26,6 +26,7 @@ import urllib3
 from spool._version import __version__
 from spool.exchange import Exchange, Interrupted, RequestDeadline
 from spool.record import iso_timestamp
+from spool.settings import is_loopback_host
 
 MAX_BODY_BYTES = 475_000
 """Largest request body before compression, e.g. a batch of ~1,500 typical events."""
@@ -259,6 +260,9 @@ class Uploader:
         settings = self.session.merge_environment_settings(batch_url, {}, None, True, None)
         self.session.trust_env = False
         self._proxies = dict(settings["proxies"])
+        if is_loopback_host(urlsplit(batch_url).hostname or ""):
+            # A proxy would reach its own loopback, not ours, and see plain http's key.
+            self._proxies = {}
         self._verify: bool | str = settings["verify"] or True  # True or a CA bundle path
         token = base64.b64encode(f"{write_key}:".encode()).decode("ascii")
         # Some endpoints echo request headers in an error body, which we keep in the
