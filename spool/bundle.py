@@ -47,6 +47,8 @@ class ImportResult:
 
     count: int
     already: bool
+    dropped: int = 0
+    """Pending events the spool's cap dropped (oldest first) to make room, e.g. 0."""
 
 
 def export(directory: Path, target: Path, keep: bool = False) -> ExportResult:
@@ -346,7 +348,14 @@ def import_(directory: Path, source: Path) -> ImportResult:
     store.check_dir(directory, create=True)
     staged = _stage(source, directory, import_limit(settings.max_bytes()))
     bundle_id = str(staged.manifest["sha256"])
+    before = _full_drops(directory)
     if not store.import_segments(directory, staged.paths, bundle_id, staged.count):
         return ImportResult(0, already=True)
     store.enforce_cap(directory, settings.max_bytes())
-    return ImportResult(staged.count, already=False)
+    # Said by the import itself: a loss only `status` showed would be a silent one.
+    return ImportResult(staged.count, already=False, dropped=_full_drops(directory) - before)
+
+
+def _full_drops(directory: Path) -> int:
+    """The spool's ``spool_full`` drops so far, e.g. 0."""
+    return store.load_state(directory).dropped.get("spool_full", 0)

@@ -225,3 +225,23 @@ def test_a_bundle_nested_deeper_than_python_recurses_is_damaged_not_a_crash(
         st = status(cli, *other)
         assert st["pending"]["events"] == 0, st
         assert accounted(st) == 0
+
+
+def test_an_import_past_the_cap_says_how_many_the_cap_dropped(cli: Cli, tmp_path: Path) -> None:
+    # "imported 30 event(s)" while the cap dropped most of them at once would be a loss that
+    # only `status` reveals: the import's own line says it, with the setting to raise.
+    append_many(30, "x")
+    source = tmp_path / "big.rsbundle"
+    assert cli("export", str(source)).returncode == 0
+    other = ["--spool-dir", str(tmp_path / "small")]
+    result = cli(*other, "import", str(source), env={"RS_TELEMETRY_MAX_BYTES": "2000"})
+    assert result.returncode == 0, result.stderr
+    st = status(cli, *other)
+    dropped = st["dropped"]["by_reason"]["spool_full"]
+    assert dropped > 0, st
+    assert st["pending"]["events"] + dropped == 30
+    said = result.stderr.strip()
+    assert "\n" not in said, said
+    assert "imported 30 event(s)" in said, said
+    assert f"dropped the oldest {dropped}" in said, said
+    assert "RS_TELEMETRY_MAX_BYTES" in said, said
