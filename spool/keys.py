@@ -153,6 +153,17 @@ def find(built_in: str = "", environ: Mapping[str, str] | None = None) -> WriteK
             return _from_file("credential", path, trusted=True)
     named = environ.get("RS_SEGMENT_WRITE_KEY_FILE")
     if named:
+        if "/" not in named and not os.path.lexists(named):
+            # A bare word naming no file is most likely the key itself, put in the wrong
+            # variable: never echoed (nor written into a unit as a path), whatever it is.
+            return WriteKey(
+                "file",
+                problem=(
+                    "RS_SEGMENT_WRITE_KEY_FILE names no file (its value, not shown, holds no "
+                    "path: if it is the key itself, set RS_SEGMENT_WRITE_KEY instead): give "
+                    "the path of a file holding the key on its first line (chmod 600)"
+                ),
+            )
         return _from_file("file", os.path.abspath(named))
     default = default_key_file(environ)
     if os.path.lexists(default):

@@ -248,6 +248,32 @@ def test_a_refused_key_names_where_it_came_from(
     _assert_no_secret(result.stdout, result.stderr)
 
 
+def test_a_key_put_in_the_file_variable_by_mistake_is_never_echoed_or_written(
+    cli: Cli, scripted_server: ScriptedServer, tmp_path: Path
+) -> None:
+    # RS_SEGMENT_WRITE_KEY_FILE=<the key> (the _FILE variable confused with the key's):
+    # it names no file, and saying "key file /cwd/<the key> does not exist", or writing
+    # it into a unit's Environment=, would print and store the key itself.
+    mistaken = "named-key-333Xk3jf9w0"
+    env = {"RS_SEGMENT_WRITE_KEY_FILE": mistaken}
+    source, stderr = _source(cli, env)
+    assert source == "file"
+    assert mistaken not in stderr
+    result = _flush(cli, scripted_server, env)
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert "\n" not in line, line
+    assert "RS_SEGMENT_WRITE_KEY_FILE" in line, line
+    assert mistaken not in result.stdout + result.stderr
+    assert scripted_server.requests == []
+    units = tmp_path / "units"
+    installed = cli("timer", "install", "--unit-dir", str(units), "--no-enable", env=env)
+    assert installed.returncode == 0, installed.stderr
+    assert mistaken not in installed.stdout + installed.stderr
+    for unit in units.iterdir():
+        assert mistaken not in unit.read_text(), unit.name
+
+
 # --- refusals -----------------------------------------------------------------------------
 
 
