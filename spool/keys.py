@@ -68,6 +68,8 @@ def default_key_file(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def _first_line(data: bytes, path: str) -> str:
+    # A UTF-8 byte order mark (Notepad, PowerShell) is no part of the key.
+    data = data.removeprefix(b"\xef\xbb\xbf")
     line = data.split(b"\n", 1)[0].strip()
     if not line:
         raise ConfigError(f"key file {path} is empty: put the write key on its first line")

@@ -274,6 +274,20 @@ def test_a_key_put_in_the_file_variable_by_mistake_is_never_echoed_or_written(
         assert mistaken not in unit.read_text(), unit.name
 
 
+def test_a_key_file_saved_with_a_byte_order_mark_is_read(
+    cli: Cli, scripted_server: ScriptedServer, tmp_path: Path
+) -> None:
+    # Notepad and PowerShell save UTF-8 with a BOM; the key after it is plain ASCII.
+    key_file = tmp_path / "k" / "key"
+    key_file.parent.mkdir()
+    key_file.write_bytes(b"\xef\xbb\xbfnamed-key-333\r\n")
+    key_file.chmod(0o600)
+    env = {"RS_SEGMENT_WRITE_KEY_FILE": str(key_file)}
+    result = _flush(cli, scripted_server, env)
+    assert result.returncode == 0, result.stderr
+    assert _sent_key(scripted_server) == "named-key-333"
+
+
 # --- refusals -----------------------------------------------------------------------------
 
 
