@@ -273,8 +273,8 @@ def _send(run: Run, valid: list[Item], body: Body | None = None) -> Answer | Non
             return answer
         if verdict is Verdict.AUTH:
             raise EndpointRefuses(
-                f"the write key was refused ({answer.describe(where)}): check "
-                "RS_SEGMENT_WRITE_KEY; everything is kept",
+                f"the write key was refused ({answer.describe(where)}): "
+                f"{run.conf.key_fix}; everything is kept",
             )
         if verdict is Verdict.MISCONFIGURED:
             if answer.status is None:  # a TLS certificate, an unusable URL

@@ -47,7 +47,7 @@ def quarantined(directory: Path) -> Iterator[dict[str, Any]]:
     for line in store.quarantine_lines(directory):
         try:
             entry = json.loads(line.raw.decode("utf-8"))
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested past the recursion limit
             entry = None
         if not isinstance(entry, dict) or not isinstance(entry.get("_quarantine"), dict):
             entry = {

@@ -24,6 +24,7 @@ from pathlib import Path
 from spool import record, settings, store
 from spool.errors import TelemetryError
 from spool.locking import flush_lock
+from spool.store._commit import write_fix
 
 FORMAT_KEY = "rs_telemetry_bundle"
 
@@ -46,6 +47,8 @@ class ImportResult:
 
     count: int
     already: bool
+    dropped: int = 0
+    """Pending events the spool's cap dropped (oldest first) to make room, e.g. 0."""
 
 
 def export(directory: Path, target: Path, keep: bool = False) -> ExportResult:
@@ -245,10 +248,24 @@ class _Stager:
         self.staging.discard()
 
     def _write(self, data: bytes) -> None:
-        self.staging.write(data)
+        try:
+            self.staging.write(data)
+        except OSError as exc:
+            raise _SpoolWriteError(exc) from exc
 
     def _close(self) -> None:
-        self.staging.close_file()
+        try:
+            self.staging.close_file()
+        except OSError as exc:
+            raise _SpoolWriteError(exc) from exc
+
+
+class _SpoolWriteError(Exception):
+    """Staging into the spool failed (``error``): the spool's fault, never the bundle's."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 def _read_manifest(source: Path, gz: gzip.GzipFile) -> tuple[dict[str, object], int, bytes]:
@@ -262,7 +279,7 @@ def _read_manifest(source: Path, gz: gzip.GzipFile) -> tuple[dict[str, object], 
     line, newline, rest = head.partition(b"\n")
     try:
         manifest = json.loads(line) if newline else None
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         manifest = None
     count = manifest.get("count") if isinstance(manifest, dict) else None
     if (
@@ -296,6 +313,14 @@ def _stage(source: Path, directory: Path, limit: int) -> _Staged:
     except BaseException as exc:
         if stager is not None:
             stager.discard()
+        if isinstance(exc, _SpoolWriteError):
+            if exc.error.errno not in store.FULL_DISK:
+                raise BundleError(
+                    f"could not stage {source} in the spool {directory} "
+                    f"({exc.error.strerror or exc.error}); nothing was added: "
+                    f"{write_fix(exc.error)}, and import it again"
+                ) from exc.error
+            exc = exc.error  # no room: said below, as before
         if isinstance(exc, OSError) and exc.errno in store.FULL_DISK:
             # Staging the events into the spool found no room: the bundle is not to blame.
             raise BundleError(
@@ -323,7 +348,14 @@ def import_(directory: Path, source: Path) -> ImportResult:
     store.check_dir(directory, create=True)
     staged = _stage(source, directory, import_limit(settings.max_bytes()))
     bundle_id = str(staged.manifest["sha256"])
+    before = _full_drops(directory)
     if not store.import_segments(directory, staged.paths, bundle_id, staged.count):
         return ImportResult(0, already=True)
     store.enforce_cap(directory, settings.max_bytes())
-    return ImportResult(staged.count, already=False)
+    # Said by the import itself: a loss only `status` showed would be a silent one.
+    return ImportResult(staged.count, already=False, dropped=_full_drops(directory) - before)
+
+
+def _full_drops(directory: Path) -> int:
+    """The spool's ``spool_full`` drops so far, e.g. 0."""
+    return store.load_state(directory).dropped.get("spool_full", 0)

@@ -12,6 +12,8 @@ nothing, and at most the range in flight is sent again (with the same messageIds
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,6 +113,7 @@ def flush(
     started = time.monotonic()
     report = FlushReport(dry_run=dry_run)
     call = _Call(max_time, timeout, gzip, dry_run, force, endpoint, progress, out, stop)
+    plugs = _plug_standard_fds()
     try:
         with stop_waits(stop):  # a signal cuts the lock waits short (a stuck state.lock)
             _flush(spool_dir, call, started, report)
@@ -130,8 +133,31 @@ def flush(
         # The spool's disk failed outside a delivery (a seal, the cap, a state read): the
         # report says so, as the CLI's one line does; a host never sees the traceback.
         report = stopped_report(_io_error(exc, spool_dir), spool_dir, dry_run=dry_run)
+    finally:
+        for fd in plugs:
+            os.close(fd)
     report.seconds = time.monotonic() - started
     return report
+
+
+def _plug_standard_fds() -> list[int]:
+    """Fill whichever of descriptors 0, 1 and 2 the host closed with /dev/null; their list.
+
+    Else the run's lock file and HTTP connection take those numbers, and a host thread
+    that prints meanwhile writes into the request to the endpoint (SPEC 4: no descriptor
+    of ours on 0-2). ``open`` takes the lowest free number, so this never replaces a
+    descriptor the host has; the plugs are closed when the run ends.
+    """
+    plugs: list[int] = []
+    try:
+        while True:
+            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            if fd > 2:
+                os.close(fd)
+                return plugs
+            plugs.append(fd)
+    except OSError:  # out of descriptors: the run will say so itself
+        return plugs
 
 
 def stopped_report(
@@ -195,10 +221,20 @@ def _record_stop(spool_dir: str | Path | None, report: FlushReport, endpoint: st
 def _io_error(exc: OSError, spool_dir: str | Path | None) -> SpoolIOError:
     """An I/O error of the spool's disk as one line naming the file and the fix."""
     where = exc.filename or spool_dir or "the spool directory"
+    fix = _IO_FIXES.get(exc.errno or 0, "check the disk (free space, dmesg)")
     return SpoolIOError(
         f"the spool's disk failed ({where}: {exc.strerror or exc}): {LEFT} left pending; "
-        "check the disk (free space, dmesg) and run flush again"
+        f"{fix} and run flush again"
     )
+
+
+# Errors whose fix is not on the disk itself: free space and dmesg would not help.
+_IO_FIXES = {
+    errno.EROFS: "the spool's file system is read-only: make it writable (or use a spool "
+    "directory on a writable one)",
+    errno.EACCES: "check the owner and mode of the spool directory and its files",
+    errno.EPERM: "check the owner and mode of the spool directory and its files",
+}
 
 
 def _flush(spool_dir: str | Path | None, call: _Call, started: float, report: FlushReport) -> None:
@@ -256,6 +292,8 @@ def _locked_flush(
     names = [pf.name for pf in store.pending_files(directory, state) if pf.sealed]
     if not names:
         report.message = "nothing pending"
+        if not conf.dry_run:
+            _record_idle(directory, conf, lock_deadline)
         return
     wait_until = state.retry_not_before
     clock_note = ""
@@ -369,6 +407,29 @@ def _when(timestamp: float) -> str:
         return record.iso_timestamp(timestamp)
     except (OverflowError, ValueError, OSError):
         return "a date beyond the calendar"
+
+
+def _record_idle(directory: Path, conf: settings.FlushSettings, deadline: float) -> None:
+    """``last_flush`` for a run that found nothing pending: it ran, and all is delivered.
+
+    Most hourly runs of a healthy host are such runs; left unrecorded, the last flush's
+    timestamp would age and the "no flush for 3 hours" alert fire on every idle host. A
+    full disk or a held lock only leaves the previous record (nothing is at stake).
+    """
+    try:
+        with store.locked_state(directory, deadline=deadline + FINISH_GRACE) as state:
+            state.last_flush = {
+                "at": record.iso_timestamp(),
+                "exit_code": exitcodes.OK,
+                "sent": 0,
+                "quarantined": 0,
+                "left_pending": 0,
+                "endpoint": conf.endpoint,  # for the human status only (audit.py)
+            }
+            store.commit(directory, state)
+    except (OSError, LockTimeout) as exc:
+        if not isinstance(exc, OSError) or not store.is_full_disk(exc):
+            store.log_warning("could not record the flush summary: %s", exc)
 
 
 def _finish(run: Run, report: FlushReport, deadline_ignored: bool) -> None:

@@ -68,6 +68,8 @@ def default_key_file(environ: Mapping[str, str] | None = None) -> Path:
 
 
 def _first_line(data: bytes, path: str) -> str:
+    # A UTF-8 byte order mark (Notepad, PowerShell) is no part of the key.
+    data = data.removeprefix(b"\xef\xbb\xbf")
     line = data.split(b"\n", 1)[0].strip()
     if not line:
         raise ConfigError(f"key file {path} is empty: put the write key on its first line")
@@ -137,13 +139,15 @@ def find(built_in: str = "", environ: Mapping[str, str] | None = None) -> WriteK
 
     A source that is present but unusable wins all the same (its ``problem`` says why):
     falling through to the next one would send under a key the operator did not choose.
-    An empty variable counts as unset. ``environ``: look as a process with that
+    An empty (or blank) variable counts as unset. ``environ``: look as a process with that
     environment would (``timer install`` checks what its unit will find).
     """
     environ = os.environ if environ is None else environ
-    value = environ.get("RS_SEGMENT_WRITE_KEY")
+    # Blank (spaces, a lone newline from `$(cat missing)`) is unset too: an empty key
+    # would hide the key file behind it, and the flush would then find no key at all.
+    value = (environ.get("RS_SEGMENT_WRITE_KEY") or "").strip()
     if value:
-        return WriteKey("env", value.strip())
+        return WriteKey("env", value)
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials:
         path = os.path.join(credentials, CREDENTIAL)
@@ -151,6 +155,17 @@ def find(built_in: str = "", environ: Mapping[str, str] | None = None) -> WriteK
             return _from_file("credential", path, trusted=True)
     named = environ.get("RS_SEGMENT_WRITE_KEY_FILE")
     if named:
+        if "/" not in named and not os.path.lexists(named):
+            # A bare word naming no file is most likely the key itself, put in the wrong
+            # variable: never echoed (nor written into a unit as a path), whatever it is.
+            return WriteKey(
+                "file",
+                problem=(
+                    "RS_SEGMENT_WRITE_KEY_FILE names no file (its value, not shown, holds no "
+                    "path: if it is the key itself, set RS_SEGMENT_WRITE_KEY instead): give "
+                    "the path of a file holding the key on its first line (chmod 600)"
+                ),
+            )
         return _from_file("file", os.path.abspath(named))
     default = default_key_file(environ)
     if os.path.lexists(default):

@@ -24,12 +24,13 @@ its standard streams must not get a spool file as its fd 1 (issue 11, item 8).
 from __future__ import annotations
 
 import _thread
+import errno
 import fcntl
 import os
 import time
 
 from spool._sleep import sleep
-from spool.errors import Busy, LockTimeout
+from spool.errors import Busy, LockTimeout, SpoolUnusable
 
 # contextlib, pathlib and typing cost an emitter's cold start milliseconds (issue 14): an
 # append takes no lock of this module, and the context managers load contextlib on use.
@@ -70,6 +71,17 @@ def open_lock_fd(path: str | os.PathLike[str], flags: int, mode: int = 0o600) ->
         fd = high_fd(os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode))
         _lock_fds.add(fd)
     return fd
+
+
+def _refused_link(path: str | os.PathLike[str]) -> SpoolUnusable:
+    """The refusal of a symbolic link where a lock file belongs (``O_NOFOLLOW``'s ELOOP), as
+    for every spool file (``store.open_spool_file``): the path and the fix, not a bare
+    ELOOP that a flush would report as a failing disk."""
+    return SpoolUnusable(
+        "a symbolic link stands where a spool file belongs; it is never followed",
+        os.fspath(path),
+        f"look at it, then remove it: rm {os.fspath(path)}",
+    )
 
 
 def register_lock_fd(fd: int) -> None:
@@ -146,7 +158,12 @@ class state_lock:  # named as a function: used as contextlib's context managers 
 
     def __enter__(self) -> None:
         path = self._directory / STATE_LOCK
-        fd = open_lock_fd(path, os.O_RDWR | os.O_CREAT)
+        try:
+            fd = open_lock_fd(path, os.O_RDWR | os.O_CREAT)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise _refused_link(path) from exc
+            raise
         try:
             if os.fstat(fd).st_mode & 0o777 != 0o600:
                 os.fchmod(fd, 0o600)  # the umask took bits away
@@ -264,6 +281,10 @@ def _flush_lock(directory: Path) -> Iterator[None]:
         raise Busy(
             "a flush, purge or export is running on this spool; try again when it ends"
         ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refused_link(directory / FLUSH_LOCK) from exc
+        raise
     try:
         yield
     finally:

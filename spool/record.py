@@ -223,7 +223,7 @@ def check_line(raw: bytes) -> tuple[dict[str, Any] | None, str]:
         message = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         return None, "not UTF-8"
-    except ValueError:
+    except (ValueError, RecursionError):  # nested past Python's recursion limit: "[[[[..."
         return None, "not JSON"
     problem = check(message)
     if problem is not None:

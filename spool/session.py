@@ -7,6 +7,7 @@ host: trouble is logged once per kind and reported as ``False``.
 from __future__ import annotations
 
 import _thread
+import errno
 import os
 import sys
 
@@ -109,10 +110,40 @@ class Session:
         except SpoolUnusable as exc:
             return FAILED, str(exc)
         except OSError as exc:
-            return FAILED, f"could not spool to {directory}: {exc.strerror or exc}"
+            return FAILED, f"could not spool to {directory}: {exc.strerror or exc}{_fix(exc)}"
         if _env.flag("RS_TELEMETRY_DEBUG"):
-            sys.stderr.write("rs-telemetry: " + line.decode("utf-8"))
+            _debug(line)
         return SPOOLED, ""
+
+
+# The fix of an append's OSError, by errno (errno is loaded already: store._files uses it).
+_FIXES = {
+    errno.ENOSPC: "free space on its disk",
+    errno.EDQUOT: "free space within the disk quota",
+    errno.EFBIG: "raise the file size limit (ulimit -f)",
+    errno.EACCES: "check the owner and mode of the spool directory and its files",
+    errno.EPERM: "check the owner and mode of the spool directory and its files",
+    errno.EROFS: "its file system is read-only: use a spool directory on a writable one "
+    "(RS_TELEMETRY_DIR)",
+}
+
+
+def _fix(exc: OSError) -> str:
+    """``"; free space on its disk"`` for an append that failed on a full disk, else ``""``."""
+    fix = _FIXES.get(exc.errno or 0)
+    return f"; {fix}" if fix else ""
+
+
+def _debug(line: bytes) -> None:
+    """Print a spooled record to stderr (``RS_TELEMETRY_DEBUG=1``), never raising: a daemon
+    may have no stderr (``sys.stderr`` is None) or a closed descriptor 2 behind it."""
+    try:
+        stream = sys.stderr
+        if stream is not None:
+            stream.write("rs-telemetry: " + line.decode("utf-8"))
+            stream.flush()
+    except (OSError, ValueError):  # EBADF, a closed pipe; ValueError: a closed file object
+        pass
 
 
 _default: Session | None = None

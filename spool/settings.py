@@ -10,7 +10,7 @@ import ipaddress
 import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -385,7 +385,7 @@ class FlushSettings:
     """Everything a flush run needs, resolved once, e.g. ``FlushSettings(max_time=60.0, ...)``."""
 
     endpoint: str
-    write_key: str
+    write_key: str = field(repr=False)  # never in a repr, a log line or a traceback
     write_key_source: str
     max_time: float = 60.0
     timeout: float = 10.0
@@ -394,6 +394,26 @@ class FlushSettings:
     force: bool = False
     max_age_seconds: float = DEFAULT_MAX_AGE_DAYS * 86400.0
     max_bytes: int = DEFAULT_MAX_BYTES
+    write_key_path: str | None = None
+    """The file the key was read from (a key file, the credential), e.g. ``/etc/...``."""
+
+    @property
+    def key_fix(self) -> str:
+        """Where to correct a key the server refused, e.g. ``check the key in /root/key``."""
+        if self.write_key_source == "file":
+            return f"check the key in {self.write_key_path} (its first line)"
+        if self.write_key_source == "credential":
+            return (
+                f"check the key of the systemd credential {keys.CREDENTIAL} "
+                f"({self.write_key_path}): the file its LoadCredential= line names, e.g. "
+                "/etc/rs-telemetry/write-key"
+            )
+        if self.write_key_source == "default":
+            return (
+                "the built-in key was refused: set RS_SEGMENT_WRITE_KEY, or put the key in "
+                f"{keys.default_key_file()}"
+            )
+        return "check RS_SEGMENT_WRITE_KEY"
 
     @classmethod
     def resolve(
@@ -430,4 +450,5 @@ class FlushSettings:
             force=force,
             max_age_seconds=max_age_seconds(),
             max_bytes=int(_number(MAX_BYTES)),
+            write_key_path=found.path,
         )

@@ -421,7 +421,7 @@ def _put_key_here(path: Path) -> str:
 
 def key_warnings(environment: Mapping[str, str], system: bool) -> list[str]:
     """Why the unit would not find a usable key, with the fix; ``[]`` when it will (SPEC 9)."""
-    in_shell = bool(os.environ.get("RS_SEGMENT_WRITE_KEY"))
+    in_shell = bool((os.environ.get("RS_SEGMENT_WRITE_KEY") or "").strip())
     if system:
         path = Path(SYSTEM_KEY_FILE)
         if not os.path.lexists(path):

@@ -28,7 +28,7 @@ import urllib3
 from spool._version import __version__
 from spool.exchange import Exchange, Interrupted, RequestDeadline
 from spool.record import iso_timestamp
-from spool.settings import check_proxy
+from spool.settings import check_proxy, is_loopback_host
 from spool.store._state import RETRY_WAIT_CAP
 
 MAX_BODY_BYTES = 475_000
@@ -286,6 +286,9 @@ class Uploader:
         settings = self.session.merge_environment_settings(batch_url, {}, None, True, None)
         self.session.trust_env = False
         self._proxies = dict(settings["proxies"])
+        if is_loopback_host(urlsplit(batch_url).hostname or ""):
+            # A proxy would reach its own loopback, not ours, and see plain http's key.
+            self._proxies = {}
         proxy = requests.utils.select_proxy(batch_url, self._proxies)
         if proxy:
             check_proxy(proxy)  # a proxy that cannot work is a setting, named as such

@@ -205,3 +205,43 @@ def test_a_bundle_whose_lines_are_not_what_its_manifest_says_adds_nothing(
     st = status(cli, *other)
     assert st["pending"]["events"] == 30
     assert accounted(st) == 30
+
+
+def test_a_bundle_nested_deeper_than_python_recurses_is_damaged_not_a_crash(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # json.loads raises RecursionError, not ValueError, past ~1,000 levels: 5,000 bytes of
+    # "[" is well inside a record's size and the manifest's, and must read as damage.
+    deep = b"[" * 5000
+    manifest_deep = tmp_path / "manifest-deep.rsbundle"
+    with gzip.open(manifest_deep, "wb") as gz:
+        gz.write(deep + b"\n")
+    line_deep = tmp_path / "line-deep.rsbundle"
+    honest_bundle(line_deep, [deep + b"\n"])
+    other = ["--spool-dir", str(tmp_path / "other")]
+    for bundle, word in ((manifest_deep, "manifest"), (line_deep, "damaged")):
+        line = one_line_error(cli(*other, "import", str(bundle)))
+        assert word in line, line
+        st = status(cli, *other)
+        assert st["pending"]["events"] == 0, st
+        assert accounted(st) == 0
+
+
+def test_an_import_past_the_cap_says_how_many_the_cap_dropped(cli: Cli, tmp_path: Path) -> None:
+    # "imported 30 event(s)" while the cap dropped most of them at once would be a loss that
+    # only `status` reveals: the import's own line says it, with the setting to raise.
+    append_many(30, "x")
+    source = tmp_path / "big.rsbundle"
+    assert cli("export", str(source)).returncode == 0
+    other = ["--spool-dir", str(tmp_path / "small")]
+    result = cli(*other, "import", str(source), env={"RS_TELEMETRY_MAX_BYTES": "2000"})
+    assert result.returncode == 0, result.stderr
+    st = status(cli, *other)
+    dropped = st["dropped"]["by_reason"]["spool_full"]
+    assert dropped > 0, st
+    assert st["pending"]["events"] + dropped == 30
+    said = result.stderr.strip()
+    assert "\n" not in said, said
+    assert "imported 30 event(s)" in said, said
+    assert f"dropped the oldest {dropped}" in said, said
+    assert "RS_TELEMETRY_MAX_BYTES" in said, said

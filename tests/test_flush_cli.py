@@ -239,6 +239,27 @@ def test_localhost_is_allowed(scripted_server: ScriptedServer, cli: Cli) -> None
     assert len(scripted_server.accepted_events()) == 2
 
 
+@pytest.mark.parametrize("endpoint_host", ["127.0.0.1", "localhost"])
+def test_a_loopback_endpoint_is_never_reached_through_a_proxy(
+    scripted_server: ScriptedServer, receiver: Receiver, cli: Cli, endpoint_host: str
+) -> None:
+    # HTTP_PROXY is often set host-wide (/etc/environment) with no NO_PROXY for loopback:
+    # requests would hand the plain-http request, Basic key and all, to the proxy, which
+    # would reach its own loopback, not ours. A loopback endpoint is always reached directly.
+    fill(2)
+    proxy = scripted_server.url
+    env = {
+        **{name: proxy for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "ALL_PROXY")},
+        "NO_PROXY": "",
+        "no_proxy": "",
+    }
+    endpoint = receiver.url.replace("127.0.0.1", endpoint_host)
+    result, _ = flush(cli, endpoint, "--max-time", "10", env=env)
+    assert result.returncode == 0, result.stderr
+    assert scripted_server.requests == [], "the write key went through a proxy in clear text"
+    assert len(receiver.events) == 2
+
+
 @pytest.mark.parametrize("host", ["127.0.0.2", "::1"])
 def test_other_loopback_addresses_are_allowed(cli: Cli, tmp_path: Path, host: str) -> None:
     fill(2)

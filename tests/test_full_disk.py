@@ -215,3 +215,41 @@ def test_purge_on_a_full_disk(cli: Cli, small_disk: Path, scripted_server: Scrip
     assert st["removed"]["purged"] == total
     assert accounted(st) == total
     assert show_lines(cli) == []
+
+
+# --- a read-only file system ----------------------------------------------------------------
+
+
+def test_a_read_only_spool_is_named_as_such_and_import_does_not_blame_the_bundle(
+    cli: Cli, small_disk: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    # A bundle made elsewhere, good in every byte.
+    other = tmp_path / "other-spool"
+    assert spool.Session(spool_dir=other).append("server_start", {"commit_id": "b0"})
+    bundle = tmp_path / "good.rsbundle"
+    assert cli("--spool-dir", str(other), "export", str(bundle)).returncode == 0
+    for i in range(3):  # in other processes: a descriptor open for writing here (the
+        # library keeps the active file open) would make the remount fail with EBUSY
+        assert cli("append", "server_start", "-p", f"commit_id=p{i}").returncode == 0
+    mount_point = small_disk.parent
+    assert os.system(f"mount -o remount,ro {mount_point}") == 0  # noqa: S605
+    try:
+        flushed = cli("flush", "--endpoint", receiver.url, env={"RS_SEGMENT_WRITE_KEY": "k"})
+        assert flushed.returncode == 1, flushed.stderr
+        said = flushed.stderr.strip()
+        assert "\n" not in said, said
+        assert "read-only" in said, said  # the fix, not "check the disk (free space, ...)"
+        imported = cli("import", str(bundle))
+        assert imported.returncode == 1, imported.stderr
+        said = imported.stderr.strip()
+        assert "\n" not in said, said
+        assert "not a readable bundle" not in said, said  # the bundle is fine
+        assert "damaged" not in said, said
+        assert "read-only" in said, said
+        assert status(cli)["pending"]["events"] == 3
+        appended = cli("append", "server_start")
+        assert appended.returncode == 1, appended.stderr
+        assert "read-only: use a spool directory on a writable one" in appended.stderr
+    finally:
+        os.system(f"mount -o remount,rw {mount_point}")  # noqa: S605
+    assert receiver.events == []

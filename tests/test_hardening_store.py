@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 from kit import assert_accounted
+from scripted_server import ScriptedServer, Stall
 
 from spool.locking import held
 from spool.receiver import Receiver
@@ -200,3 +201,96 @@ def test_a_host_that_closed_its_standard_streams_never_prints_into_the_spool(
     assert_accounted(3)
     lines = (spool_dir / "active.jsonl").read_bytes().splitlines()
     assert [json.loads(line)["properties"]["commit_id"] for line in lines] == ["c0", "c1", "c2"]
+
+
+DEBUG_NO_STDERR_HOST = r"""
+import os, sys
+import spool
+
+if sys.argv[2] == "closed":
+    os.close(2)  # the descriptor closed under a live sys.stderr: its write fails, EBADF
+results = []
+for i in range(2):
+    try:
+        results.append(spool.append("server_start", {"commit_id": f"d{i}"}))
+    except BaseException as exc:
+        results.append(repr(exc))
+with open(sys.argv[1], "w") as report:
+    report.write(repr(results))
+"""
+
+
+@pytest.mark.parametrize("how", ["none", "closed"])
+def test_debug_output_with_no_stderr_never_raises_into_the_host(
+    spool_dir: Path, tmp_path: Path, how: str
+) -> None:
+    # RS_TELEMETRY_DEBUG=1 in a daemon whose stderr is gone (started with 2>&-: sys.stderr
+    # is None; or fd 2 closed later): the event is spooled and append says True, quietly.
+    report = tmp_path / "report.txt"
+    result = subprocess.run(
+        [sys.executable, "-c", DEBUG_NO_STDERR_HOST, str(report), how],
+        stderr=subprocess.DEVNULL if how == "closed" else None,
+        preexec_fn=(lambda: os.close(2)) if how == "none" else None,
+        env={**os.environ, "RS_TELEMETRY_DEBUG": "1"},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0
+    assert report.read_text() == "[True, True]"
+    assert_accounted(2)
+
+
+FLUSHING_CLOSED_STREAMS_HOST = r"""
+import os, sys, threading, time
+report = os.open(sys.argv[2], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+report = os.dup2(report, 100)  # kept out of 0-2 ourselves
+import spool
+
+for i in range(3):
+    assert spool.append("server_start", {"commit_id": f"c{i}"})
+os.closerange(0, 3)  # a daemon that closed its standard streams, then flushes
+seen = set()
+done = threading.Event()
+
+def watch():  # what stands at 0, 1 and 2 while the flush runs (its request is stalled)
+    while not done.is_set():
+        for fd in (0, 1, 2):
+            try:
+                seen.add(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        time.sleep(0.001)
+
+watcher = threading.Thread(target=watch)
+watcher.start()
+result = spool.flush(endpoint=sys.argv[1], max_time=20)
+done.set()
+watcher.join()
+after = [fd for fd in (0, 1, 2) if os.path.exists(f"/proc/self/fd/{fd}")]
+os.write(report, repr((result.exit_code, sorted(seen), after)).encode())
+"""
+
+
+def test_a_host_with_closed_standard_streams_never_gets_a_socket_or_lock_on_them(
+    spool_dir: Path, tmp_path: Path, scripted_server: ScriptedServer
+) -> None:
+    # During spool.flush() in such a host, the HTTP connection took fd 1 and 2 and
+    # flush.lock fd 0: a host thread printing then wrote into the request to the endpoint.
+    scripted_server.script(Stall(1.0))
+    report = tmp_path / "report.txt"
+    result = subprocess.run(
+        [sys.executable, "-c", FLUSHING_CLOSED_STREAMS_HOST, scripted_server.url, str(report)],
+        capture_output=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "RS_SEGMENT_WRITE_KEY": WRITE_KEY},
+    )
+    assert result.returncode == 0, result.stderr
+    exit_code, seen, after = eval(report.read_text())  # noqa: S307 - our own repr
+    assert exit_code == 0
+    # Held by /dev/null while the flush runs (the interpreter's own transient reads of
+    # modules it imports are not ours): no socket, no spool file.
+    ours = [t for t in seen if t.startswith(("socket:", str(spool_dir)))]
+    assert ours == [], seen
+    assert after == []  # and given back closed, as the host left them
+    assert len(scripted_server.accepted_events()) == 3

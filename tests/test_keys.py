@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from scripted_server import ScriptedServer
+from scripted_server import Respond, ScriptedServer
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 UNUSED_UID = 54321
@@ -200,12 +200,92 @@ def test_an_empty_variable_counts_as_unset(cli: Cli, default_file: Path) -> None
     assert _source(cli, env)[0] == "file"
 
 
+@pytest.mark.parametrize("blank", [" ", "\n", " \t "])
+def test_a_blank_key_variable_counts_as_unset_and_the_key_file_is_used(
+    cli: Cli, scripted_server: ScriptedServer, default_file: Path, blank: str
+) -> None:
+    # `RS_SEGMENT_WRITE_KEY="$(cat missing-file)"` or an Environment= line left with a space:
+    # no key at all, so the key file must win, not an empty key that the flush then refuses.
+    _write(default_file, "default-key-444\n")
+    env = {"RS_SEGMENT_WRITE_KEY": blank}
+    assert _source(cli, env)[0] == "file"
+    result = _flush(cli, scripted_server, env)
+    assert result.returncode == 0, result.stderr
+    assert _sent_key(scripted_server) == "default-key-444"
+
+
 def test_a_credentials_directory_without_our_credential_falls_through(
     cli: Cli, tmp_path: Path, default_file: Path
 ) -> None:
     (tmp_path / "creds").mkdir()
     _write(default_file, "default-key-444\n")
     assert _source(cli, {"CREDENTIALS_DIRECTORY": str(tmp_path / "creds")})[0] == "file"
+
+
+@pytest.mark.parametrize("where", ["credential", "named file", "default file"])
+def test_a_refused_key_names_where_it_came_from(
+    cli: Cli, scripted_server: ScriptedServer, tmp_path: Path, default_file: Path, where: str
+) -> None:
+    # A 401 from a key the timer's unit read from a file: "check RS_SEGMENT_WRITE_KEY" (unset
+    # here) sends the operator to the wrong place; the fix is the file the key came from.
+    if where == "credential":
+        path = _write(tmp_path / "creds" / "rs-segment-write-key", "cred-key-222\n", 0o400)
+        env = {"CREDENTIALS_DIRECTORY": str(path.parent)}
+    elif where == "named file":
+        path = _write(tmp_path / "k" / "key", "named-key-333\n")
+        env = {"RS_SEGMENT_WRITE_KEY_FILE": str(path)}
+    else:
+        path = _write(default_file, "default-key-444\n")
+        env = {}
+    scripted_server.default = Respond(401)
+    result = _flush(cli, scripted_server, env)
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.strip()
+    assert "\n" not in line, line
+    assert "refused" in line, line
+    assert str(path) in line, line
+    assert "check RS_SEGMENT_WRITE_KEY" not in line, line
+    _assert_no_secret(result.stdout, result.stderr)
+
+
+def test_a_key_put_in_the_file_variable_by_mistake_is_never_echoed_or_written(
+    cli: Cli, scripted_server: ScriptedServer, tmp_path: Path
+) -> None:
+    # RS_SEGMENT_WRITE_KEY_FILE=<the key> (the _FILE variable confused with the key's):
+    # it names no file, and saying "key file /cwd/<the key> does not exist", or writing
+    # it into a unit's Environment=, would print and store the key itself.
+    mistaken = "named-key-333Xk3jf9w0"
+    env = {"RS_SEGMENT_WRITE_KEY_FILE": mistaken}
+    source, stderr = _source(cli, env)
+    assert source == "file"
+    assert mistaken not in stderr
+    result = _flush(cli, scripted_server, env)
+    assert result.returncode == 1
+    line = result.stderr.strip()
+    assert "\n" not in line, line
+    assert "RS_SEGMENT_WRITE_KEY_FILE" in line, line
+    assert mistaken not in result.stdout + result.stderr
+    assert scripted_server.requests == []
+    units = tmp_path / "units"
+    installed = cli("timer", "install", "--unit-dir", str(units), "--no-enable", env=env)
+    assert installed.returncode == 0, installed.stderr
+    assert mistaken not in installed.stdout + installed.stderr
+    for unit in units.iterdir():
+        assert mistaken not in unit.read_text(), unit.name
+
+
+def test_a_key_file_saved_with_a_byte_order_mark_is_read(
+    cli: Cli, scripted_server: ScriptedServer, tmp_path: Path
+) -> None:
+    # Notepad and PowerShell save UTF-8 with a BOM; the key after it is plain ASCII.
+    key_file = tmp_path / "k" / "key"
+    key_file.parent.mkdir()
+    key_file.write_bytes(b"\xef\xbb\xbfnamed-key-333\r\n")
+    key_file.chmod(0o600)
+    env = {"RS_SEGMENT_WRITE_KEY_FILE": str(key_file)}
+    result = _flush(cli, scripted_server, env)
+    assert result.returncode == 0, result.stderr
+    assert _sent_key(scripted_server) == "named-key-333"
 
 
 # --- refusals -----------------------------------------------------------------------------

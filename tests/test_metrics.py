@@ -166,6 +166,31 @@ def test_a_fresh_spool_has_every_family_and_zero_for_each_known_drop_reason(
     assert not {name for name, _ in got} & OPTIONAL
 
 
+def test_an_idle_flush_refreshes_the_last_flush_so_the_stale_alert_stays_quiet(
+    cli: Cli, spool_dir: Path, scripted_server: ScriptedServer
+) -> None:
+    # A healthy host emits a few events a day; most hourly flushes find nothing pending. If
+    # only a flush that sent something were recorded, last_flush_timestamp would age and
+    # RsTelemetryLastFlushTooOld ("no flush for 3 hours") would fire on every idle host.
+    append_many(2)
+    env = {"RS_SEGMENT_WRITE_KEY": KEY}
+    first = cli("flush", "--endpoint", scripted_server.url, env=env)
+    assert first.returncode == 0, first.stderr
+    sent = status(cli)["last_flush"]
+    assert sent["sent"] == 2
+    time.sleep(0.01)  # timestamps have milliseconds
+    idle = cli("flush", "--endpoint", scripted_server.url, env=env)
+    assert idle.returncode == 0, idle.stderr
+    last = status(cli)["last_flush"]
+    assert last["at"] > sent["at"], (sent, last)
+    assert (last["exit_code"], last["sent"], last["left_pending"]) == (0, 0, 0)
+    stamp = datetime.fromisoformat(last["at"].replace("Z", "+00:00")).timestamp()
+    assert scraped(cli, spool_dir)[("rs_telemetry_last_flush_timestamp_seconds", ())] == stamp
+    # A dry run still changes nothing.
+    assert cli("flush", "--dry-run", "--endpoint", scripted_server.url).returncode == 0
+    assert status(cli)["last_flush"] == last
+
+
 def test_metrics_equal_status_after_drops_a_quarantine_and_a_retry_deadline(
     cli: Cli, spool_dir: Path, scripted_server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -56,3 +56,23 @@ def test_a_missing_directory_still_says_to_create_it(cli: Cli, tmp_path: Path) -
     line = one_line(cli("metrics", "--textfile", str(target)))
     assert f"does not exist: {target}" in line
     assert f"mkdir -p {target}" in line
+
+
+@pytest.mark.parametrize(
+    "command", [("metrics", "--textfile"), ("flush", "--metrics-textfile")], ids=str
+)
+def test_an_empty_textfile_directory_is_a_usage_error_not_the_working_directory(
+    cli: Cli, spool_dir: Path, command: tuple[str, ...]
+) -> None:
+    # `--textfile "$TEXTFILE_DIR"` with the variable unset: Path("") is ".", and the file
+    # would land wherever the command runs (a cron job's $HOME), as --spool-dir "" would.
+    assert cli("append", "server_start").returncode == 0
+    before = set(Path.cwd().iterdir())
+    env = {"RS_SEGMENT_WRITE_KEY": "k", "RS_SEGMENT_ENDPOINT": "http://127.0.0.1:9"}
+    result = cli(*command, "", env=env, timeout=30)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "empty" in result.stderr, result.stderr
+    assert set(Path.cwd().iterdir()) == before
+    assert json.loads(cli("status", "--json").stdout)["pending"]["events"] == 1

@@ -126,3 +126,21 @@ def test_requeue_on_a_spool_that_does_not_exist(cli: Cli, spool_dir: Path) -> No
     assert result.returncode == 0, result.stderr
     assert "nothing is quarantined" in result.stderr
     assert not spool_dir.exists()
+
+
+def test_a_quarantine_line_nested_deeper_than_python_recurses_stays_and_is_shown_raw(
+    cli: Cli, spool_dir: Path
+) -> None:
+    # A damaged quarantine file: json.loads raises RecursionError (not ValueError) on it.
+    assert spool.append("server_start")
+    deep = "[" * 5000
+    with open(spool_dir / "quarantine.jsonl", "ab") as quarantine:
+        quarantine.write(deep.encode() + b"\n")
+    requeued = cli("requeue", "--yes")
+    assert requeued.returncode == 0, requeued.stderr
+    assert "Traceback" not in requeued.stderr
+    entries = shown("--quarantine")
+    assert [entry["raw"] for entry in entries] == [deep]
+    view = cli("show", "--quarantine")
+    assert view.returncode == 0, view.stderr
+    assert "Traceback" not in view.stderr

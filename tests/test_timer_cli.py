@@ -141,3 +141,20 @@ def test_uninstall_when_nothing_is_installed_succeeds(cli: Cli, tmp_path: Path) 
     env, _log = fake_systemctl(tmp_path, "no-bus")
     result = cli("timer", "uninstall", "--unit-dir", str(tmp_path / "nothing-here"), env=env)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize("command", ["install", "uninstall"])
+def test_an_empty_unit_dir_is_a_usage_error_not_the_working_directory(
+    cli: Cli, tmp_path: Path, command: str
+) -> None:
+    # `--unit-dir "$DIR"` with DIR unset: Path("") is ".", and the units would be written
+    # into (or removed from) wherever the command runs, where no systemd looks.
+    before = set(Path.cwd().iterdir())
+    env, _log = fake_systemctl(tmp_path, "ok")
+    extra = ("--no-enable",) if command == "install" else ()
+    result = cli("timer", command, "--unit-dir", "", *extra, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "empty" in result.stderr, result.stderr
+    assert set(Path.cwd().iterdir()) == before

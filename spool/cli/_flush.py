@@ -140,6 +140,22 @@ _STOPPED = "rs_telemetry.flush_stopped"
 """ctx.meta key: the error that stops a flush before it runs (read by its body)."""
 
 
+def _given_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """A textfile DIR as a path; an empty one is a usage error, never the working directory."""
+    if value is None:
+        return None
+    if not value:
+        # Path("") is ".": `--textfile "$DIR"` with DIR unset would write wherever the
+        # command runs (a cron job's $HOME), as --spool-dir "" would spool there.
+        raise click.BadParameter(
+            "an empty path names no directory: give node_exporter's textfile directory "
+            "(--collector.textfile.directory), or leave the option out",
+            ctx=ctx,
+            param=param,
+        )
+    return Path(value)
+
+
 @click.command(cls=_FlushCommand, epilog=EXIT_CODES_HELP)
 @click.option(
     "--endpoint",
@@ -171,7 +187,8 @@ _STOPPED = "rs_telemetry.flush_stopped"
 @click.option(
     "--metrics-textfile",
     "textfile",
-    type=click.Path(path_type=Path),
+    type=click.Path(),
+    callback=_given_dir,
     metavar="DIR",
     help="After the run, whatever its exit code, write DIR/rs_telemetry.prom for "
     "node_exporter's textfile collector (see metrics --help).",
@@ -337,9 +354,9 @@ def _write_stdout(text: str) -> None:
 @click.option(
     "--textfile",
     "textfile_dir",
-    type=click.Path(path_type=Path),
+    type=click.Path(),
     metavar="DIR",
-    callback=lambda _ctx, _param, value: _textfile_dir(value),
+    callback=lambda ctx, param, value: _textfile_dir(_given_dir(ctx, param, value)),
     help="Write DIR/rs_telemetry.prom atomically (node_exporter's textfile collector) "
     "instead of printing.",
 )

@@ -267,6 +267,12 @@ def import_cmd(ctx: click.Context, file: Path) -> None:
     result = bundle.import_(spool_dir_of(ctx), file)
     if result.already:
         say(f"{file} was imported before: nothing added")
+    elif result.dropped:
+        say(
+            f"imported {result.count} event(s) from {file}; the spool's cap "
+            f"(RS_TELEMETRY_MAX_BYTES) dropped the oldest {result.dropped} pending event(s) "
+            "to make room (status: dropped.spool_full); raise it before importing more"
+        )
     else:
         say(f"imported {result.count} event(s) from {file}")
 

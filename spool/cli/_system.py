@@ -17,6 +17,22 @@ from spool.errors import TelemetryError
 # --- timer ------------------------------------------------------------------------------
 
 
+def _unit_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+    """``--unit-dir`` as a path; an empty one is a usage error, never the working directory."""
+    if value is None:
+        return None
+    if not value:
+        # Path("") is ".": `--unit-dir "$DIR"` with DIR unset would write the units where
+        # the command runs, where no systemd looks (or remove them from there).
+        raise click.BadParameter(
+            "an empty path names no directory: give the unit directory, or leave the option "
+            "out for the default",
+            ctx=ctx,
+            param=param,
+        )
+    return Path(value)
+
+
 @click.group(cls=Group)
 def timer() -> None:
     """Install or remove the hourly systemd timer that runs flush (user, or system with --system).
@@ -41,7 +57,8 @@ def _system_pair(system: bool, run_as: str | None) -> None:
 @timer.command("install")
 @click.option(
     "--unit-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),
+    callback=_unit_dir,
     help="Where to write the units (default ~/.config/systemd/user; /etc/systemd/system with "
     "--system).",
 )
@@ -96,7 +113,8 @@ def timer_install(
 @timer.command("uninstall")
 @click.option(
     "--unit-dir",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False),
+    callback=_unit_dir,
     help="Where the units are (default ~/.config/systemd/user; /etc/systemd/system with --system).",
 )
 @click.option("--system", is_flag=True, help="Remove the system units instead of the user's.")

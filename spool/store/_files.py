@@ -23,8 +23,10 @@ MODE = "mode"
 SEGMENT_PREFIX = "seg-"
 SEGMENT_SUFFIX = ".jsonl"
 
-APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
-READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+# O_NONBLOCK: a FIFO put where a spool file belongs must not hold open() until a partner
+# comes (for ever, with flush.lock held); on a regular file it changes nothing.
+APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 StrPath = str | os.PathLike[str]  # the append path passes plain strings: pathlib costs microseconds
 
 
@@ -225,33 +227,36 @@ def open_spool_file(path: StrPath, flags: int) -> int:
     try:
         fd = high_fd(os.open(path, flags | os.O_NONBLOCK, 0o600))
     except OSError as exc:
-        if exc.errno not in (errno.ELOOP, errno.ENXIO):
-            raise
-        # ENXIO: a FIFO opened for writing with no reader (O_NONBLOCK).
-        link = exc.errno == errno.ELOOP
-        raise SpoolUnusable(
-            "a symbolic link stands where a spool file belongs; it is never followed"
-            if link
-            else "a FIFO stands where a spool file belongs",
-            os.fspath(path),
-            f"look at it, then remove it: rm {os.fspath(path)}",
-        ) from exc
+        if exc.errno == errno.ELOOP:
+            raise SpoolUnusable(
+                "a symbolic link stands where a spool file belongs; it is never followed",
+                os.fspath(path),
+                f"look at it, then remove it: rm {os.fspath(path)}",
+            ) from exc
+        if exc.errno in (errno.EISDIR, errno.ENXIO):  # a directory; a FIFO with no reader
+            raise _not_a_file(path) from exc
+        raise
     try:
-        mode = os.fstat(fd).st_mode
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
     except OSError:
         os.close(fd)
         raise
-    if not stat.S_ISREG(mode):
+    if not regular:
+        # A FIFO would swallow what is written into it (or block once full), a device
+        # worse: refused as a link is, never read or written.
         os.close(fd)
-        if stat.S_ISDIR(mode):  # as reading it would say: its callers know this one
-            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
-        raise SpoolUnusable(
-            "something that is not a regular file (a FIFO, a device) stands where a spool "
-            "file belongs",
-            os.fspath(path),
-            f"look at it, then remove it: rm {os.fspath(path)}",
-        )
+        raise _not_a_file(path)
     return fd
+
+
+def _not_a_file(path: StrPath) -> SpoolUnusable:
+    return SpoolUnusable(
+        "something that is not a regular file (a directory, a FIFO, a device) stands where "
+        "a spool file belongs",
+        os.fspath(path),
+        f"look at it, then move it out of the spool: mv {os.fspath(path)} "
+        f"{os.fspath(path)}.not-a-file",
+    )
 
 
 def read_file(path: StrPath, offset: int = 0) -> bytes:

@@ -50,7 +50,7 @@ def check_layout(directory: StrPath, state_too: bool = True) -> None:
             import json  # noqa: PLC0415 - not on the append path (state_too=False)
 
             data = json.loads(read_file(os.path.join(directory, STATE)))
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return  # absent, or damaged: load_state sets a damaged one aside
         check_state_version(directory, data)
 

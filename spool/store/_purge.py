@@ -99,7 +99,7 @@ def _record_of(entry_line: bytes) -> bytes | None:
     not a valid record)."""
     try:
         entry = json.loads(entry_line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         return None
     if not isinstance(entry, dict) or not isinstance(entry.get("_quarantine"), dict):
         return None

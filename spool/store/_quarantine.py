@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ def quarantine_entry(
     entry: dict[str, Any]
     try:
         decoded = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         decoded = None
     if isinstance(decoded, dict) and "_quarantine" not in decoded:
         entry = {"_quarantine": info, **decoded}
@@ -55,6 +57,9 @@ def add_to_quarantine(directory: Path, entries: list[bytes], state: State, cap: 
         return
     fd = private_open(directory / QUARANTINE, APPEND_FLAGS)
     try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            # A FIFO would swallow the entries: refused (the lines stay pending).
+            raise OSError(errno.ENXIO, "not a regular file", str(directory / QUARANTINE))
         size = write_once(fd, b"".join(entries), fsync=True, what="the quarantine")
     finally:
         os.close(fd)

@@ -49,7 +49,7 @@ def load_state(directory: Path) -> State:
         state = State(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
         _check_state(state)
         state.retry_not_before = _usable_deadline(state.retry_not_before)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, RecursionError) as exc:  # Recursion: "[[[[..." nested deep
         # Damaged from outside (we only ever rename complete files into place). Keep a copy
         # for the operator and carry on: at worst a partly delivered segment is sent again.
         with suppress_os():

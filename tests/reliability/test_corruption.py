@@ -249,6 +249,23 @@ def damaged_quarantine_file(spool_dir: Path) -> Expect:
     return Expect(["s0", "s1"], raws=[_raw(junk), "not json"])
 
 
+# Deeper than Python's recursion limit (1,000): json.loads raises RecursionError, not a
+# ValueError, for it, yet the line is well under a record's 32,000 bytes.
+DEEP = b"[" * 5000
+
+
+def deeply_nested_line(spool_dir: Path) -> Expect:
+    write_segment(spool_dir, line("s0") + DEEP + b"\n" + line("s1"))
+    _append("a0")
+    return Expect(["s0", "s1", "a0"], raws=[_raw(DEEP)], reason="JSON")
+
+
+def deeply_nested_state(spool_dir: Path) -> Expect:
+    write_segment(spool_dir, line("s0"))
+    (spool_dir / store.STATE).write_bytes(DEEP)
+    return Expect(["s0"])
+
+
 CASES = [
     torn_tail_in_active_then_append,
     torn_tail_at_end_of_active,
@@ -270,6 +287,8 @@ CASES = [
     negative_cursor,
     cursor_past_the_end,
     damaged_quarantine_file,
+    deeply_nested_line,
+    deeply_nested_state,
 ]
 
 

@@ -147,6 +147,76 @@ def test_spool_file_replaced_by_a_symlink_is_a_clear_error_not_a_crash(
     assert not crashes, crashes
 
 
+@pytest.mark.parametrize("name", ["state.lock", "flush.lock"])
+def test_a_lock_file_replaced_by_a_symlink_is_named_with_the_fix(
+    name: str, cli: Cli, receiver: Receiver, spool_dir: Path, tmp_path: Path
+) -> None:
+    """A link where a lock belongs is refused as any other spool file is: the path and the
+    fix (``rm``), never a bare ``Too many levels of symbolic links``, nor a failing disk."""
+    _link_out(name, spool_dir, tmp_path)
+    path = spool_dir / name
+    for args in (
+        ("flush", "--endpoint", receiver.url, "--max-time", "5"),
+        ("purge", "--yes"),
+        ("requeue", "--yes"),
+        ("export", str(tmp_path / "bundle")),
+    ):
+        result = cli(*args)
+        assert result.returncode == 1, (args, result.stderr)
+        line = result.stderr.strip()
+        assert "\n" not in line, (args, line)
+        assert "symbolic link" in line, (args, line)
+        assert f"rm {path}" in line, (args, line)
+        assert "disk" not in line, (args, line)
+    assert receiver.events == []
+
+
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+@pytest.mark.parametrize("name", ["active.jsonl", "quarantine.jsonl", "state.json", "mode"])
+def test_a_fifo_or_directory_where_a_spool_file_belongs_never_hangs_or_swallows_data(
+    name: str, kind: str, cli: Cli, receiver: Receiver, spool_dir: Path, tmp_path: Path
+) -> None:
+    """A FIFO is opened without waiting for a partner and refused like a link: no command
+    hangs on it (holding flush.lock, deaf to --max-time and SIGTERM), and nothing is written
+    into it and called spooled or quarantined; a directory there is not a failing disk.
+    """
+    ensure_spool(spool_dir)
+    write_segment(spool_dir, line("inside-0") + b"not a record\n")
+    path = spool_dir / name
+    if path.exists():
+        path.unlink()
+    if kind == "fifo":
+        os.mkfifo(path, 0o600)
+    else:
+        path.mkdir(mode=0o700)
+    commands = [
+        ("append", "server_start", "-p", "commit_id=after"),
+        ("status",),
+        ("show",),
+        ("show", "--quarantine"),
+        ("flush", "--endpoint", receiver.url, "--max-time", "5"),
+        ("requeue", "--yes"),
+        ("purge", "--quarantine", "--yes"),
+        ("export", "--keep", str(tmp_path / "bundle")),
+    ]
+    for args in commands:
+        result = cli(*args, timeout=20)  # a hang fails here (TimeoutExpired)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        assert result.returncode in (0, 1, 65, 75), (args, result)
+        if result.returncode == 1:
+            said = result.stderr.strip()
+            assert "\n" not in said, (args, said)
+            assert "disk failed" not in said, (args, said)
+        if name == "active.jsonl":
+            # Nothing can be spooled into a FIFO or a directory: "spooled" would be a lie.
+            assert args[0] != "append" or result.returncode == 1, (args, result)
+        if name == "quarantine.jsonl":
+            # "not a record" cannot go into it: kept pending (75), never called quarantined.
+            assert args[0] != "flush" or result.returncode in (1, 75), (args, result)
+    assert stat.S_ISFIFO(path.lstat().st_mode) if kind == "fifo" else path.is_dir()
+    assert set(commit_ids(receiver.events)) <= {"inside-0", "after"}, receiver.events
+
+
 def test_spool_directory_replaced_by_nothing_but_links_is_never_followed(
     cli: Cli, receiver: Receiver, spool_dir: Path, tmp_path: Path
 ) -> None:
