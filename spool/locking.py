@@ -244,24 +244,38 @@ def flock_until(fd: int, operation: int, deadline: float, path: Path) -> None:
 
 def _holder(fd: int) -> str:
     """`` (locked by pid N)`` from ``/proc/locks`` where Linux says who placed the lock."""
+    pids = lock_holders(fd)
+    return f" (locked by pid {', '.join(map(str, pids))})" if pids else ""
+
+
+def lock_holders(fd: int) -> list[int]:
+    """The other processes holding a ``flock`` on ``fd``'s file, where Linux's ``/proc/locks``
+    says (whoever placed each lock; waiters are not listed), e.g. ``[4242]``; else ``[]``."""
     try:
         st = os.fstat(fd)
         with open("/proc/locks", encoding="ascii", errors="replace") as locks:
             table = locks.read()
     except OSError:
-        return ""
+        return []
     suffix = f":{st.st_ino}"
-    pids: list[str] = []
+    pids: list[int] = []
     for row in table.splitlines():
         fields = row.split()
-        if (
-            len(fields) > 5
-            and fields[1] == "FLOCK"
-            and fields[5].endswith(suffix)
-            and fields[4] not in (str(os.getpid()), *pids)
-        ):
-            pids.append(fields[4])
-    return f" (locked by pid {', '.join(pids)})" if pids else ""
+        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].endswith(suffix):
+            pid = int(fields[4]) if fields[4].isdigit() else 0
+            if pid and pid != os.getpid() and pid not in pids:
+                pids.append(pid)
+    return pids
+
+
+def is_stopped(pid: int) -> bool:
+    """True when process ``pid`` is stopped (SIGSTOP, Ctrl-Z, a debugger), per ``/proc``."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return False
+    return bool(fields) and fields[0] in ("T", "t")
 
 
 def flush_lock(directory: Path) -> AbstractContextManager[None]:

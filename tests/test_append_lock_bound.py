@@ -1,6 +1,6 @@
 """An appender never hangs its host: a process stopped while it holds the active file's
-flock (SIGSTOP, a frozen container, a debugger) costs an append at most
-``APPEND_LOCK_WAIT``, after which the event is not spooled and the caller is told."""
+flock (SIGSTOP, Ctrl-Z, a debugger) is seen within a second, and the append gives up,
+unspooled, telling the caller; a running holder is waited for (``APPEND_LOCK_WAIT``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import kit
 import pytest
 
 import spool
-from spool.store._append import APPEND_LOCK_WAIT
+from spool.store._append import _HOLDER_LOOK
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -53,22 +53,45 @@ def test_the_library_gives_up_instead_of_hanging(stopped_holder: int) -> None:
     started = time.monotonic()
     assert spool.append("server_stop") is False
     waited = time.monotonic() - started
-    assert APPEND_LOCK_WAIT - 0.1 <= waited < APPEND_LOCK_WAIT + 1.5
+    assert _HOLDER_LOOK - 0.1 <= waited < _HOLDER_LOOK + 2
 
 
 def test_the_cli_says_so_in_one_line(stopped_holder: int, cli: Cli) -> None:
     started = time.monotonic()
     done = cli("append", "server_stop", timeout=30)
-    assert time.monotonic() - started < APPEND_LOCK_WAIT + 10
+    assert time.monotonic() - started < _HOLDER_LOOK + 10
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "locked" in lines[0], lines[0]
-    assert "stopped" in lines[0], lines[0]
+    assert f"stopped process {stopped_holder}" in lines[0], lines[0]
     assert "Traceback" not in done.stderr
 
 
 def test_appends_resume_once_the_holder_is_gone(stopped_holder: int) -> None:
     os.kill(stopped_holder, signal.SIGKILL)  # its flock goes with it
     assert spool.append("adapter_start")
+    kit.assert_accounted(2)
+
+
+def test_a_running_holder_is_waited_for(tmp_path: Path) -> None:
+    """A holder that is only slow (a rotation's fsync on a loaded disk) costs a wait, not
+    the event: the append spools once it lets go."""
+    assert spool.append("server_start")
+    active = Path(os.environ["RS_TELEMETRY_DIR"]) / "active.jsonl"
+    slow = HOLD.replace("time.sleep(120)", "time.sleep(1.5)")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", slow, str(active)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline().strip() == "held"
+        started = time.monotonic()
+        assert spool.append("server_stop") is True
+        assert time.monotonic() - started > 1.0  # it waited for the holder, past a look
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()
     kit.assert_accounted(2)

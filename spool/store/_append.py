@@ -9,7 +9,7 @@ import itertools
 import os
 import time
 
-from spool.locking import close_lock_fd, flock_until, register_lock_fd
+from spool.locking import close_lock_fd, flock_until, is_stopped, lock_holders, register_lock_fd
 from spool.store._files import (
     ACTIVE,
     APPEND_FLAGS,
@@ -205,19 +205,23 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
     raise OSError(errno.EAGAIN, "the active spool file kept being replaced")
 
 
-APPEND_LOCK_WAIT = 2.0
-"""Seconds an appender waits for the active file's flock. Another appender holds it for
-one ``write()``, a flush for one rename: only a stopped process (SIGSTOP, a frozen
-container, a debugger) holds it longer, and then the append gives up, unspooled, rather
-than hang the host (an emitter is never slowed or broken by its telemetry)."""
+APPEND_LOCK_WAIT = 30.0
+"""The most an appender waits for the active file's flock. Another appender holds it for
+one ``write()`` (or a rotation), a flush for one rename, each with an fsync that a loaded
+disk can stretch: a wait is normal, a long one rare. A holder that is *stopped* (SIGSTOP,
+Ctrl-Z, a debugger) is looked for every ``_HOLDER_LOOK`` s and ends the wait at once:
+the append gives up, unspooled, rather than hang the host for as long (an emitter is
+never broken by its telemetry). This bound covers what cannot be seen (a frozen cgroup)."""
+_HOLDER_LOOK = 0.5
 
 
 class _StillLocked(OSError):
-    """The active file stayed locked past ``APPEND_LOCK_WAIT``."""
+    """The active file stayed locked: its holder is stopped, or past ``APPEND_LOCK_WAIT``."""
 
 
 def _lock_active(fd: int) -> None:
-    """``flock(fd, LOCK_EX)``, waiting at most ``APPEND_LOCK_WAIT``; else ``_StillLocked``.
+    """``flock(fd, LOCK_EX)``, giving up (``_StillLocked``) on a stopped holder, or after
+    ``APPEND_LOCK_WAIT``.
 
     The first try costs what a blocking ``flock`` costs; a busy file is tried again after
     50 us, doubling to 10 ms (a holder keeps it for microseconds).
@@ -230,21 +234,35 @@ def _lock_active(fd: int) -> None:
         return
     from spool._sleep import sleep  # noqa: PLC0415 - contention only (select: an import)
 
-    deadline = time.monotonic() + APPEND_LOCK_WAIT
+    started = time.monotonic()
+    look = started + _HOLDER_LOOK
     pause = 0.00005
     while True:
         sleep(pause)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            if time.monotonic() >= deadline:
+            pass
+        else:
+            return
+        now = time.monotonic()
+        if now >= look:
+            holders = lock_holders(fd)
+            stopped = [pid for pid in holders if is_stopped(pid)]
+            if stopped:
+                pids = ", ".join(map(str, stopped))
+                raise _StillLocked(
+                    errno.EAGAIN,
+                    f"the active spool file is locked by stopped process {pids} (SIGSTOP, "
+                    f"Ctrl-Z, a debugger): resume it (kill -CONT {pids}) or end it",
+                )
+            if now - started >= APPEND_LOCK_WAIT:
                 raise _StillLocked(
                     errno.EAGAIN,
                     f"the active spool file stayed locked by another process for "
-                    f"{APPEND_LOCK_WAIT:g} s (a stopped appender or flush: resume or end it)",
-                ) from None
-        else:
-            return
+                    f"{APPEND_LOCK_WAIT:g} s (a frozen or stuck process): end it",
+                )
+            look = now + _HOLDER_LOOK
         pause = min(pause * 2, 0.01)
 
 
