@@ -223,3 +223,38 @@ def test_round_trip_delivers_exactly_the_exported_events(
     assert accounted(st) == n
     # The source spool accounts for the same events as exported.
     assert status(cli)["removed"]["exported"] == n
+
+
+# --- import where telemetry is off ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("how", ["mode off", "DO_NOT_TRACK"])
+def test_import_collects_nothing_where_telemetry_is_off(
+    cli: Cli, tmp_path: Path, other: tuple[str, str], how: str
+) -> None:
+    """``off`` collects nothing (SPEC 5, 6): an import there adds nothing and says how to
+    turn it on; the bundle is untouched, and imports once telemetry is on."""
+    append_many(4)
+    target = tmp_path / "off.rsbundle"
+    assert cli("export", str(target)).returncode == 0
+    kept = target.read_bytes()
+    env = {}
+    if how == "mode off":
+        assert cli(*other, "disable").returncode == 0
+    else:
+        env = {"DO_NOT_TRACK": "1"}
+
+    refused = cli(*other, "import", str(target), env=env)
+    assert refused.returncode == 0, refused.stderr
+    assert "nothing imported" in refused.stderr
+    assert ("enable" if how == "mode off" else "DO_NOT_TRACK") in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+    assert target.read_bytes() == kept
+    st = status(cli, *other)
+    assert (st["pending"]["events"], accounted(st)) == (0, 0)
+
+    if how == "mode off":
+        assert cli(*other, "enable").returncode == 0
+    done = cli(*other, "import", str(target))
+    assert done.returncode == 0, done.stderr
+    assert status(cli, *other)["pending"]["events"] == 4

@@ -264,7 +264,16 @@ def import_cmd(ctx: click.Context, file: Path) -> None:
             f"{file} is not a regular file: give a bundle written by rs-telemetry export",
             param_hint="FILE",
         )
-    result = bundle.import_(spool_dir_of(ctx), file)
+    directory = spool_dir_of(ctx)
+    # Off collects nothing, from this host or from a bundle (SPEC 5, 6): the bundle stays.
+    opted = settings.opted_out_by()
+    off = store.check_dir(directory, create=False) and store.read_mode(directory) == "off"
+    if opted is not None or off:
+        why = opted_out(opted) if opted is not None else "telemetry is off here (mode off)"
+        fix = f"unset {opted}" if opted is not None else "rs-telemetry enable"
+        say(f"{why}: nothing imported from {file}; {fix}, then import it again")
+        return
+    result = bundle.import_(directory, file)
     if result.already:
         say(f"{file} was imported before: nothing added")
     elif result.dropped:
