@@ -97,6 +97,13 @@ def read_key_file(path: str, *, trusted: bool = False) -> str:
             f"key file {path} does not exist: create it with the write key on its first "
             f"line (chmod 600 {path}), or unset the variable that names it"
         ) from None
+    except PermissionError as exc:
+        euid = os.geteuid()
+        raise ConfigError(
+            f"cannot read key file {path}: {exc.strerror or exc}: give it to this user (uid "
+            f"{euid}): chown {euid} {path} && chmod 600 {path}, or, for a systemd service, "
+            f"hand it over as a credential (LoadCredential=rs-segment-write-key:{path})"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read key file {path}: {exc.strerror or exc}") from None
     try:

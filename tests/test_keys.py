@@ -396,3 +396,30 @@ def test_a_root_owned_key_file_is_accepted(
     os.chown(default_file, 0, 0)
     assert _flush(cli, scripted_server).returncode == 0
     assert _sent_key(scripted_server) == "default-key-444"
+
+
+def test_a_key_file_this_user_cannot_read_names_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service user meeting root's 0600 key file (EACCES, which root never meets here:
+    the open is made to fail as it would for that user): the line says chown, or a
+    systemd credential, never only "Permission denied"."""
+    from spool import keys
+    from spool.errors import ConfigError
+
+    path = _write(tmp_path / "write-key", "wk-unreadable\n")
+    real_open = os.open
+
+    def refuse(file: Any, *args: Any, **kwargs: Any) -> int:
+        if os.fspath(file) == str(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(ConfigError) as caught:
+        keys.read_key_file(str(path))
+    said = str(caught.value)
+    assert "Permission denied" in said
+    assert f"chown {os.geteuid()} {path}" in said
+    assert f"LoadCredential=rs-segment-write-key:{path}" in said
+    assert "wk-unreadable" not in said

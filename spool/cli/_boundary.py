@@ -227,6 +227,27 @@ def spool_dir_of(ctx: click.Context) -> Path:
     return settings.spool_dir(ctx.obj)
 
 
+PathCallback = Callable[[click.Context, click.Parameter, "str | None"], "Path | None"]
+
+
+def non_empty_path(fix: str) -> PathCallback:
+    """A click callback: the value as a path, and an empty one a usage error ending in
+    ``fix``, e.g. ``"give the spool's directory, or leave the option out"``.
+
+    ``Path("")`` is ``.``: an option given an unset shell variable (``--spool-dir "$DIR"``)
+    would otherwise name the working directory, wherever the command runs.
+    """
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
+        if value is None:
+            return None
+        if not value:
+            raise click.BadParameter(f"an empty path names nothing: {fix}", ctx=ctx, param=param)
+        return Path(value)
+
+    return callback
+
+
 def opted_out(variable: str) -> str:
     """E.g. ``"DO_NOT_TRACK=1 keeps this process off"`` (the value as set, escaped later)."""
     return f"{variable}={os.environ.get(variable, '')} keeps this process off"

@@ -19,6 +19,7 @@ from spool.cli._boundary import (
     Command,
     Finished,
     command,
+    non_empty_path,
     quiet_stdout,
     say,
     spool_dir_of,
@@ -140,20 +141,10 @@ _STOPPED = "rs_telemetry.flush_stopped"
 """ctx.meta key: the error that stops a flush before it runs (read by its body)."""
 
 
-def _given_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
-    """A textfile DIR as a path; an empty one is a usage error, never the working directory."""
-    if value is None:
-        return None
-    if not value:
-        # Path("") is ".": `--textfile "$DIR"` with DIR unset would write wherever the
-        # command runs (a cron job's $HOME), as --spool-dir "" would spool there.
-        raise click.BadParameter(
-            "an empty path names no directory: give node_exporter's textfile directory "
-            "(--collector.textfile.directory), or leave the option out",
-            ctx=ctx,
-            param=param,
-        )
-    return Path(value)
+_TEXTFILE_DIR = non_empty_path(
+    "give node_exporter's textfile directory (--collector.textfile.directory), or leave the "
+    "option out"
+)
 
 
 @click.command(cls=_FlushCommand, epilog=EXIT_CODES_HELP)
@@ -188,7 +179,7 @@ def _given_dir(ctx: click.Context, param: click.Parameter, value: str | None) ->
     "--metrics-textfile",
     "textfile",
     type=click.Path(),
-    callback=_given_dir,
+    callback=_TEXTFILE_DIR,
     metavar="DIR",
     help="After the run, whatever its exit code, write DIR/rs_telemetry.prom for "
     "node_exporter's textfile collector (see metrics --help).",
@@ -356,7 +347,7 @@ def _write_stdout(text: str) -> None:
     "textfile_dir",
     type=click.Path(),
     metavar="DIR",
-    callback=lambda ctx, param, value: _textfile_dir(_given_dir(ctx, param, value)),
+    callback=lambda ctx, param, value: _textfile_dir(_TEXTFILE_DIR(ctx, param, value)),
     help="Write DIR/rs_telemetry.prom atomically (node_exporter's textfile collector) "
     "instead of printing.",
 )

@@ -13,23 +13,10 @@ from spool.cli import _flush, _manage, _records, _system
 from spool.cli._boundary import (
     EXIT_CODES_HELP,
     Group,
+    non_empty_path,
 )
 
-
-def _spool_dir_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
-    """``--spool-dir`` as a path; an empty one is a usage error, never the working directory."""
-    if value is None:
-        return None
-    if not value:
-        # Path("") is ".": an empty value (an unset shell variable, `--spool-dir "$DIR"`)
-        # would spool into whatever directory the command runs in.
-        raise click.BadParameter(
-            "an empty path names no directory: give the spool's directory, or leave the option "
-            "out for the default",
-            ctx=ctx,
-            param=param,
-        )
-    return Path(value)
+_SPOOL_DIR = non_empty_path("give the spool's directory, or leave the option out for the default")
 
 
 @click.group(
@@ -40,7 +27,7 @@ def _spool_dir_option(ctx: click.Context, param: click.Parameter, value: str | N
 @click.option(
     "--spool-dir",
     type=click.Path(),  # checked by the store, which says what is wrong and the fix
-    callback=_spool_dir_option,
+    callback=_SPOOL_DIR,
     envvar="RS_TELEMETRY_DIR",  # click takes an empty variable for an unset one
     help="Spool directory (default: ~/.local/state/rs-telemetry on Linux).",
 )

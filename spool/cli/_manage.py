@@ -196,6 +196,14 @@ def requeue(ctx: click.Context, yes: bool) -> None:
 
 def _check_export_path(file: Path) -> None:
     """Refuse, before anything is read, a FILE that cannot be written where it is named."""
+    if str(file) == "-":
+        # Not standard output: the events leave the spool once the bundle is durable, and
+        # a pipe cannot be fsynced (nor kept, if the reader goes away).
+        raise click.BadParameter(
+            "- (standard output) cannot be made durable before the events leave the spool: "
+            "name a file, e.g. telemetry.rsbundle",
+            param_hint="FILE",
+        )
     if file.is_dir():  # "" is "." too
         raise click.BadParameter(
             f"{file} is a directory: name a file in it, e.g. {file / 'telemetry.rsbundle'}",

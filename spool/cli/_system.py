@@ -10,27 +10,14 @@ import click
 from spool.cli._boundary import (
     Group,
     command,
+    non_empty_path,
     say,
 )
 from spool.errors import TelemetryError
 
 # --- timer ------------------------------------------------------------------------------
 
-
-def _unit_dir(ctx: click.Context, param: click.Parameter, value: str | None) -> Path | None:
-    """``--unit-dir`` as a path; an empty one is a usage error, never the working directory."""
-    if value is None:
-        return None
-    if not value:
-        # Path("") is ".": `--unit-dir "$DIR"` with DIR unset would write the units where
-        # the command runs, where no systemd looks (or remove them from there).
-        raise click.BadParameter(
-            "an empty path names no directory: give the unit directory, or leave the option "
-            "out for the default",
-            ctx=ctx,
-            param=param,
-        )
-    return Path(value)
+_UNIT_DIR = non_empty_path("give the unit directory, or leave the option out for the default")
 
 
 @click.group(cls=Group)
@@ -58,7 +45,7 @@ def _system_pair(system: bool, run_as: str | None) -> None:
 @click.option(
     "--unit-dir",
     type=click.Path(file_okay=False),
-    callback=_unit_dir,
+    callback=_UNIT_DIR,
     help="Where to write the units (default ~/.config/systemd/user; /etc/systemd/system with "
     "--system).",
 )
@@ -114,7 +101,7 @@ def timer_install(
 @click.option(
     "--unit-dir",
     type=click.Path(file_okay=False),
-    callback=_unit_dir,
+    callback=_UNIT_DIR,
     help="Where the units are (default ~/.config/systemd/user; /etc/systemd/system with --system).",
 )
 @click.option("--system", is_flag=True, help="Remove the system units instead of the user's.")
@@ -148,7 +135,8 @@ def timer_uninstall(unit_dir: Path | None, system: bool) -> None:
 )
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(dir_okay=False),
+    callback=non_empty_path("give a file to append the events to, or leave the option out"),
     help="Append every accepted event to this file as JSON lines.",
 )
 @click.option("--write-key", metavar="KEY", help="Accept only this write key (default: any).")
