@@ -11,6 +11,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -194,3 +195,49 @@ def fill_disk(directory: Path) -> Path:
         os.close(fd)
     assert os.statvfs(directory).f_bavail == 0
     return filler
+
+
+def into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m spool ARGS`` with a stdout pipe nobody reads any more (``| head``
+    that ended before the first byte: every write gets EPIPE)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "spool", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
+_HOLD_FLOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+"""
+
+
+@contextlib.contextmanager
+def flock_holder(path: Path, seconds: float = 120) -> Iterator[subprocess.Popen[bytes]]:
+    """Another process holding ``flock(LOCK_EX)`` on ``path`` (for ``seconds``), as a stopped
+    appender or flush would; killed at the end, e.g. ``with flock_holder(p) as holder:``."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_FLOCK, str(path), str(seconds)], stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"locked\n"
+        yield holder
+    finally:
+        holder.kill()
+        holder.wait()
+        if holder.stdout is not None:
+            holder.stdout.close()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,33 +19,18 @@ from spool.store._append import _HOLDER_LOOK
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
-HOLD = (
-    "import fcntl, os, sys, time\n"
-    "fd = os.open(sys.argv[1], os.O_WRONLY)\n"
-    "fcntl.flock(fd, fcntl.LOCK_EX)\n"
-    "print('held', flush=True)\n"
-    "time.sleep(120)\n"
-)
+
+def active_file() -> Path:
+    return Path(os.environ["RS_TELEMETRY_DIR"]) / "active.jsonl"
 
 
 @pytest.fixture
 def stopped_holder() -> Iterator[int]:
     """A process holding the active file's flock, then stopped where it stands."""
     assert spool.append("server_start")
-    active = Path(os.environ["RS_TELEMETRY_DIR"]) / "active.jsonl"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD, str(active)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
+    with kit.flock_holder(active_file()) as holder:
         os.kill(holder.pid, signal.SIGSTOP)
         yield holder.pid
-    finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout is not None:
-            holder.stdout.close()
 
 
 def test_the_library_gives_up_instead_of_hanging(stopped_holder: int) -> None:
@@ -78,20 +62,8 @@ def test_a_running_holder_is_waited_for(tmp_path: Path) -> None:
     """A holder that is only slow (a rotation's fsync on a loaded disk) costs a wait, not
     the event: the append spools once it lets go."""
     assert spool.append("server_start")
-    active = Path(os.environ["RS_TELEMETRY_DIR"]) / "active.jsonl"
-    slow = HOLD.replace("time.sleep(120)", "time.sleep(1.5)")
-    holder = subprocess.Popen(
-        [sys.executable, "-c", slow, str(active)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline().strip() == "held"
+    with kit.flock_holder(active_file(), seconds=1.5):
         started = time.monotonic()
         assert spool.append("server_stop") is True
         assert time.monotonic() - started > 1.0  # it waited for the holder, past a look
-    finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout is not None:
-            holder.stdout.close()
     kit.assert_accounted(2)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import status
+from kit import into_closed_pipe, status
 
 import spool
 from spool.cli import _size
@@ -27,24 +27,6 @@ from spool.cli import _size
 def fill(count: int, event: str = "server_start") -> None:
     for _ in range(count):
         assert spool.append(event, {"db_backend": "mysql"})
-
-
-def into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run a command whose stdout is a pipe nobody reads any more (``| head`` that ended)."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader is gone before the first byte: every write gets EPIPE
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", "spool", *args],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    finally:
-        os.close(write_end)
 
 
 PIPED = [

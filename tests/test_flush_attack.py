@@ -13,30 +13,12 @@ import time
 from pathlib import Path
 
 import pytest
-from kit import Cli, assert_accounted, fill, status
+from kit import Cli, assert_accounted, fill, flock_holder, into_closed_pipe, status
 from scripted_server import OK, Recorded, Respond, ScriptedServer
 
 from spool.receiver import Receiver
 
 KEY = "wk-attack"
-
-
-def into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run a command whose stdout is a pipe nobody reads any more (``| head`` that ended)."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    try:
-        return subprocess.run(
-            [sys.executable, "-m", "spool", *args],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    finally:
-        os.close(write_end)
 
 
 def test_a_dry_run_into_a_closed_pipe_ends_quietly(spool_dir: Path) -> None:
@@ -104,13 +86,7 @@ def test_a_signal_stops_a_flush_waiting_on_a_stuck_state_lock(
     # or systemd's SIGTERM must end that wait at once, not 30 s later, and --json must
     # carry the code the process ends with (SPEC 5).
     fill(3)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_STATE_LOCK, str(spool_dir / "state.lock")],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == b"locked\n"
+    with flock_holder(spool_dir / "state.lock"):
         flush = subprocess.Popen(
             [sys.executable, "-m", "spool", "flush", "--json", "--max-time", "30",
              "--endpoint", receiver.url],
@@ -123,11 +99,6 @@ def test_a_signal_stops_a_flush_waiting_on_a_stuck_state_lock(
         flush.send_signal(signum)
         out, err = flush.communicate(timeout=60)
         took = time.monotonic() - asked
-    finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout is not None:
-            holder.stdout.close()
     assert took < 10, f"{took:.1f} s after the signal: {err}"
     expected = 130 if signum == signal.SIGINT else -signal.SIGTERM
     assert flush.returncode == expected, err
@@ -137,15 +108,6 @@ def test_a_signal_stops_a_flush_waiting_on_a_stuck_state_lock(
     assert report["left_pending"] == 3, report
     assert "Traceback" not in err
     assert_accounted(3)
-
-
-HOLD_STATE_LOCK = """
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o600)
-fcntl.flock(fd, fcntl.LOCK_EX)
-print("locked", flush=True)
-time.sleep(120)
-"""
 
 
 @pytest.mark.parametrize(
@@ -353,21 +315,10 @@ def test_a_stopped_appender_holding_the_active_file_cannot_hold_a_flush(
     # An appender holds the active file's lock for one write; one stopped in that instant
     # (SIGSTOP, a frozen container) held the flush's seal past --max-time, deaf to signals.
     fill(1)
-    holder = subprocess.Popen(
-        [sys.executable, "-c", HOLD_STATE_LOCK, str(spool_dir / "active.jsonl")],
-        stdout=subprocess.PIPE,
-    )
-    try:
-        assert holder.stdout is not None
-        assert holder.stdout.readline() == b"locked\n"
+    with flock_holder(spool_dir / "active.jsonl"):
         started = time.monotonic()
         result = cli("flush", "--json", "--endpoint", receiver.url, "--max-time", "2")
         took = time.monotonic() - started
-    finally:
-        holder.kill()
-        holder.wait()
-        if holder.stdout is not None:
-            holder.stdout.close()
     assert took < 10, f"{took:.1f} s: {result.stderr}"
     assert result.returncode == 75, result.stderr
     report = json.loads(result.stdout)

@@ -19,7 +19,9 @@ def _lines(count: int) -> list[bytes]:
     ]
 
 
-def test_a_gzip_body_is_compressed_in_another_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def compressing_threads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The thread of each ``Body._compress`` call, in order."""
     threads: list[int] = []
     real = Body._compress
 
@@ -28,6 +30,11 @@ def test_a_gzip_body_is_compressed_in_another_thread(monkeypatch: pytest.MonkeyP
         real(self)
 
     monkeypatch.setattr(Body, "_compress", spy)
+    return threads
+
+
+def test_a_gzip_body_is_compressed_in_another_thread(compressing_threads: list[int]) -> None:
+    threads = compressing_threads
     body = Body(_lines(50), gzip=True)
     data = body.render("2026-12-01T00:00:00.000Z")
     assert threads
@@ -62,18 +69,11 @@ STAMP = "2026-12-01T00:00:00.000Z"
 
 
 def test_bodies_given_a_pool_are_compressed_in_its_one_thread(
-    monkeypatch: pytest.MonkeyPatch,
+    compressing_threads: list[int],
 ) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    threads: list[int] = []
-    real = Body._compress
-
-    def spy(self: Body) -> None:
-        threads.append(threading.get_ident())
-        real(self)
-
-    monkeypatch.setattr(Body, "_compress", spy)
+    threads = compressing_threads
     lines = _lines(40)
     with ThreadPoolExecutor(max_workers=1) as pool:
         bodies = [Body(lines, gzip=True, pool=pool) for _ in range(3)]

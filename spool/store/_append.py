@@ -226,19 +226,8 @@ def _lock_active(fd: int) -> None:
     The first try costs what a blocking ``flock`` costs; a busy file is tried again after
     50 us, doubling to 10 ms (a holder keeps it for microseconds).
     """
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pass
-    else:
-        return
-    from spool._sleep import sleep  # noqa: PLC0415 - contention only (select: an import)
-
-    started = time.monotonic()
-    look = started + _HOLDER_LOOK
-    pause = 0.00005
+    started = look = pause = 0.0
     while True:
-        sleep(pause)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -246,24 +235,33 @@ def _lock_active(fd: int) -> None:
         else:
             return
         now = time.monotonic()
-        if now >= look:
-            holders = lock_holders(fd)
-            stopped = [pid for pid in holders if is_stopped(pid)]
-            if stopped:
-                pids = ", ".join(map(str, stopped))
-                raise _StillLocked(
-                    errno.EAGAIN,
-                    f"the active spool file is locked by stopped process {pids} (SIGSTOP, "
-                    f"Ctrl-Z, a debugger): resume it (kill -CONT {pids}) or end it",
-                )
-            if now - started >= APPEND_LOCK_WAIT:
-                raise _StillLocked(
-                    errno.EAGAIN,
-                    f"the active spool file stayed locked by another process for "
-                    f"{APPEND_LOCK_WAIT:g} s (a frozen or stuck process): end it",
-                )
+        if not pause:  # the first time it is busy
+            from spool._sleep import sleep  # noqa: PLC0415 - contention only (an import)
+
+            started, look, pause = now, now + _HOLDER_LOOK, 0.00005
+        elif now >= look:
+            _give_up_on(fd, now - started)
             look = now + _HOLDER_LOOK
+        sleep(pause)
         pause = min(pause * 2, 0.01)
+
+
+def _give_up_on(fd: int, waited: float) -> None:
+    """Raise ``_StillLocked`` when the active file's holder is stopped, or the wait is over."""
+    stopped = [pid for pid in lock_holders(fd) if is_stopped(pid)]
+    if stopped:
+        pids = ", ".join(map(str, stopped))
+        raise _StillLocked(
+            errno.EAGAIN,
+            f"the active spool file is locked by stopped process {pids} (SIGSTOP, Ctrl-Z, a "
+            f"debugger): resume it (kill -CONT {pids}) or end it",
+        )
+    if waited >= APPEND_LOCK_WAIT:
+        raise _StillLocked(
+            errno.EAGAIN,
+            f"the active spool file stayed locked by another process for "
+            f"{APPEND_LOCK_WAIT:g} s (a frozen or stuck process): end it",
+        )
 
 
 APPEND_CAP_WAIT = 0.5
