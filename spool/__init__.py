@@ -18,9 +18,13 @@ if TYPE_CHECKING:
 
 def flush(**kwargs: Any) -> FlushReport:
     """Upload what is pending, as ``rs-telemetry flush`` does; returns a ``FlushReport``."""
-    from spool.flushing import flush as _flush  # noqa: PLC0415 - loads requests on demand
+    from spool.locking import standard_fds_plugged  # noqa: PLC0415
 
-    return _flush(**kwargs)
+    # Plugged before the import too: urllib3's import opens a socket (its IPv6 probe).
+    with standard_fds_plugged():
+        from spool.flushing import flush as _flush  # noqa: PLC0415 - loads requests on demand
+
+        return _flush(**kwargs)
 
 
 def flush_on_exit(**kwargs: Any) -> None:

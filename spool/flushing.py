@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,7 +39,7 @@ from spool.errors import (
     SpoolUnusable,
     TelemetryError,
 )
-from spool.locking import flush_lock, stop_waits
+from spool.locking import flush_lock, standard_fds_plugged, stop_waits
 from spool.stopping import SIGNAL_EXIT_BASE, StopRequest, stopped_by
 from spool.upload import MAX_RETRY_AFTER, Uploader
 
@@ -113,9 +112,8 @@ def flush(
     started = time.monotonic()
     report = FlushReport(dry_run=dry_run)
     call = _Call(max_time, timeout, gzip, dry_run, force, endpoint, progress, out, stop)
-    plugs = _plug_standard_fds()
     try:
-        with stop_waits(stop):  # a signal cuts the lock waits short (a stuck state.lock)
+        with standard_fds_plugged(), stop_waits(stop):  # a signal cuts the lock waits short
             _flush(spool_dir, call, started, report)
     except TelemetryError as exc:
         # Stopped before sending (no key, a refused endpoint, another flush running): all
@@ -133,31 +131,8 @@ def flush(
         # The spool's disk failed outside a delivery (a seal, the cap, a state read): the
         # report says so, as the CLI's one line does; a host never sees the traceback.
         report = stopped_report(_io_error(exc, spool_dir), spool_dir, dry_run=dry_run)
-    finally:
-        for fd in plugs:
-            os.close(fd)
     report.seconds = time.monotonic() - started
     return report
-
-
-def _plug_standard_fds() -> list[int]:
-    """Fill whichever of descriptors 0, 1 and 2 the host closed with /dev/null; their list.
-
-    Else the run's lock file and HTTP connection take those numbers, and a host thread
-    that prints meanwhile writes into the request to the endpoint (SPEC 4: no descriptor
-    of ours on 0-2). ``open`` takes the lowest free number, so this never replaces a
-    descriptor the host has; the plugs are closed when the run ends.
-    """
-    plugs: list[int] = []
-    try:
-        while True:
-            fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-            if fd > 2:
-                os.close(fd)
-                return plugs
-            plugs.append(fd)
-    except OSError:  # out of descriptors: the run will say so itself
-        return plugs
 
 
 def stopped_report(

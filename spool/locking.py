@@ -58,6 +58,36 @@ def high_fd(fd: int) -> int:
         os.close(fd)
 
 
+class standard_fds_plugged:
+    """Fill whichever of descriptors 0, 1 and 2 the host closed with /dev/null while in use.
+
+    Else a flush's lock files and HTTP connection (and urllib3's import-time IPv6 probe, a
+    socket) take those numbers, and a host thread that prints meanwhile writes into the
+    request to the endpoint (SPEC 4: no descriptor of ours on 0-2). ``open`` takes the
+    lowest free number, so this never replaces a descriptor the host has; the plugs are
+    closed on exit. A class, not a generator: contextlib is not loaded on the append path.
+    """
+
+    def __init__(self) -> None:
+        self._plugs: list[int] = []
+
+    def __enter__(self) -> None:
+        try:
+            while True:
+                fd = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+                if fd > 2:
+                    os.close(fd)
+                    return
+                self._plugs.append(fd)
+        except OSError:  # out of descriptors: the run will say so itself
+            return
+
+    def __exit__(self, *_: object) -> None:
+        plugs, self._plugs = self._plugs, []
+        for fd in plugs:
+            os.close(fd)
+
+
 # Lock descriptors open in this process, closed in a forked child (see the module's doc).
 # _fd_guard covers only the instant between open() and registering, never a lock's
 # holding, so a fork waits at most for that instant.
