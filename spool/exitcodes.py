@@ -19,3 +19,6 @@ QUARANTINED = 65
 
 TEMPFAIL = 75
 """``flush``: something is left pending for a later run (EX_TEMPFAIL)."""
+
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT), as a shell reports a process that SIGINT ended."""

@@ -8,6 +8,7 @@ import), ``_system`` (timer, receive).
 
 from __future__ import annotations
 
+from spool.cli import _loading  # noqa: F401 - first: Ctrl-C while the rest loads
 from spool.cli._boundary import escape
 from spool.cli._main import main
 from spool.cli._records import _size

@@ -22,6 +22,7 @@ from typing import Any, NoReturn
 import click
 
 from spool import exitcodes, settings
+from spool.cli._loading import loaded
 from spool.errors import TelemetryError
 
 EXIT_CODES_HELP = """\b
@@ -56,8 +57,7 @@ def fail(error: TelemetryError) -> NoReturn:
     sys.exit(error.exit_code)
 
 
-INTERRUPTED = 130
-"""Exit status after Ctrl-C (128 + SIGINT), as a shell reports a process that SIGINT ended."""
+INTERRUPTED = exitcodes.INTERRUPTED
 
 
 def quiet_stdout() -> None:
@@ -160,6 +160,7 @@ class Group(click.Group):
     group_class = type  # `timer` is a Group too, so its commands are checked the same way
 
     def invoke(self, ctx: click.Context) -> Any:
+        loaded()  # Ctrl-C is a KeyboardInterrupt again, ended below (see _loading)
         try:
             result = super().invoke(ctx)
         except BrokenPipeError:
