@@ -39,6 +39,8 @@ class ExportResult:
 
     count: int
     path: Path
+    unreadable: int = 0
+    """Lines that were no record: quarantined (with ``keep``: left pending), never carried."""
 
 
 @dataclass(frozen=True)
@@ -62,13 +64,13 @@ def export(directory: Path, target: Path, keep: bool = False) -> ExportResult:
         _write_bundle(target, [])
         return ExportResult(0, target)
     with flush_lock(directory):
-        count = store.export_pending(
+        count, unreadable = store.export_pending(
             directory,
             lambda lines: _write_bundle(target, lines),
             keep,
             quarantine_bytes=store.quarantine_cap(settings.max_bytes()),
         )
-    return ExportResult(count, target)
+    return ExportResult(count, target, unreadable)
 
 
 def _write_bundle(target: Path, lines: list[bytes]) -> None:

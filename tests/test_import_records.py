@@ -158,13 +158,18 @@ def test_export_quarantines_an_unreadable_line_so_its_bundle_imports(
     assert cli_status(cli, *where)["pending"]["events"] == 3  # the fragment counts as pending
 
     kept = tmp_path / "kept.rsbundle"
-    assert cli(*where, "export", "--keep", str(kept)).returncode == 0
+    kept_run = cli(*where, "export", "--keep", str(kept))
+    assert kept_run.returncode == 0, kept_run.stderr
+    # Said, not silent: how many lines the bundle could not carry, and where they are.
+    assert "exported 2 event(s)" in kept_run.stderr
+    assert "1 unreadable line(s) not exported: left pending" in kept_run.stderr
     st: dict[str, Any] = cli_status(cli, *where)
     assert st["pending"]["events"] == 3, st  # --keep: the fragment stays for the flush
 
     bundle = tmp_path / "out.rsbundle"
     result = cli(*where, "export", str(bundle))
     assert result.returncode == 0, result
+    assert "1 unreadable line(s) not exported: quarantined" in result.stderr
     st = cli_status(cli, *where)
     assert st["pending"]["events"] == 0, st
     assert st["removed"]["exported"] == 2, st

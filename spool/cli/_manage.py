@@ -252,7 +252,15 @@ def export_cmd(ctx: click.Context, file: Path, keep: bool) -> None:
         raise TelemetryError(
             f"cannot write {file}: {exc.strerror or exc}; nothing was removed: {fix}"
         ) from exc
-    say(f"exported {result.count} event(s) to {file}" + (" (kept in the spool)" if keep else ""))
+    said = f"exported {result.count} event(s) to {file}" + (" (kept in the spool)" if keep else "")
+    if result.unreadable:
+        # Nothing leaves silently: the lines a bundle cannot carry are said, with where.
+        said += (
+            f"; {result.unreadable} unreadable line(s) not exported: "
+            + ("left pending (a flush quarantines them)" if keep else "quarantined")
+            + " (rs-telemetry show --quarantine)"
+        )
+    say(said)
 
 
 @command("import")

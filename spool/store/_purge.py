@@ -131,7 +131,7 @@ def export_pending(
     keep: bool,
     *,
     quarantine_bytes: int,
-) -> int:
+) -> tuple[int, int]:
     """Hand every pending record to ``write``, then (unless ``keep``) commit them as exported.
 
     The caller holds ``flush.lock``; ``state.lock`` is held throughout, so no flush, purge
@@ -140,7 +140,8 @@ def export_pending(
     it returns. Unreadable lines (a torn fragment) never travel, since ``import`` refuses
     a bundle holding one (SPEC 10): they are quarantined here, in the same commit, as the
     next flush would have (``quarantine_bytes``: the quarantine's cap); with ``keep`` they
-    stay pending. Returns how many records were exported.
+    stay pending. Returns how many records were exported, and how many unreadable lines
+    were found (quarantined, or with ``keep`` left pending), e.g. ``(120, 1)``.
     """
     seal(directory)
     with locked_state(directory) as state:
@@ -167,7 +168,7 @@ def export_pending(
                 quarantine_cap=quarantine_bytes,
                 consumed=[pf.name for pf in pending.files],
             )
-    return len(lines)
+    return len(lines), len(unreadable)
 
 
 def import_segments(directory: Path, staged: Sequence[Path], bundle_id: str, count: int) -> bool:
