@@ -9,7 +9,7 @@ import os
 import time
 from pathlib import Path
 
-from spool.errors import LockTimeout, SpoolUnusable
+from spool.errors import LockTimeout
 from spool.locking import close_lock_fd, flock_until, open_lock_fd
 from spool.store._files import (
     SEALED_MTIME_NS,
@@ -32,14 +32,7 @@ def load_state(directory: Path) -> State:
         raw = read_file(directory / STATE)
     except FileNotFoundError:
         return State()
-    except IsADirectoryError:
-        # Not ours to remove (we only ever write files there): say where and what to do.
-        path = directory / STATE
-        raise SpoolUnusable(
-            "the spool's state file is a directory",
-            str(path),
-            f"move it aside, e.g. mv {path} {path}.bad; counters then restart",
-        ) from None
+    # A directory or a FIFO there is refused by read_file (open_spool_file), with the fix.
     try:
         data = json.loads(raw)
         check_state_version(directory, data)  # a newer release's state: refused, not set aside
