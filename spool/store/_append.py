@@ -238,7 +238,12 @@ def _lock_active(fd: int, path: str) -> bool:
             pass
         else:
             return True
-        if not _still_at(path, os.fstat(fd)):
+        st = os.fstat(fd)  # EBADF (the host closed it): the caller's OSError
+        try:
+            here = _still_at(path, st)
+        except OSError:
+            here = False  # the path cannot be looked at: reopening it says why
+        if not here:
             return False
         now = time.monotonic()
         if not pause:  # the first time it is busy
