@@ -67,3 +67,25 @@ def test_a_running_holder_is_waited_for(tmp_path: Path) -> None:
         assert spool.append("server_stop") is True
         assert time.monotonic() - started > 1.0  # it waited for the holder, past a look
     kit.assert_accounted(2)
+
+
+@pytest.mark.parametrize("stopped", [True, False])
+def test_a_claimed_segment_the_appender_once_wrote_to_is_not_waited_for(stopped: bool) -> None:
+    """The appender keeps its descriptor to the active file between appends; a flush seals
+    that file and claims the segment (a shared flock, held across the network). The next
+    append's flock on the old descriptor waited for the flush's send (an appender never
+    waits on the network, SPEC 4), and with that flush stopped it gave up, unspooled,
+    blaming "the active spool file" that nothing held."""
+    from spool import store
+
+    assert spool.append("server_start")  # the descriptor is kept open
+    directory = active_file().parent
+    store.seal(directory)
+    (segment,) = directory.glob("seg-*.jsonl")
+    with kit.flock_holder(segment) as claim:  # the flush's claim, sending meanwhile
+        if stopped:
+            os.kill(claim.pid, signal.SIGSTOP)
+        started = time.monotonic()
+        assert spool.append("server_stop") is True
+        assert time.monotonic() - started < _HOLDER_LOOK
+    kit.assert_accounted(2)

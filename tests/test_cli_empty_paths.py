@@ -21,6 +21,7 @@ CASES = {
     "--textfile": (("metrics", "--textfile", ""), "textfile directory"),
     "--metrics-textfile": (("flush", "--metrics-textfile", "", "--dry-run"), "textfile"),
     "--out": (("receive", "--listen", "127.0.0.1:0", "--out", ""), "a file to append"),
+    "export FILE": (("export", ""), "name the bundle's file"),
 }
 
 

@@ -12,6 +12,7 @@ import click
 from spool import exitcodes, settings, store
 from spool.cli._boundary import (
     command,
+    non_empty_path,
     opted_out,
     say,
     spool_dir_of,
@@ -219,7 +220,11 @@ def _check_export_path(file: Path) -> None:
 
 
 @command("export")
-@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument(
+    "file",
+    type=click.Path(dir_okay=False),  # a str: Path("") is ".", a directory nobody named
+    callback=non_empty_path("name the bundle's file, e.g. telemetry.rsbundle"),
+)
 @click.option("--keep", is_flag=True, help="Keep the exported events in the spool.")
 @click.pass_context
 def export_cmd(ctx: click.Context, file: Path, keep: bool) -> None:

@@ -141,7 +141,9 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
         active = _active if _active is not None and _active[0] == path else _open_active(path)
         fd = active[1]
         try:
-            _lock_active(fd)
+            if not _lock_active(fd, path):
+                _forget_active()  # sealed away meanwhile: the path names a new active file
+                continue
         except _StillLocked:
             raise
         except OSError:
@@ -219,12 +221,14 @@ class _StillLocked(OSError):
     """The active file stayed locked: its holder is stopped, or past ``APPEND_LOCK_WAIT``."""
 
 
-def _lock_active(fd: int) -> None:
+def _lock_active(fd: int, path: str) -> bool:
     """``flock(fd, LOCK_EX)``, giving up (``_StillLocked``) on a stopped holder, or after
-    ``APPEND_LOCK_WAIT``.
+    ``APPEND_LOCK_WAIT``; False (unlocked) when ``fd`` no longer names the file at ``path``.
 
     The first try costs what a blocking ``flock`` costs; a busy file is tried again after
-    50 us, doubling to 10 ms (a holder keeps it for microseconds).
+    50 us, doubling to 10 ms (a holder keeps it for microseconds). A busy descriptor kept
+    from an earlier append may name a segment sealed since, which a flush claims (a shared
+    flock, held across the network): that is never waited for, nor its holder blamed.
     """
     started = look = pause = 0.0
     while True:
@@ -233,7 +237,14 @@ def _lock_active(fd: int) -> None:
         except BlockingIOError:
             pass
         else:
-            return
+            return True
+        st = os.fstat(fd)  # EBADF (the host closed it): the caller's OSError
+        try:
+            here = _still_at(path, st)
+        except OSError:
+            here = False  # the path cannot be looked at: reopening it says why
+        if not here:
+            return False
         now = time.monotonic()
         if not pause:  # the first time it is busy
             from spool._sleep import sleep  # noqa: PLC0415 - contention only (an import)
