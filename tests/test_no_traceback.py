@@ -87,7 +87,9 @@ CASES = {
     "export into a missing directory": Case(
         ("export", "{tmp}/nowhere/t.rsbundle"), 1, ("{tmp}/nowhere", "mkdir -p"), _pending
     ),
-    "export to an empty name": Case(("export", ""), 2, ("directory", "name a file"), _pending),
+    "export to an empty name": Case(
+        ("export", ""), 2, ("an empty path names nothing", "bundle's file"), _pending
+    ),
     "export where nothing can be written": Case(
         ("export", "/proc/t.rsbundle"), 1, ("/proc/t.rsbundle", "choose another path"), _pending
     ),
