@@ -37,7 +37,7 @@ MAX_BATCH_EVENTS = 2_500
 """Past 2,500 events Segment answers 200 and silently drops the rest."""
 BODY_START = b'{"batch":['
 SENT_AT_KEY = b'],"sentAt":"'
-BODY_END_TEMPLATE = b'],"sentAt":"2026-11-27T22:05:10.123Z"}'
+BODY_END_TEMPLATE = SENT_AT_KEY + b'2026-11-27T22:05:10.123Z"}'
 ENVELOPE_BYTES = len(BODY_START) + len(BODY_END_TEMPLATE)
 MAX_RETRY_AFTER = RETRY_WAIT_CAP
 BODY_EXCERPT = 512

@@ -9,6 +9,7 @@ import itertools
 import os
 import time
 
+from spool._sleep import sleep  # loaded with spool.locking already (select only on a wait)
 from spool.locking import close_lock_fd, flock_until, is_stopped, lock_holders, register_lock_fd
 from spool.store._files import (
     ACTIVE,
@@ -247,8 +248,6 @@ def _lock_active(fd: int, path: str) -> bool:
             return False
         now = time.monotonic()
         if not pause:  # the first time it is busy
-            from spool._sleep import sleep  # noqa: PLC0415 - contention only (an import)
-
             started, look, pause = now, now + _HOLDER_LOOK, 0.00005
         elif now >= look:
             _give_up_on(fd, now - started)

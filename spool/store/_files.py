@@ -24,7 +24,8 @@ SEGMENT_PREFIX = "seg-"
 SEGMENT_SUFFIX = ".jsonl"
 
 # O_NONBLOCK: a FIFO put where a spool file belongs must not hold open() until a partner
-# comes (for ever, with flush.lock held); on a regular file it changes nothing.
+# comes (for ever, with flush.lock held); on a regular file it changes nothing. In the
+# constants for the plain os.open() of the readers; open_spool_file adds it to any flags.
 APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 StrPath = str | os.PathLike[str]  # the append path passes plain strings: pathlib costs microseconds
