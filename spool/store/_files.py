@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 ACTIVE = "active.jsonl"
 QUARANTINE = "quarantine.jsonl"
 STATE = "state.json"
+JOURNAL = "state.journal"
 MODE = "mode"
 SEGMENT_PREFIX = "seg-"
 SEGMENT_SUFFIX = ".jsonl"
@@ -133,8 +134,8 @@ def atomic_write(
     """Replace ``directory/name`` with ``data``: temp file, fsync, rename, fsync directory.
 
     Operation is atomic: a reader sees the old file or the new one, never a mix. With
-    ``durable=False`` the two fsyncs are left to a later ``sync_file``: the new file
-    survives the death of any process at once, a power loss only once synced. The file
+    ``durable=False`` the two fsyncs are left out: the new file survives the death of
+    any process at once, a power loss only once a later durable write replaced it. The file
     is ``mode`` whatever the umask; the temp file is ``.NAME.<pid>.<ns>.tmp`` beside it.
     ``strict=False``: a directory that cannot be fsynced (some file systems refuse) is
     not an error, the file being complete either way. The one atomic write of
@@ -190,16 +191,6 @@ def write_once(fd: int, data: bytes, *, fsync: bool, what: str) -> int:
             os.ftruncate(fd, size)
         raise
     return size + len(data)
-
-
-def sync_file(directory: Path, name: str) -> None:
-    """Make a file written with ``atomic_write(durable=False)`` durable, rename included."""
-    fd = high_fd(os.open(directory / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    _fsync_dir(directory)
 
 
 class suppress_os:  # named like contextlib.suppress, whose module costs an import

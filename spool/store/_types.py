@@ -22,6 +22,9 @@ class State:
     last_flush: dict[str, Any] | None = None
     retry_not_before: float | None = None
     imports: list[str] = field(default_factory=list)
+    # Which write of state.json this is (random, new at each one): a line of
+    # state.journal counts only for the state.json of its own generation (see _state).
+    generation: str | None = None
 
     def drop(self, reason: str, count: int) -> None:
         """Count ``count`` events dropped for ``reason``, e.g. ``drop("spool_full", 3)``."""
