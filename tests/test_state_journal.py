@@ -199,6 +199,32 @@ def test_a_flush_leaves_no_journal_and_counts_every_event(
     assert kit.assert_accounted(EVENTS)["delivered"]["events"] == EVENTS
 
 
+def test_a_loaded_state_is_the_callers_own(spool_dir: Path) -> None:
+    """Texts read back are parsed once per process (a flush reads its own state back at
+    every claim and commit); what a caller changes never reaches the next load."""
+    store.save_state(
+        spool_dir,
+        _state_with(
+            1,
+            cursors={"seg-a.jsonl": 10},
+            dropped={"too_old": 2},
+            imports=["bundle-1"],
+            last_flush={"sent": 1, "exit_code": 0},
+        ),
+    )
+    first = store.load_state(spool_dir)
+    first.delivered = 5
+    first.cursors["seg-b.jsonl"] = 20
+    first.dropped["spool_full"] = 3
+    first.imports.append("bundle-2")
+    assert first.last_flush is not None
+    first.last_flush["sent"] = 99
+    again = store.load_state(spool_dir)
+    assert (again.delivered, again.cursors) == (1, {"seg-a.jsonl": 10})
+    assert again.dropped == {"too_old": 2}
+    assert (again.imports, again.last_flush) == (["bundle-1"], {"sent": 1, "exit_code": 0})
+
+
 # --- a real flush killed with -9 while a request is in flight -----------------------------
 
 # The flush's own code, with settles (the durable writes) pushed past the test: every
