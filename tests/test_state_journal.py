@@ -211,6 +211,7 @@ def test_a_loaded_state_is_the_callers_own(spool_dir: Path) -> None:
             imports=["bundle-1"],
             last_flush={"sent": 1, "exit_code": 0},
         ),
+        prune=False,  # no segment of that name exists
     )
     first = store.load_state(spool_dir)
     first.delivered = 5
