@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 
-from spool.store._files import MODE, StrPath, atomic_write, read_file
+from spool.store._files import MODE, StrPath, atomic_write, log_warning, read_file
 from spool.store._layout import check_layout_hot
 
 TYPE_CHECKING = False  # mypy sets this True
@@ -42,9 +42,31 @@ def _read_mode_file(path: str) -> str:
         return "on"  # the common case, answered without raising (an exception costs ~2 us)
     try:
         text = read_file(path).decode("ascii", "replace").strip()
-    except OSError:
-        return "on"
-    return text if text in ("on", "off", "local") else "on"
+    except FileNotFoundError:
+        return "on"  # removed since the look: no mode was set
+    except OSError as exc:
+        return _damaged(path, f"cannot be read ({exc.strerror or exc})")
+    if text in ("on", "off", "local"):
+        return text
+    return _damaged(path, f"holds {text[:20]!r}" if text else "is empty")
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _damaged(path: str, what: str) -> str:
+    """A mode file that says no mode we know reads as ``local``: it may have said ``off``
+    (``disable``), so nothing is sent until someone sets the mode again, and nothing is
+    lost meanwhile (events are still collected). Said once per process and file."""
+    if (path, what) not in _warned:
+        _warned.add((path, what))
+        log_warning(
+            "the mode file %s %s: read as local (events are kept, none is sent); set the "
+            "mode again: rs-telemetry mode on|off|local",
+            path,
+            what,
+        )
+    return "local"
 
 
 def write_mode(directory: Path, mode: str) -> None:
