@@ -45,34 +45,36 @@ def spool_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 @dataclass(frozen=True)
 class _Number:
-    """A numeric variable and what it accepts, e.g. ``RS_TELEMETRY_MAX_AGE_DAYS`` in (0, 36500]."""
+    """A numeric variable and what it accepts, e.g. ``RS_TELEMETRY_MAX_AGE_DAYS`` (days)."""
 
     name: str
     default: float
     accepts: str
-    minimum: float  # inclusive when ``whole``, exclusive otherwise
+    minimum: float  # inclusive
     maximum: float
     whole: bool
 
     def parse(self, raw: str) -> float:
         """The value of ``raw``, or ``ConfigError`` naming the variable and what it accepts."""
         try:
-            value = float(raw)
+            # float() also reads "1_000" and the digits of other scripts (fullwidth ones):
+            # a setting is plain ASCII, as a unit file or a shell writes it.
+            value = float(raw) if raw.isascii() and "_" not in raw else math.nan
         except ValueError:
             value = math.nan
         # float() takes "inf", "nan" and "1e400" (inf): none is a limit anyone meant.
-        ok = math.isfinite(value) and value <= self.maximum
+        ok = math.isfinite(value) and self.minimum <= value <= self.maximum
         if self.whole:
-            ok = ok and value >= self.minimum and value == int(value)
-        else:
-            ok = ok and value > self.minimum
+            ok = ok and value == int(value)
         if not ok:
             raise ConfigError(f"{self.name}={raw!r} cannot be used: it accepts {self.accepts}")
         return int(value) if self.whole else value
 
 
 # 0 is refused for both: a cap of 0 bytes or an age of 0 days would drop every event, which
-# is what `rs-telemetry disable` is for; refusing says so instead of losing data.
+# is what `rs-telemetry disable` is for; refusing says so instead of losing data. So is an
+# age under an hour (1e-300 days drops everything as surely as 0): a flush that runs from
+# an hourly timer must not find every event too old.
 MAX_BYTES = _Number(
     "RS_TELEMETRY_MAX_BYTES",
     DEFAULT_MAX_BYTES,
@@ -84,8 +86,8 @@ MAX_BYTES = _Number(
 MAX_AGE_DAYS = _Number(
     "RS_TELEMETRY_MAX_AGE_DAYS",
     DEFAULT_MAX_AGE_DAYS,
-    f"a number of days above 0 and at most 36500 (default {DEFAULT_MAX_AGE_DAYS:g})",
-    0,
+    f"a number of days from 0.0417 (one hour) to 36500 (default {DEFAULT_MAX_AGE_DAYS:g})",
+    1 / 24,
     36500,
     whole=False,
 )

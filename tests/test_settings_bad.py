@@ -23,10 +23,11 @@ from scripted_server import ScriptedServer
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 KEY = {"RS_SEGMENT_WRITE_KEY": "test-write-key"}
 
-BAD_NUMBERS = ["abc", "-1", "inf", "nan", "1e400", "0", "-inf", "1.5e", "0x10"]
+# "1_000" and fullwidth digits: float() reads them, a setting does not.
+BAD_NUMBERS = ["abc", "-1", "inf", "nan", "1e400", "0", "-inf", "1.5e", "0x10", "1_000", "\uff11"]
 BAD_SETTINGS = [
     *(("RS_TELEMETRY_MAX_BYTES", v) for v in [*BAD_NUMBERS, "0.5", "12.5"]),
-    *(("RS_TELEMETRY_MAX_AGE_DAYS", v) for v in [*BAD_NUMBERS, "36501"]),
+    *(("RS_TELEMETRY_MAX_AGE_DAYS", v) for v in [*BAD_NUMBERS, "36501", "1e-300", "0.04"]),
     *(
         ("RS_SEGMENT_ENDPOINT", v)
         for v in ["https://[::1", "ftp://example.com", "https://x:99999", "http://", "https://a b"]
@@ -163,6 +164,7 @@ def test_help_still_works_with_a_bad_setting(cli: Cli) -> None:
         ("RS_TELEMETRY_MAX_BYTES", " 1e6 "),
         ("RS_TELEMETRY_MAX_BYTES", "1"),
         ("RS_TELEMETRY_MAX_AGE_DAYS", "0.5"),
+        ("RS_TELEMETRY_MAX_AGE_DAYS", "0.0417"),
         ("RS_TELEMETRY_MAX_AGE_DAYS", "36500"),
         ("RS_SEGMENT_ENDPOINT", ""),
         ("RS_SEGMENT_ENDPOINT", "https://events.eu1.segmentapis.com/"),
