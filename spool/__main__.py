@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spool.cli import main
+from spool.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

@@ -53,7 +53,7 @@ def start_detached_flush(max_time: float, spool_dir: Path | None) -> bool:
     # or the rs-telemetry.pyz a host runs from, where `-m spool` would find nothing (issue 9).
     code = (
         "import signal, sys; signal.alarm(int(sys.argv[1])); sys.path.insert(0, sys.argv[2]); "
-        "from spool.cli import main; sys.argv[1:3] = []; main()"
+        "from spool.cli import run; sys.argv[1:3] = []; run()"
     )
     limit = int(max_time) + HARD_LIMIT_MARGIN
     subprocess.Popen(

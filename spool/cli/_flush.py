@@ -295,7 +295,7 @@ def _said(
     if stop.signum is not None:
         # Ended by the signal itself where it is SIGTERM (see Finished), else 128 + N.
         return Finished(SIGNAL_EXIT_BASE + stop.signum, stop.signum)
-    return Finished(report.exit_code)
+    return Finished(report.exit_code, at_once=True)
 
 
 # --- metrics ----------------------------------------------------------------------------

@@ -1,0 +1,72 @@
+"""A flush run as the program ends without the interpreter's teardown (issue 14, figure B:
+~25-60 ms of a drain), and nothing it writes is lost on the way: stdout and stderr whole,
+the exit code, the state. ``spool.cli.main`` called inside another program never ends it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import kit
+from click.testing import CliRunner
+from scripted_server import Respond, ScriptedServer
+
+from spool.cli import main
+
+KEY = "wk-exit-at-once"
+# An exit hook of the program's own: the teardown runs it, an exit at once does not.
+_HOOKED = (
+    "import atexit, sys; atexit.register(lambda: print('teardown ran', file=sys.stderr)); "
+    "from spool.cli import {entry}; sys.argv[0] = 'rs-telemetry'; {entry}()"
+)
+
+
+def _flush(entry: str, url: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", _HOOKED.format(entry=entry), "flush", "--endpoint", url, *extra],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_a_flush_run_as_the_program_ends_at_once_with_all_its_output(
+    spool_dir: Path, write_key: str, scripted_server: ScriptedServer
+) -> None:
+    kit.fill(3000)
+    result = _flush("run", scripted_server.url, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)  # the whole object, flushed before the exit
+    assert report["sent"] == 3000
+    assert "teardown ran" not in result.stderr
+    assert result.stderr.startswith("rs-telemetry: sent 3000 event(s)")
+    assert kit.assert_accounted(3000)["delivered"]["events"] == 3000
+    assert not (spool_dir / "state.journal").exists()
+
+
+def test_a_flush_that_leaves_events_pending_keeps_its_exit_code(
+    spool_dir: Path, write_key: str, scripted_server: ScriptedServer
+) -> None:
+    kit.fill(10)
+    scripted_server.default = Respond(503)
+    result = _flush("run", scripted_server.url, "--json", "--max-time", "1")
+    assert result.returncode == 75, result.stderr
+    assert json.loads(result.stdout)["left_pending"] == 10
+    assert "teardown ran" not in result.stderr
+
+
+def test_main_inside_another_program_never_ends_it(
+    spool_dir: Path, write_key: str, scripted_server: ScriptedServer
+) -> None:
+    kit.fill(5)
+    hooked = _flush("main", scripted_server.url)  # the old way: the teardown still runs
+    assert hooked.returncode == 0, hooked.stderr
+    assert "teardown ran" in hooked.stderr
+    kit.fill(5)
+    result = CliRunner().invoke(main, ["flush", "--endpoint", scripted_server.url])
+    assert result.exit_code == 0, result.output  # we are still here to read it
+    assert kit.status()["delivered"]["events"] == 10
