@@ -284,3 +284,47 @@ def test_kill_9_during_a_request_loses_nothing_and_resends_only_that_batch(
     final = kit.assert_accounted(EVENTS)
     assert final["delivered"]["events"] == EVENTS  # the batch sent twice is counted once
     assert not (spool_dir / "state.journal").exists()
+
+
+# --- a disk that fills up during the group commits ----------------------------------------
+
+
+def test_a_disk_full_between_two_settles_does_not_stop_the_flush(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    scripted_server: ScriptedServer,
+    cli: kit.Cli,
+) -> None:
+    """SPEC 8: flush works on a full disk. A group commit appends to the journal's last
+    page, which has room when no new file would; the settle that follows cannot write a
+    new ``state.json`` there, and must still make the commits durable (the journal,
+    fsynced where it is) and unlink what they consumed, which frees the space."""
+    with kit.tmpfs_spool(tmp_path, monkeypatch, "1m") as directory:
+        monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", "test-key")
+        monkeypatch.setenv("RS_TELEMETRY_MAX_BYTES", "400000")  # 100 KB segments
+        events = 600
+        kit.fill(events, properties={"commit_id": "c" * 200, "server_version": "1.9.0"})
+        spool.flush(dry_run=True)  # seals the active file: every batch is a whole segment
+        store.save_state(directory, store.load_state(directory))
+        assert kit.status()["pending"]["events"] == events
+        filled: list[Path] = []
+
+        def answer(request: object) -> Respond:
+            n = len(scripted_server.requests)
+            if n == 3:  # another program takes every byte left while batch 3 is in flight
+                filled.append(kit.fill_disk(directory))
+            # Batch 1 ends with a settle (the journal goes); batch 2's commit starts a new
+            # journal, too soon for a settle; batch 3's goes to that journal's last page,
+            # and a settle is due after it.
+            return Respond(200, delay=0.0 if n == 2 else 0.3)
+
+        scripted_server.handler = answer
+        result = cli("flush", "--endpoint", scripted_server.url, "--json")
+        assert filled, "the disk was never filled"
+        report = json.loads(result.stdout)
+        assert (result.returncode, report["sent"], report["left_pending"]) == (0, events, 0), (
+            result.stderr
+        )
+        assert len(scripted_server.requests) >= 4
+        final = kit.assert_accounted(events)
+        assert (final["delivered"]["events"], final["pending"]["events"]) == (events, 0)

@@ -29,6 +29,7 @@ from spool.store._files import (
     SEALED_MTIME_NS,
     STATE,
     atomic_write,
+    fsync_dir,
     log_warning,
     open_spool_file,
     read_file,
@@ -264,6 +265,23 @@ def sync_state(directory: Path) -> None:
     """Make the last ``save_state(durable=False)`` durable: the journal's newest state
     is written to ``state.json`` (temp, fsync, rename, fsync), and the journal removed."""
     save_state(directory, load_state(directory), durable=True, prune=False)
+
+
+def sync_in_place(directory: Path) -> None:
+    """``sync_state`` without writing anything, for a disk with no room for a new
+    ``state.json``: fsync ``state.json`` (a group commit may have renamed it into place
+    without fsync, see ``save_state``), the journal when there is one, and the directory.
+    What ``load_state`` reads then survives a power loss, as after ``sync_state``."""
+    for name in (STATE, JOURNAL):
+        try:
+            fd = open_spool_file(directory / name, READ_FLAGS)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(directory)
 
 
 def discard_segments(directory: Path, names: list[str]) -> list[str]:
