@@ -27,7 +27,7 @@ from scripted_server import Respond, ScriptedServer
 import spool
 from spool import store
 from spool.errors import SpoolUnusable
-from spool.store import _state
+from spool.store import _files, _state
 
 EVENTS = 9000  # ~1,300 records a segment: six sealed segments and more
 
@@ -328,3 +328,59 @@ def test_a_disk_full_between_two_settles_does_not_stop_the_flush(
         assert len(scripted_server.requests) >= 4
         final = kit.assert_accounted(events)
         assert (final["delivered"]["events"], final["pending"]["events"]) == (events, 0)
+
+
+# --- readers without state.lock (status, metrics) meet a settle -----------------------------
+
+_SETTLE = """
+import sys
+from pathlib import Path
+from spool import store
+from spool.locking import state_lock
+directory = Path(sys.argv[1])
+with state_lock(directory):
+    store.sync_state(directory)  # a flush's settle: a new state.json, the journal removed
+    if sys.argv[2] == "again":  # and the run's next group commit begins a new journal
+        state = store.load_state(directory)
+        state.delivered += 1
+        store.save_state(directory, state, durable=False, prune=False)
+"""
+
+
+@pytest.mark.parametrize("then", ["removed", "again"])
+def test_a_reader_that_meets_a_settle_never_sees_the_counts_go_back(
+    spool_dir: Path, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """``status`` and ``metrics`` read without ``state.lock``. One that read ``state.json``
+    just before a flush's settle replaced it and removed its journal found no line of its
+    generation, and showed that older ``state.json``: fewer events delivered than a moment
+    before, the segments the journal accounted for gone too (a Prometheus counter going
+    back). Found with readers looping beside real flushes; made certain here by running
+    the settle, in another process, right after the reader's read of ``state.json``."""
+    store.save_state(spool_dir, _state_with(1))
+    state = store.load_state(spool_dir)
+    state.delivered = 5
+    store.save_state(spool_dir, state, durable=False, prune=False)
+    assert kit.status()["delivered"]["events"] == 5
+    real_read = _files.read_file  # what load_state reads state.json with
+    settled: list[subprocess.CompletedProcess[str]] = []
+
+    def read_then_settle(path: Path, offset: int = 0) -> bytes:
+        data = real_read(path, offset)
+        if Path(path).name == "state.json" and not settled:
+            settled.append(
+                subprocess.run(
+                    [sys.executable, "-c", _SETTLE, str(spool_dir), then],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                )
+            )
+        return data
+
+    monkeypatch.setattr(_state, "read_file", read_then_settle)
+    expected = 6 if then == "again" else 5
+    assert kit.status()["delivered"]["events"] == expected
+    assert settled, "the settle never ran"
+    assert (spool_dir / "state.journal").exists() == (then == "again")
