@@ -27,7 +27,7 @@ from scripted_server import Respond, ScriptedServer
 import spool
 from spool import store
 from spool.errors import SpoolUnusable
-from spool.store import _state
+from spool.store import _files, _state
 
 EVENTS = 9000  # ~1,300 records a segment: six sealed segments and more
 
@@ -284,3 +284,103 @@ def test_kill_9_during_a_request_loses_nothing_and_resends_only_that_batch(
     final = kit.assert_accounted(EVENTS)
     assert final["delivered"]["events"] == EVENTS  # the batch sent twice is counted once
     assert not (spool_dir / "state.journal").exists()
+
+
+# --- a disk that fills up during the group commits ----------------------------------------
+
+
+def test_a_disk_full_between_two_settles_does_not_stop_the_flush(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    scripted_server: ScriptedServer,
+    cli: kit.Cli,
+) -> None:
+    """SPEC 8: flush works on a full disk. A group commit appends to the journal's last
+    page, which has room when no new file would; the settle that follows cannot write a
+    new ``state.json`` there, and must still make the commits durable (the journal,
+    fsynced where it is) and unlink what they consumed, which frees the space."""
+    with kit.tmpfs_spool(tmp_path, monkeypatch, "1m") as directory:
+        monkeypatch.setenv("RS_SEGMENT_WRITE_KEY", "test-key")
+        monkeypatch.setenv("RS_TELEMETRY_MAX_BYTES", "400000")  # 100 KB segments
+        events = 600
+        kit.fill(events, properties={"commit_id": "c" * 200, "server_version": "1.9.0"})
+        spool.flush(dry_run=True)  # seals the active file: every batch is a whole segment
+        store.save_state(directory, store.load_state(directory))
+        assert kit.status()["pending"]["events"] == events
+        filled: list[Path] = []
+
+        def answer(request: object) -> Respond:
+            n = len(scripted_server.requests)
+            if n == 3:  # another program takes every byte left while batch 3 is in flight
+                filled.append(kit.fill_disk(directory))
+            # Batch 1 ends with a settle (the journal goes); batch 2's commit starts a new
+            # journal, too soon for a settle; batch 3's goes to that journal's last page,
+            # and a settle is due after it.
+            return Respond(200, delay=0.0 if n == 2 else 0.3)
+
+        scripted_server.handler = answer
+        result = cli("flush", "--endpoint", scripted_server.url, "--json")
+        assert filled, "the disk was never filled"
+        report = json.loads(result.stdout)
+        assert (result.returncode, report["sent"], report["left_pending"]) == (0, events, 0), (
+            result.stderr
+        )
+        assert len(scripted_server.requests) >= 4
+        final = kit.assert_accounted(events)
+        assert (final["delivered"]["events"], final["pending"]["events"]) == (events, 0)
+
+
+# --- readers without state.lock (status, metrics) meet a settle -----------------------------
+
+_SETTLE = """
+import sys
+from pathlib import Path
+from spool import store
+from spool.locking import state_lock
+directory = Path(sys.argv[1])
+with state_lock(directory):
+    store.sync_state(directory)  # a flush's settle: a new state.json, the journal removed
+    if sys.argv[2] == "again":  # and the run's next group commit begins a new journal
+        state = store.load_state(directory)
+        state.delivered += 1
+        store.save_state(directory, state, durable=False, prune=False)
+"""
+
+
+@pytest.mark.parametrize("then", ["removed", "again"])
+def test_a_reader_that_meets_a_settle_never_sees_the_counts_go_back(
+    spool_dir: Path, monkeypatch: pytest.MonkeyPatch, then: str
+) -> None:
+    """``status`` and ``metrics`` read without ``state.lock``. One that read ``state.json``
+    just before a flush's settle replaced it and removed its journal found no line of its
+    generation, and showed that older ``state.json``: fewer events delivered than a moment
+    before, the segments the journal accounted for gone too (a Prometheus counter going
+    back). Found with readers looping beside real flushes; made certain here by running
+    the settle, in another process, right after the reader's read of ``state.json``."""
+    store.save_state(spool_dir, _state_with(1))
+    state = store.load_state(spool_dir)
+    state.delivered = 5
+    store.save_state(spool_dir, state, durable=False, prune=False)
+    assert kit.status()["delivered"]["events"] == 5
+    real_read = _files.read_file  # what load_state reads state.json with
+    settled: list[subprocess.CompletedProcess[str]] = []
+
+    def read_then_settle(path: Path, offset: int = 0) -> bytes:
+        data = real_read(path, offset)
+        if Path(path).name == "state.json" and not settled:
+            settled.append(
+                subprocess.run(
+                    [sys.executable, "-c", _SETTLE, str(spool_dir), then],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=True,
+                )
+            )
+        return data
+
+    monkeypatch.setattr(_state, "read_file", read_then_settle)
+    expected = 6 if then == "again" else 5
+    assert kit.status()["delivered"]["events"] == expected
+    assert settled, "the settle never ran"
+    assert (spool_dir / "state.journal").exists() == (then == "again")

@@ -34,6 +34,7 @@ from spool.store._state import (
     load_state,
     save_state,
     sweep_temp_files,
+    sync_in_place,
     sync_state,
 )
 from spool.store._types import State
@@ -205,11 +206,20 @@ def settle(directory: Path, consumed: Sequence[str]) -> list[str]:
     the names unlinked (their cursors can go).
 
     The caller holds ``state.lock``. A crash before this point can only send those
-    segments again (same messageIds), never lose one.
+    segments again (same messageIds), never lose one. On a disk with no room for a new
+    ``state.json``, the journal is made durable where it is instead (``sync_in_place``).
     """
     if not consumed:
         return []
-    sync_state(directory)
+    try:
+        sync_state(directory)
+    except OSError as exc:
+        if exc.errno not in FULL_DISK:
+            raise
+        # No room for a new state.json (the group commits went to the journal's last
+        # page): the journal, fsynced where it is, is as durable, and needs no space. The
+        # unlinks then free some (SPEC 8: flush works on a full disk).
+        sync_in_place(directory)
     return discard_segments(directory, list(consumed))
 
 

@@ -29,6 +29,7 @@ from spool.store._files import (
     SEALED_MTIME_NS,
     STATE,
     atomic_write,
+    fsync_dir,
     log_warning,
     open_spool_file,
     read_file,
@@ -43,26 +44,49 @@ _STATE_FIELDS = frozenset(State.__dataclass_fields__)
 PRIVATE_MODE = 0o600
 
 
+_READS = 16
+"""Reads of ``state.json`` a ``load_state`` may take when writers keep replacing it."""
+
+
 def load_state(directory: Path) -> State:
     """Read ``state.json`` and the newest line of ``state.journal`` written after it; a
-    missing state is a fresh one, a damaged one is set aside."""
-    try:
-        raw = read_file(directory / STATE)
-    except FileNotFoundError:
-        return State()
-    # A directory or a FIFO there is refused by read_file (open_spool_file), with the fix.
-    try:
-        state = _state_of(raw, directory)
-    except (ValueError, TypeError, RecursionError) as exc:  # Recursion: "[[[[..." nested deep
-        # Damaged from outside (we only ever rename complete files into place). Keep a copy
-        # for the operator and carry on: at worst a partly delivered segment is sent again.
-        with suppress_os():
-            os.rename(directory / STATE, directory / f"{STATE}.damaged-{time.time_ns()}")
-        log_warning("state file %s was damaged (%s); starting from a fresh one", directory, exc)
-        return State()
-    if state.generation is not None:
-        return _journal_state(directory, state.generation) or state
-    return state
+    missing state is a fresh one, a damaged one is set aside.
+
+    A reader without ``state.lock`` (status, metrics) may meet a durable write between
+    its read of ``state.json`` and its look at the journal: the journal it finds then
+    holds no line of that generation (removed, or begun again by the next group commit),
+    and the ``state.json`` it read is older than the lines it no longer sees, which an
+    earlier reader may have shown. So when no line counts, ``state.json`` is read again:
+    the same bytes mean the state read is the newest; others, that it is read afresh.
+    """
+    state = State()
+    for _read in range(_READS):
+        try:
+            raw = read_file(directory / STATE)
+        except FileNotFoundError:
+            return State()
+        # A directory or a FIFO there is refused by read_file (open_spool_file), with the fix.
+        try:
+            state = _state_of(raw, directory)
+        except (ValueError, TypeError, RecursionError) as exc:  # Recursion: "[[[[..." deep
+            # Damaged from outside (we only ever rename complete files into place). Keep a
+            # copy for the operator and carry on: at worst a partly delivered segment is
+            # sent again.
+            with suppress_os():
+                os.rename(directory / STATE, directory / f"{STATE}.damaged-{time.time_ns()}")
+            log_warning("state file %s was damaged (%s); starting from a fresh one", directory, exc)
+            return State()
+        if state.generation is None:
+            return state  # a release without generations wrote it: no line counts
+        newest = _journal_state(directory, state.generation)
+        if newest is not None:
+            return newest
+        try:
+            if read_file(directory / STATE) == raw:
+                return state
+        except FileNotFoundError:
+            continue
+    return state  # replaced at every read: a state some writer wrote, if not the newest
 
 
 _parsed: dict[bytes, State] = {}
@@ -264,6 +288,23 @@ def sync_state(directory: Path) -> None:
     """Make the last ``save_state(durable=False)`` durable: the journal's newest state
     is written to ``state.json`` (temp, fsync, rename, fsync), and the journal removed."""
     save_state(directory, load_state(directory), durable=True, prune=False)
+
+
+def sync_in_place(directory: Path) -> None:
+    """``sync_state`` without writing anything, for a disk with no room for a new
+    ``state.json``: fsync ``state.json`` (a group commit may have renamed it into place
+    without fsync, see ``save_state``), the journal when there is one, and the directory.
+    What ``load_state`` reads then survives a power loss, as after ``sync_state``."""
+    for name in (STATE, JOURNAL):
+        try:
+            fd = open_spool_file(directory / name, READ_FLAGS)
+        except FileNotFoundError:
+            continue
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fsync_dir(directory)
 
 
 def discard_segments(directory: Path, names: list[str]) -> list[str]:
