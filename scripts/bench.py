@@ -220,9 +220,9 @@ def run_worker(
 class Receiver:
     """The counting receiver, in a process of its own; ``stats()`` and ``reset()`` over HTTP."""
 
-    def __init__(self, python: str) -> None:
+    def __init__(self, python: str, count: str = "live") -> None:
         self.proc = subprocess.Popen(
-            [python, str(RECEIVER), "--listen", "127.0.0.1:0"],
+            [python, str(RECEIVER), "--listen", "127.0.0.1:0", "--count", count],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             text=True,
@@ -817,6 +817,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--drain-runs", type=int, help="alternating runs a side for B (default 3, quick 1)"
     )
+    parser.add_argument(
+        "--receiver-counts",
+        choices=("live", "later"),
+        default="live",
+        help="when the receiver counts what it received: as each batch comes (default, as "
+        "the budgets were set), or only once a side is done, so that its gunzip of our "
+        "bodies (a remote server's work) takes no CPU from the measured flush (information)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures here")
     # Internal: run one side of a figure in a child process.
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
@@ -848,9 +856,10 @@ def main(argv: list[str] | None = None) -> int:
         "cold_rounds": cold_runs,
         "drain_runs": drain_runs,
         "rs_exe": rs_exe,
+        "receiver_counts": args.receiver_counts,
     }
     started = time.perf_counter()
-    receiver = Receiver(python)
+    receiver = Receiver(python, args.receiver_counts)
     try:
         with tempfile.TemporaryDirectory(prefix="rs-bench-") as tmp:
             bench = Bench(python, rs_exe, receiver, Path(tmp))
