@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import shlex
 import signal
 import sys
 from collections.abc import Callable
@@ -81,6 +80,8 @@ _GLOBAL_VALUE_OPTIONS = ("--spool-dir",)
 
 def _misplaced_global(exc: click.NoSuchOption, root: click.Context) -> str | None:
     """The fix for a global option given after the command, e.g. ``status --spool-dir X``."""
+    import shlex  # noqa: PLC0415 - an error path: not in every command's start
+
     name = exc.option_name
     prog = root.command_path  # rs-telemetry, or python -m spool
     if name == "--version":

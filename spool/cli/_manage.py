@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import shlex
 import sys
 from pathlib import Path
 
@@ -212,6 +211,8 @@ def _check_export_path(file: Path) -> None:
         )
     parent = file.parent
     if not parent.is_dir():
+        import shlex  # noqa: PLC0415 - an error path: not in every command's start
+
         # Exit 1, not 2: the command is right, the place is missing (as for an unwritable one).
         raise TelemetryError(
             f"cannot export to {file}: the directory {parent} does not exist: create it "
