@@ -105,6 +105,25 @@ def test_append_show_flush_over_http(
     assert [e["event"] for e in receiver.events] == ["installer_run", "server_start"]
 
 
+def test_a_flush_from_the_archive_leaves_no_extracted_ca_bundle_behind(
+    python: str, spool_dir: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    # certifi extracts its CA bundle from the archive to a temporary file when requests is
+    # loaded, and removes it in an exit hook: a flush that ended without its exit hooks left
+    # 230 KB in /tmp at every run of the timer (and of every host's exit flush).
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    assert pyz(python, "append", "server_start", spool_dir=spool_dir, cwd=tmp_path).returncode == 0
+    for extra in ((), ("--json",), ("--quiet",)):  # sending, then nothing pending
+        flushed = pyz(
+            python, "flush", "--endpoint", receiver.url, *extra,
+            spool_dir=spool_dir, cwd=tmp_path, TMPDIR=str(tmp),
+        )  # fmt: skip
+        assert flushed.returncode == 0, flushed.stderr
+        assert sorted(p.name for p in tmp.iterdir()) == []
+    assert [e["event"] for e in receiver.events] == ["server_start"]
+
+
 def test_tls_with_a_private_ca_needs_requests_ca_bundle(
     python: str, spool_dir: Path, tmp_path: Path, tls_server: tuple[TLSServer, Path]
 ) -> None:
