@@ -241,6 +241,10 @@ def _end(result: object) -> None:
     """Exit as a command's result asks: ``None`` is 0, an ``int`` or ``Finished`` its code."""
     if isinstance(result, Finished):
         if result.signum == signal.SIGTERM:
+            if OWN_PROCESS:
+                # Death by SIGTERM runs no exit hook: certifi's would leave the CA bundle
+                # extracted from the zipapp in /tmp at every flush systemd stops.
+                atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
