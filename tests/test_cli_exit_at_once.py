@@ -1,6 +1,8 @@
 """A flush run as the program ends without the interpreter's teardown (issue 14, figure B:
 ~25-60 ms of a drain), and nothing it writes is lost on the way: stdout and stderr whole,
-the exit code, the state. ``spool.cli.main`` called inside another program never ends it.
+the exit code, the state, and what the exit hooks (``atexit``) of the libraries it loaded
+do, such as removing certifi's CA bundle extracted from the zipapp. ``spool.cli.main``
+called inside another program never ends it.
 """
 
 from __future__ import annotations
@@ -17,9 +19,13 @@ from scripted_server import Respond, ScriptedServer
 from spool.cli import main
 
 KEY = "wk-exit-at-once"
-# An exit hook of the program's own: the teardown runs it, an exit at once does not.
+# An exit hook (what certifi, logging and filelock register) runs at any exit; an object
+# freed by the teardown says so only when the teardown runs, which an exit at once skips.
 _HOOKED = (
-    "import atexit, sys; atexit.register(lambda: print('teardown ran', file=sys.stderr)); "
+    "import atexit, os, sys; atexit.register(lambda: print('exit hook ran', file=sys.stderr))\n"
+    "class Freed:\n"
+    "    def __del__(self): os.write(2, b'teardown ran\\n')\n"
+    "freed = Freed()\n"
     "from spool.cli import {entry}; sys.argv[0] = 'rs-telemetry'; {entry}()"
 )
 
@@ -44,6 +50,7 @@ def test_a_flush_run_as_the_program_ends_at_once_with_all_its_output(
     assert report["sent"] == 3000
     assert "teardown ran" not in result.stderr
     assert result.stderr.startswith("rs-telemetry: sent 3000 event(s)")
+    assert result.stderr.endswith("exit hook ran\n")  # after the output, as at a usual exit
     assert kit.assert_accounted(3000)["delivered"]["events"] == 3000
     assert not (spool_dir / "state.journal").exists()
 
@@ -57,6 +64,7 @@ def test_a_flush_that_leaves_events_pending_keeps_its_exit_code(
     assert result.returncode == 75, result.stderr
     assert json.loads(result.stdout)["left_pending"] == 10
     assert "teardown ran" not in result.stderr
+    assert "exit hook ran" in result.stderr
 
 
 def test_main_inside_another_program_never_ends_it(
@@ -66,6 +74,7 @@ def test_main_inside_another_program_never_ends_it(
     hooked = _flush("main", scripted_server.url)  # the old way: the teardown still runs
     assert hooked.returncode == 0, hooked.stderr
     assert "teardown ran" in hooked.stderr
+    assert "exit hook ran" in hooked.stderr
     kit.fill(5)
     result = CliRunner().invoke(main, ["flush", "--endpoint", scripted_server.url])
     assert result.exit_code == 0, result.output  # we are still here to read it

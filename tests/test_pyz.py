@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import unitkit
+from scripted_server import Respond, ScriptedServer
 from tls_server import TLSServer
 
 from spool.receiver import Receiver
@@ -103,6 +105,53 @@ def test_append_show_flush_over_http(
     assert flushed.returncode == 0, flushed.stderr
     assert json.loads(flushed.stdout)["sent"] == 2
     assert [e["event"] for e in receiver.events] == ["installer_run", "server_start"]
+
+
+def test_a_flush_from_the_archive_leaves_no_extracted_ca_bundle_behind(
+    python: str, spool_dir: Path, tmp_path: Path, receiver: Receiver
+) -> None:
+    # certifi extracts its CA bundle from the archive to a temporary file when requests is
+    # loaded, and removes it in an exit hook: a flush that ended without its exit hooks left
+    # 230 KB in /tmp at every run of the timer (and of every host's exit flush).
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    assert pyz(python, "append", "server_start", spool_dir=spool_dir, cwd=tmp_path).returncode == 0
+    for extra in ((), ("--json",), ("--quiet",)):  # sending, then nothing pending
+        flushed = pyz(
+            python, "flush", "--endpoint", receiver.url, *extra,
+            spool_dir=spool_dir, cwd=tmp_path, TMPDIR=str(tmp),
+        )  # fmt: skip
+        assert flushed.returncode == 0, flushed.stderr
+        assert sorted(p.name for p in tmp.iterdir()) == []
+    assert [e["event"] for e in receiver.events] == ["server_start"]
+
+
+def test_a_flush_from_the_archive_ended_by_sigterm_leaves_no_ca_bundle_behind(
+    python: str, spool_dir: Path, tmp_path: Path, scripted_server: ScriptedServer
+) -> None:
+    # systemd stops a timer's flush with SIGTERM (a logout, a shutdown): the flush ends by
+    # SIGTERM itself (SPEC 5), which runs no exit hook unless we run them first.
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    assert pyz(python, "append", "server_start", spool_dir=spool_dir, cwd=tmp_path).returncode == 0
+    scripted_server.default = Respond(503, headers={"Retry-After": "20"})
+    proc = subprocess.Popen(
+        [python, "-S", str(PYZ.resolve()), "flush", "--endpoint", scripted_server.url],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(spool_dir, TMPDIR=str(tmp)),
+        cwd=tmp_path,
+    )
+    try:
+        assert scripted_server.wait_for(1, timeout=20)
+        time.sleep(0.3)  # into the Retry-After wait
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == -signal.SIGTERM, stderr
+    assert "stopped by SIGTERM" in stderr
+    assert sorted(p.name for p in tmp.iterdir()) == []
 
 
 def test_tls_with_a_private_ca_needs_requests_ca_bundle(

@@ -8,6 +8,7 @@ narration and errors go to stderr.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import os
@@ -214,17 +215,21 @@ OWN_PROCESS = False
 
 
 def exit_at_once(code: int) -> None:
-    """End the process with ``code`` without the interpreter's teardown, once stdout and
-    stderr are out; returns (for ``sys.exit``) when they cannot be flushed, or inside
-    another program.
+    """End the process with ``code`` without the interpreter's teardown, once the exit
+    hooks have run and stdout and stderr are out; returns (for ``sys.exit``) when they
+    cannot be flushed, or inside another program.
 
     A flush's teardown (freeing requests, urllib3, click and every object, ~25-60 ms) was
     5% of a 200k-event drain, which issue 14's figure B times as a whole process. Nothing
     is left for it: the run's files were written with ``os.write`` and closed, its
-    threads joined, and no exit hook of ours runs in the program.
+    threads joined. The exit hooks (``atexit``) still run, as at any exit, and cost next
+    to nothing: the libraries' own are work the program must not skip, e.g. certifi's
+    removes the CA bundle it extracted from the zipapp into /tmp (230 KB a run, left
+    behind by every flush of a timer otherwise), logging's flushes its handlers.
     """
     if not OWN_PROCESS:
         return
+    atexit._run_exitfuncs()  # run once: they are forgotten, so sys.exit below won't repeat them
     try:
         sys.stdout.flush()
         sys.stderr.flush()
@@ -237,6 +242,10 @@ def _end(result: object) -> None:
     """Exit as a command's result asks: ``None`` is 0, an ``int`` or ``Finished`` its code."""
     if isinstance(result, Finished):
         if result.signum == signal.SIGTERM:
+            if OWN_PROCESS:
+                # Death by SIGTERM runs no exit hook: certifi's would leave the CA bundle
+                # extracted from the zipapp in /tmp at every flush systemd stops.
+                atexit._run_exitfuncs()
             sys.stdout.flush()
             sys.stderr.flush()
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
