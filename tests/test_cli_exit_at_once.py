@@ -76,6 +76,8 @@ def test_main_inside_another_program_never_ends_it(
     assert "teardown ran" in hooked.stderr
     assert "exit hook ran" in hooked.stderr
     kit.fill(5)
+    interval = sys.getswitchinterval()
     result = CliRunner().invoke(main, ["flush", "--endpoint", scripted_server.url])
     assert result.exit_code == 0, result.output  # we are still here to read it
     assert kit.status()["delivered"]["events"] == 10
+    assert sys.getswitchinterval() == interval  # the program's own setting is left alone

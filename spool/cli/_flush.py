@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from spool import exitcodes, settings
+from spool.cli import _boundary
 from spool.cli._boundary import (
     EXIT_CODES_HELP,
     Command,
@@ -214,11 +215,12 @@ def flush(
     from spool.flushing import stopped_report  # noqa: PLC0415
     from spool.stopping import StopRequest  # noqa: PLC0415 - flush only
 
-    # This process is ours: its sender thread wakes from network and disk waits needing
-    # the GIL back, and with the default 5 ms switch interval it would wait that long
-    # behind the thread preparing the next batch at every request (a library caller's
-    # process keeps its own setting).
-    sys.setswitchinterval(0.0005)
+    # In a process of our own, the sender thread wakes from network and disk waits
+    # needing the GIL back, and with the default 5 ms switch interval it would wait that
+    # long behind the thread preparing the next batch at every request. A program that
+    # calls ``main`` in its own process (``CliRunner``, a host) keeps its own setting.
+    if _boundary.OWN_PROCESS:
+        sys.setswitchinterval(0.0005)
 
     stopped: TelemetryError | None = None
     if textfile is not None:
