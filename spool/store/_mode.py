@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
@@ -45,26 +46,32 @@ def _read_mode_file(path: str) -> str:
     except FileNotFoundError:
         return "on"  # removed since the look: no mode was set
     except OSError as exc:
-        return _damaged(path, f"cannot be read ({exc.strerror or exc})")
+        if exc.errno in _FOR_NOW:  # the host's trouble, not the file's: no fix to name
+            return _damaged(path, f"cannot be read now ({exc.strerror or exc})", "")
+        return _damaged(path, f"cannot be read ({exc.strerror or exc})", _FIX)
     if text in ("on", "off", "local"):
         return text
-    return _damaged(path, f"holds {text[:20]!r}" if text else "is empty")
+    return _damaged(path, f"holds {text[:20]!r}" if text else "is empty", _FIX)
+
+
+_FIX = "; set the mode again: rs-telemetry mode on|off|local"
+_FOR_NOW = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, errno.EAGAIN)
 
 
 _warned: set[tuple[str, str]] = set()
 
 
-def _damaged(path: str, what: str) -> str:
+def _damaged(path: str, what: str, fix: str) -> str:
     """A mode file that says no mode we know reads as ``local``: it may have said ``off``
     (``disable``), so nothing is sent until someone sets the mode again, and nothing is
     lost meanwhile (events are still collected). Said once per process and file."""
     if (path, what) not in _warned:
         _warned.add((path, what))
         log_warning(
-            "the mode file %s %s: read as local (events are kept, none is sent); set the "
-            "mode again: rs-telemetry mode on|off|local",
+            "the mode file %s %s: read as local (events are kept, none is sent)%s",
             path,
             what,
+            fix,
         )
     return "local"
 
