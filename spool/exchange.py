@@ -193,6 +193,7 @@ class Watchdog:
         self._deadline: float | None = None
         self._connections: list[_Watched] = []
         self._closed = False
+        self._wake_at = 0.0  # when the thread looks next (monotonic); 0: not yet waiting
         self._interrupted = interrupted
         self.fired: type[requests.RequestException] | None = None
         self._thread = threading.Thread(target=self._run, name="rs-telemetry-watchdog", daemon=True)
@@ -203,7 +204,10 @@ class Watchdog:
             self._deadline = time.monotonic() + seconds
             self._connections = []
             self.fired = None
-            self._cond.notify_all()
+            if self._deadline < self._wake_at:
+                # Only a deadline before the thread's next look wakes it: waking it for
+                # every request cost a thread switch and a GIL hand-over each (issue 14).
+                self._cond.notify_all()
 
     def attach(self, connection: _Watched) -> None:
         with self._cond:
@@ -227,17 +231,23 @@ class Watchdog:
     def _run(self) -> None:
         with self._cond:
             while not self._closed:
+                now = time.monotonic()
                 if self._deadline is None or self.fired is not None:
-                    self._cond.wait()
+                    # Idle: look again within _POLL, so that a request armed meanwhile
+                    # need not wake this thread unless its deadline comes sooner.
+                    self._wake_at = now + _POLL
+                    self._cond.wait(_POLL)
                     continue
-                left = self._deadline - time.monotonic()
+                left = self._deadline - now
                 stop = self._interrupted is not None and self._interrupted()
                 if left <= 0 or stop:
                     self.fired = Interrupted if stop else RequestDeadline
                     for connection in self._connections:
                         connection.rs_hang_up()
                     continue
-                self._cond.wait(min(left, _POLL) if self._interrupted else left)
+                wait = min(left, _POLL) if self._interrupted else left
+                self._wake_at = now + wait
+                self._cond.wait(wait)
 
 
 class Exchange:
