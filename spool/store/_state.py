@@ -94,6 +94,7 @@ _parsed: dict[bytes, State] = {}
 and each commit, the state it wrote itself (parsing it again was ~5% of a drain's CPU,
 issue 14). Never handed out: each caller gets a copy it may change."""
 _PARSED_KEPT = 8
+_PARSED_LARGEST = 1 << 20  # a state this large was made by hand: not worth keeping
 
 
 def _state_of(raw: bytes, directory: Path | None = None) -> State:
@@ -105,9 +106,10 @@ def _state_of(raw: bytes, directory: Path | None = None) -> State:
         if directory is not None:
             check_state_version(directory, data)  # a newer release's: refused, not set aside
         known = _parsed_state(data)
-        if len(_parsed) >= _PARSED_KEPT:
-            _parsed.clear()
-        _parsed[raw] = known
+        if len(raw) <= _PARSED_LARGEST:
+            if len(_parsed) >= _PARSED_KEPT:
+                _parsed.clear()
+            _parsed[raw] = known
     return replace(
         known,
         dropped=dict(known.dropped),
@@ -278,7 +280,9 @@ def _append_journal(directory: Path, data: bytes) -> None:
     try:
         if os.fstat(fd).st_mode & 0o777 != PRIVATE_MODE:
             os.fchmod(fd, PRIVATE_MODE)  # the umask took bits away (e.g. umask 0277)
-        # One write(): a kill cannot split it; a short write (a full disk) is undone.
+        # One write(): a kill may cut this line short (readers then take the one before
+        # it, and the next append starts on a line of its own); a short write (a full
+        # disk) is undone.
         write_once(fd, data + b"\n", fsync=False, what="the state journal")
     finally:
         os.close(fd)
