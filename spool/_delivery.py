@@ -21,7 +21,13 @@ from typing import IO
 from spool import record, settings, store
 from spool._batching import Checker, Item, Prepared
 from spool._sleep import sleep
-from spool.errors import EndpointRefuses, FlushStopped, ModeChanged, StoppedBySignal
+from spool.errors import (
+    EndpointRefuses,
+    FlushStopped,
+    ModeChanged,
+    OutputUnwritable,
+    StoppedBySignal,
+)
 from spool.stopping import StopRequest, stopped_by
 from spool.upload import MAX_RETRY_AFTER, Answer, Body, Uploader, Verdict, retry_after
 
@@ -250,7 +256,18 @@ def _send(run: Run, valid: list[Item], body: Body | None = None) -> Answer | Non
     run.counts.batches += 1
     if run.uploader is None:
         if run.out is not None:
-            run.out.write(body.plain().decode("utf-8") + "\n")
+            try:
+                run.out.write(body.plain().decode("utf-8") + "\n")
+                run.out.flush()  # a full output fails here, not at the exit, unnoticed
+            except BrokenPipeError:
+                raise  # the reader has gone (``| head -1``): quietly, see flushing.flush
+            except OSError as exc:
+                # The output, not the spool: "the spool's disk failed" would send the
+                # operator to the wrong disk.
+                raise OutputUnwritable(
+                    f"could not write the dry run to its output ({exc.strerror or exc}): "
+                    "nothing was sent or changed"
+                ) from exc
         return None
     attempt = 0
     uploader = run.uploader

@@ -85,6 +85,13 @@ class SpoolIOError(FlushStopped):
     exit_code: ClassVar[int] = exitcodes.FAILURE
 
 
+class OutputUnwritable(FlushStopped):
+    """A dry run could not write its batches to its output (stdout on a full disk): exit 1,
+    as any command whose output cannot be written; nothing was sent or changed."""
+
+    exit_code: ClassVar[int] = exitcodes.FAILURE
+
+
 class ModeChanged(FlushStopped):
     """The mode left ``on`` while the run sent (``disable``, ``mode local``): it stopped before
     its next request and kept the rest pending; exit 0, as a flush in that mode (SPEC 5)."""

@@ -35,6 +35,7 @@ from spool.errors import (
     ConfigError,
     FlushStopped,
     LockTimeout,
+    OutputUnwritable,
     SpoolIOError,
     SpoolUnusable,
     TelemetryError,
@@ -358,6 +359,8 @@ def _outcome(run: Run, report: FlushReport, stopped: TelemetryError | None) -> t
             + (f", {report.dropped} dropped as too old" if report.dropped else "")
         )
         said = stopped_by(stop.signum) if stop is not None and stop.signum is not None else ""
+        if isinstance(stopped, OutputUnwritable) and not said:
+            return stopped.exit_code, stopped.message  # the dry run showed nothing
         told = stopped.message.replace(LEFT, str(report.left_pending)) if stopped else ""
         return exitcodes.OK, said or told or would
     if stop is not None and stop.signum is not None:
