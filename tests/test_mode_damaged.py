@@ -48,3 +48,20 @@ def test_a_damaged_mode_file_collects_but_never_sends(
     sent = cli("flush", "--endpoint", receiver.url)
     assert sent.returncode == 0, sent.stderr
     assert len(receiver.events) == 2
+
+
+def test_the_warning_escapes_control_characters_of_the_spool_path(
+    cli: kit.Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The warnings of the store go through ``logging``; a path holding an escape sequence
+    is shown escaped there too, as in the CLI's own lines."""
+    spool_dir = tmp_path / "sp\x1b]0;owned\x07ool"
+    monkeypatch.setenv("RS_TELEMETRY_DIR", str(spool_dir))
+    assert cli("append", "server_start").returncode == 0
+    (spool_dir / "mode").write_bytes(b"garbage\x1b[2J\n")
+    result = cli("status")
+    assert result.returncode == 0, result.stderr
+    warning = [line for line in result.stderr.splitlines() if "mode file" in line]
+    assert len(warning) == 1, result.stderr
+    assert "sp\\x1b]0;owned\\x07ool" in warning[0]
+    assert not any(ch in result.stderr for ch in "\x1b\x07"), result.stderr

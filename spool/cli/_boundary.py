@@ -24,6 +24,7 @@ import click
 from spool import exitcodes, settings
 from spool.cli._loading import loaded
 from spool.errors import TelemetryError
+from spool.store._files import CONTROL_ESCAPES
 
 EXIT_CODES_HELP = """\b
 Exit codes:
@@ -38,12 +39,10 @@ Exit codes:
       SIGTERM ends a flush by SIGTERM
 """
 
-_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
-
 
 def escape(text: str) -> str:
     """Control characters made visible, e.g. ``"a\\x1b[2J"`` -> ``"a\\\\x1b[2J"``."""
-    text = text.translate(_CONTROL)
+    text = text.translate(CONTROL_ESCAPES)
     # A lone surrogate (valid JSON "\\udc80", not text) cannot reach a UTF-8 terminal raw.
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
 

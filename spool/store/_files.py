@@ -289,4 +289,11 @@ def log_warning(msg: str, *args: object) -> None:
 
     if not msg.startswith("rs-telemetry: "):
         msg = "rs-telemetry: " + msg
-    logging.getLogger("spool").warning(msg, *args)
+    # A path or a server's text may hold control characters: made visible, as in the
+    # CLI's own lines, so that none reaches a terminal raw (an escape sequence, a newline).
+    text = (msg % args if args else msg).translate(CONTROL_ESCAPES)
+    logging.getLogger("spool").warning("%s", text)
+
+
+CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+"""``str.translate`` table: each C0 and C1 control character as ``\\xNN``."""
