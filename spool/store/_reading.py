@@ -15,6 +15,7 @@ from spool.store._files import (
     READ_FLAGS,
     SEGMENT_PREFIX,
     SEGMENT_SUFFIX,
+    log_warning,
     read_file,
 )
 from spool.store._types import Line, PendingFile, State
@@ -25,18 +26,42 @@ T = TypeVar("T")
 def segments(directory: Path) -> list[str]:
     """Names of sealed segments, oldest first, e.g. ``["seg-0001...-42-0.jsonl"]``.
 
-    Symbolic links and anything else that is not a regular file are never listed.
+    Symbolic links and anything else that is not a regular file are never listed, and
+    never silently: each is named once per process, with the fix (``_not_a_segment``).
     """
     try:
         entries = list(os.scandir(directory))
     except FileNotFoundError:
         return []
-    return sorted(
-        e.name
-        for e in entries
-        if e.name.startswith(SEGMENT_PREFIX)
-        and e.name.endswith(SEGMENT_SUFFIX)
-        and e.is_file(follow_symlinks=False)
+    names = []
+    for e in entries:
+        if e.name.startswith(SEGMENT_PREFIX) and e.name.endswith(SEGMENT_SUFFIX):
+            if e.is_file(follow_symlinks=False):
+                names.append(e.name)
+            else:
+                _not_a_segment(e)
+    return sorted(names)
+
+
+_named: set[str] = set()
+
+
+def _not_a_segment(entry: os.DirEntry[str]) -> None:
+    """Say once that a segment's name holds a link or a non-file, whose events are not
+    counted anywhere (nothing is lost silently: SPEC 8), and what to do about it."""
+    if entry.path in _named:
+        return
+    _named.add(entry.path)
+    if entry.is_symlink():
+        what, fix = "a symbolic link", f"remove it: rm {entry.path}"
+    else:
+        what, fix = "not a regular file", f"move it out: mv {entry.path} {entry.path}.not-a-file"
+    log_warning(
+        "%s is %s where a segment belongs: never followed, and what it holds is not counted "
+        "as pending; look at it, then %s",
+        entry.path,
+        what,
+        fix,
     )
 
 
