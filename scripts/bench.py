@@ -588,6 +588,10 @@ def _flush_once(bench: Bench, directory: Path, count: int) -> tuple[ChildRun, di
     bench.receiver.reset()
     say(f"flushing {count:,} events with rs-telemetry flush")
     argv = [bench.rs_exe, "flush", "--endpoint", bench.receiver.url, "--max-time", "600"]
+    # The backlog was written (or copied) a moment ago: its pages are still being written
+    # back, which a spool filled over hours is not. Written back first, so that the kernel's
+    # writeback does not share the two CPUs with the timed flush.
+    os.sync()
     run = run_measured([*argv, "--json"], env)
     counters = bench.receiver.stats()
     if run.exit_code != 0:
