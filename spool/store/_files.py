@@ -295,5 +295,16 @@ def log_warning(msg: str, *args: object) -> None:
     logging.getLogger("spool").warning("%s", text)
 
 
+_warned: set[object] = set()
+
+
+def warn_once(key: object, msg: str, *args: object) -> None:
+    """``log_warning`` once per process and ``key``, e.g. a damaged file's path: the
+    append path may meet the same trouble at every call."""
+    if key not in _warned:
+        _warned.add(key)
+        log_warning(msg, *args)
+
+
 CONTROL_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
 """``str.translate`` table: each C0 and C1 control character as ``\\xNN``."""

@@ -6,7 +6,7 @@ import errno
 import os
 import time
 
-from spool.store._files import MODE, StrPath, atomic_write, log_warning, read_file
+from spool.store._files import MODE, StrPath, atomic_write, read_file, warn_once
 from spool.store._layout import check_layout_hot
 
 TYPE_CHECKING = False  # mypy sets this True
@@ -58,21 +58,17 @@ _FIX = "; set the mode again: rs-telemetry mode on|off|local"
 _FOR_NOW = (errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EINTR, errno.EAGAIN)
 
 
-_warned: set[tuple[str, str]] = set()
-
-
 def _damaged(path: str, what: str, fix: str) -> str:
     """A mode file that says no mode we know reads as ``local``: it may have said ``off``
     (``disable``), so nothing is sent until someone sets the mode again, and nothing is
     lost meanwhile (events are still collected). Said once per process and file."""
-    if (path, what) not in _warned:
-        _warned.add((path, what))
-        log_warning(
-            "the mode file %s %s: read as local (events are kept, none is sent)%s",
-            path,
-            what,
-            fix,
-        )
+    warn_once(
+        ("mode", path, what),
+        "the mode file %s %s: read as local (events are kept, none is sent)%s",
+        path,
+        what,
+        fix,
+    )
     return "local"
 
 

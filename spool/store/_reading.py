@@ -15,8 +15,8 @@ from spool.store._files import (
     READ_FLAGS,
     SEGMENT_PREFIX,
     SEGMENT_SUFFIX,
-    log_warning,
     read_file,
+    warn_once,
 )
 from spool.store._types import Line, PendingFile, State
 
@@ -43,20 +43,15 @@ def segments(directory: Path) -> list[str]:
     return sorted(names)
 
 
-_named: set[str] = set()
-
-
 def _not_a_segment(entry: os.DirEntry[str]) -> None:
     """Say once that a segment's name holds a link or a non-file, whose events are not
     counted anywhere (nothing is lost silently: SPEC 8), and what to do about it."""
-    if entry.path in _named:
-        return
-    _named.add(entry.path)
     if entry.is_symlink():
         what, fix = "a symbolic link", f"remove it: rm {entry.path}"
     else:
         what, fix = "not a regular file", f"move it out: mv {entry.path} {entry.path}.not-a-file"
-    log_warning(
+    warn_once(
+        ("not a segment", entry.path),
         "%s is %s where a segment belongs: never followed, and what it holds is not counted "
         "as pending; look at it, then %s",
         entry.path,
