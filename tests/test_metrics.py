@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import accounted, cli_status
+from kit import accounted, cli_status, into_closed_pipe
 from prometheus_client.parser import text_string_to_metric_families
 from scripted_server import OK, Recorded, Respond, ScriptedServer, Stall, closed_port_url
 
@@ -286,19 +286,7 @@ def test_metrics_of_a_refused_spool_directory_exit_1_in_one_line(cli: Cli, spool
 
 def test_a_closed_stdout_ends_quietly(spool_dir: Path) -> None:
     append_many(1)
-    read_end, write_end = os.pipe()
-    os.close(read_end)  # the reader has gone before the first byte, as after `| head -0`
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "spool", "metrics"],
-            stdout=write_end,
-            stderr=subprocess.PIPE,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-    finally:
-        os.close(write_end)
+    result = into_closed_pipe("metrics")  # the reader has gone, as after `| head -0`
     assert result.returncode == 0
     assert result.stderr == ""
 
