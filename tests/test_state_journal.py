@@ -174,6 +174,35 @@ def test_a_state_larger_than_the_first_read_of_the_tail_is_found(spool_dir: Path
     assert (loaded.delivered, len(loaded.cursors)) == (3, 2000)
 
 
+def test_a_huge_journal_with_nothing_that_counts_is_read_only_to_a_bound(
+    spool_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A file put in the journal's place (megabytes of lines that never count) is read
+    to ``_JOURNAL_MOST`` from its end, not whole: ``state.json`` counts, with a warning."""
+    store.save_state(spool_dir, _state_with(1))
+    state = store.load_state(spool_dir)
+    state.delivered = 2
+    store.save_state(spool_dir, state, durable=False)
+    with (spool_dir / "state.journal").open("ab") as journal:
+        journal.write((b"x" * 1023 + b"\n") * 2048)  # 2 MiB after the line that counts
+    reads: list[int] = []
+    real_read_range = _files.read_range
+
+    def read_range(fd: int, start: int, size: int) -> bytes:
+        reads.append(size)
+        return real_read_range(fd, start, size)
+
+    monkeypatch.setattr(_state, "read_range", read_range)
+    monkeypatch.setattr(_state, "_JOURNAL_MOST", 4 << 20)  # the whole file fits: found
+    assert store.load_state(spool_dir).delivered == 2
+    reads.clear()
+    monkeypatch.setattr(_state, "_JOURNAL_MOST", 1 << 20)
+    assert store.load_state(spool_dir).delivered == 1  # state.json's
+    assert max(reads) <= 1 << 20
+    assert "no line of the state journal counts in its last 1 MiB" in caplog.text
+    assert "next flush removes it" in caplog.text
+
+
 def test_a_symlink_in_place_of_the_journal_is_never_followed(
     spool_dir: Path, tmp_path: Path
 ) -> None:

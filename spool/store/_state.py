@@ -35,6 +35,7 @@ from spool.store._files import (
     read_file,
     read_range,
     suppress_os,
+    warn_once,
     write_once,
 )
 from spool.store._layout import check_state_version
@@ -132,6 +133,11 @@ def _parsed_state(data: object) -> State:
 
 _JOURNAL_TAIL = 16 * 1024
 """Bytes of the journal's end read first: its newest line is there but for a huge state."""
+_JOURNAL_MOST = 64 * 1024 * 1024
+"""The most of the journal's end ever read. A line is one state (tens of KB with thousands
+of cursors), and a flush appends a few hundred between two durable writes: a journal with
+no line that counts in its last 64 MiB holds something else (a file put in its place), and
+reading all of it could take a reader's memory."""
 
 
 def _journal_state(directory: Path, generation: str) -> State | None:
@@ -164,7 +170,16 @@ def _journal_state(directory: Path, generation: str) -> State | None:
                 if cut < 0:
                     return None
                 end = cut
-            window *= 4
+            if window >= _JOURNAL_MOST:
+                warn_once(
+                    ("journal", str(directory)),
+                    "%s: no line of the state journal counts in its last %d MiB; it is "
+                    "ignored (state.json counts), and the next flush removes it",
+                    directory / JOURNAL,
+                    _JOURNAL_MOST // (1024 * 1024),
+                )
+                return None
+            window = min(window * 4, _JOURNAL_MOST)
     finally:
         os.close(fd)
 
