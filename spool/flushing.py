@@ -289,6 +289,9 @@ def _locked_flush(
             f"the server asked to wait until {record.iso_timestamp(wait_until)}; "
             "nothing sent (use --force to try now)"
         )
+        # It ran and decided: recorded, so that status and metrics show this run, not one
+        # an hour old (the stored deadline is at most an hour ahead; the alert waits 3).
+        _record_idle(directory, conf, lock_deadline, report.exit_code, report.left_pending)
         return
     done_callback = None
     if call.progress is not None:
@@ -387,8 +390,15 @@ def _when(timestamp: float) -> str:
         return "a date beyond the calendar"
 
 
-def _record_idle(directory: Path, conf: settings.FlushSettings, deadline: float) -> None:
-    """``last_flush`` for a run that found nothing pending: it ran, and all is delivered.
+def _record_idle(
+    directory: Path,
+    conf: settings.FlushSettings,
+    deadline: float,
+    exit_code: int = exitcodes.OK,
+    left_pending: int = 0,
+) -> None:
+    """``last_flush`` for a run that sent nothing: it found nothing pending (all is
+    delivered), or a stored retry deadline held it (``exit_code`` 75, ``left_pending``).
 
     Most hourly runs of a healthy host are such runs; left unrecorded, the last flush's
     timestamp would age and the "no flush for 3 hours" alert fire on every idle host. A
@@ -398,10 +408,10 @@ def _record_idle(directory: Path, conf: settings.FlushSettings, deadline: float)
         with store.locked_state(directory, deadline=deadline + FINISH_GRACE) as state:
             state.last_flush = {
                 "at": record.iso_timestamp(),
-                "exit_code": exitcodes.OK,
+                "exit_code": exit_code,
                 "sent": 0,
                 "quarantined": 0,
-                "left_pending": 0,
+                "left_pending": left_pending,
                 "endpoint": conf.endpoint,  # for the human status only (audit.py)
             }
             store.commit(directory, state)

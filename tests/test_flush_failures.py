@@ -416,10 +416,22 @@ def test_a_long_retry_after_becomes_the_retry_deadline(
     assert time.time() + 100 < parse_time(deadline) < time.time() + 125
 
     # Before the deadline: exit 75 at once, without a request.
+    first_run = status()["last_flush"]["at"]
+    time.sleep(0.01)  # the next record's millisecond stamp differs
     code, report, _, elapsed = flush_cli(cli, scripted_server.url, "--max-time", "5")
     assert (code, report["exit_code"], report["sent"], report["left_pending"]) == (75, 75, 0, 3)
     assert elapsed < 2
     assert len(scripted_server.requests) == 1, "a request was sent before the retry deadline"
+    # That run is the last flush (status and metrics must not show one an hour old), and
+    # the deadline it obeyed stands.
+    held = status()
+    assert held["last_flush"]["at"] > first_run
+    assert {k: held["last_flush"][k] for k in ("exit_code", "sent", "left_pending")} == {
+        "exit_code": 75,
+        "sent": 0,
+        "left_pending": 3,
+    }
+    assert held["retry_not_before"] == deadline
 
     # --force sends; its 2xx clears the deadline.
     code, report, _, _ = flush_cli(cli, scripted_server.url, "--max-time", "5", "--force")
