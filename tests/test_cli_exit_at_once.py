@@ -14,7 +14,7 @@ from pathlib import Path
 
 import kit
 from click.testing import CliRunner
-from scripted_server import Respond, ScriptedServer
+from scripted_server import OK, Respond, ScriptedServer
 
 from spool.cli import main
 
@@ -81,3 +81,19 @@ def test_main_inside_another_program_never_ends_it(
     assert result.exit_code == 0, result.output  # we are still here to read it
     assert kit.status()["delivered"]["events"] == 10
     assert sys.getswitchinterval() == interval  # the program's own setting is left alone
+
+
+def test_main_without_standalone_mode_returns_the_exit_code(
+    spool_dir: Path, write_key: str, scripted_server: ScriptedServer
+) -> None:
+    """``standalone_mode=False`` (click's way for a program that calls a command line
+    inside itself) returns the exit code, as click does, instead of raising SystemExit."""
+    assert main(["append", "no_such_event"], standalone_mode=False) == 2
+    assert main(["flush", "--no-such-option"], standalone_mode=False) == 2
+    assert main(["append", "server_start"], standalone_mode=False) in (None, 0)
+    scripted_server.default = Respond(503)
+    argv = ["flush", "--endpoint", scripted_server.url, "--max-time", "0.5"]
+    assert main(argv, standalone_mode=False) == 75
+    scripted_server.default = OK
+    assert main(["flush", "--endpoint", scripted_server.url], standalone_mode=False) in (None, 0)
+    assert kit.status()["delivered"]["events"] == 1

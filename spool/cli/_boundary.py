@@ -14,7 +14,7 @@ import errno
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -147,6 +147,24 @@ class Group(click.Group):
     closed our stdout (``show | head -1``) ends the command quietly with exit 0, and Ctrl-C
     exits 130 with one short line instead of click's "Aborted!" and exit 1.
     """
+
+    def main(
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        complete_var: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """click's ``main``; with ``standalone_mode=False`` (a program that calls the
+        command line inside itself) the exit code is returned, as click returns it, instead
+        of the ``SystemExit`` this boundary raises: e.g. 2 for an unknown event."""
+        if standalone_mode:
+            return super().main(args, prog_name, complete_var, **extra)
+        try:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except SystemExit as exc:
+            return exitcodes.OK if exc.code is None else exc.code
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[_ARGV] = list(args)  # to say where a misplaced global option belongs
