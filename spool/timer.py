@@ -25,6 +25,7 @@ from pathlib import Path
 from spool import _launch, keys, settings
 from spool.errors import ConfigError, UnitError
 from spool.store import atomic_write, fsync_dir
+from spool.store._files import make_dirs
 
 __all__ = [
     "SYSTEM_KEY_FILE",
@@ -503,7 +504,7 @@ def install(
     # render all before writing any
     texts = {name: render(name, exe, environment, system) for name in UNIT_NAMES}
     try:
-        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        make_dirs(str(directory), 0o755)  # never group- or world-writable, whatever the umask
         files = []
         for name in UNIT_NAMES:
             path = directory / name

@@ -423,6 +423,38 @@ def test_directory_0700_and_files_0600_whatever_the_umask(umask: int, spool_dir:
     assert wrong == {}, f"umask {umask:04o}: {wrong}"
 
 
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o277], ids=oct)
+@pytest.mark.parametrize("how", ["library", "cli"])
+def test_missing_parents_are_created_0700_whatever_the_umask(
+    umask: int, how: str, tmp_path: Path
+) -> None:
+    """The default spool ``~/.local/state/rs-telemetry`` on a fresh account: ``.local`` and
+    ``.local/state`` are created 0700 too (the XDG base directory spec), never 0777 under
+    umask 000, where any user could plant code there; a parent that exists is left alone."""
+    home = tmp_path / "home"
+    home.mkdir(mode=0o755)
+    os.chmod(home, 0o755)  # noqa: S103 - a home directory as useradd makes one
+    env = {k: v for k, v in os.environ.items() if k not in ("RS_TELEMETRY_DIR", "XDG_STATE_HOME")}
+    env["HOME"] = str(home)
+    code = ["-c", "import spool, sys; sys.exit(0 if spool.append('server_start') else 1)"]
+    argv = [
+        sys.executable,
+        *(code if how == "library" else ["-m", "spool", "append", "server_start"]),
+    ]
+    result = subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=60, check=False, umask=umask
+    )
+    assert result.returncode == 0, result.stderr
+    spool_dir = home / ".local" / "state" / "rs-telemetry"
+    assert (spool_dir / "active.jsonl").is_file()
+    modes = {
+        str(p.relative_to(home)): oct(stat.S_IMODE(p.stat().st_mode))
+        for p in (home / ".local", home / ".local" / "state", spool_dir)
+    }
+    assert modes == dict.fromkeys(modes, oct(0o700)), f"umask {umask:04o}: {modes}"
+    assert stat.S_IMODE(home.stat().st_mode) == 0o755
+
+
 @pytest.mark.parametrize("umask", [0o000, 0o277], ids=oct)
 def test_library_creates_directory_0700_and_file_0600_in_a_forked_child(
     umask: int, spool_dir: Path

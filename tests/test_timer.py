@@ -45,12 +45,6 @@ def _calls(log: Path) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-def _umask() -> int:
-    old = os.umask(0)
-    os.umask(old)
-    return old
-
-
 # --- render -------------------------------------------------------------------------------
 
 
@@ -148,12 +142,20 @@ def test_find_executable_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 # --- install ------------------------------------------------------------------------------
 
 
-def test_install_no_enable_writes_0644_units_into_a_new_dir(tmp_path: Path) -> None:
+@pytest.mark.parametrize("umask", [0o000, 0o022, 0o077], ids=oct)
+def test_install_no_enable_writes_0644_units_into_a_new_dir(tmp_path: Path, umask: int) -> None:
+    """The unit directory and the parents it lacked are 0755 whatever the umask: under
+    umask 000 a world-writable ~/.config/systemd/user would take anyone's units."""
     unit_dir = tmp_path / "config" / "systemd" / "user"
     exe = _executable(tmp_path / "bin" / "rs-telemetry")
-    result = timer.install(unit_dir, enable=False, executable=exe, systemctl="/nonexistent")
+    old = os.umask(umask)
+    try:
+        result = timer.install(unit_dir, enable=False, executable=exe, systemctl="/nonexistent")
+    finally:
+        os.umask(old)
     assert result == timer.InstallResult(unit_dir, (unit_dir / SERVICE, unit_dir / TIMER), False)
-    assert stat.S_IMODE(unit_dir.stat().st_mode) == 0o755 & ~_umask()
+    for made in (unit_dir, unit_dir.parent, unit_dir.parent.parent):
+        assert stat.S_IMODE(made.stat().st_mode) == 0o755, made
     for name in timer.UNIT_NAMES:
         path = unit_dir / name
         assert stat.S_IMODE(path.stat().st_mode) == 0o644

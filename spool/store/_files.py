@@ -99,14 +99,35 @@ def check_dir(directory: StrPath, create: bool, hot: bool = False) -> os.stat_re
 
 
 def make_dir(directory: StrPath) -> None:
-    """Create the spool directory 0700 whatever the umask (parents as ``mkdir -p`` would)."""
+    """Create the spool directory 0700 whatever the umask, and its missing parents."""
     # os.path, not pathlib: an emitter's first append creates the spool (issue 14).
-    os.makedirs(os.path.dirname(os.path.normpath(directory)), exist_ok=True)
+    make_dirs(os.path.dirname(os.path.normpath(directory)))
     try:
         os.mkdir(directory, 0o700)
     except FileExistsError:
         return  # another process won the race; check_dir() judges what it made
     os.chmod(directory, 0o700)  # the umask may have removed bits we need... or kept none
+
+
+def make_dirs(path: str, mode: int = 0o700) -> None:
+    """Create the missing directories of ``path`` (``mkdir -p``), each ``mode`` whatever
+    the umask (0700, as the XDG base directory spec asks of ``~/.local/state``): under
+    umask 000, ``os.makedirs`` made ``~/.local`` 0777, where any user could plant a
+    ``.pth`` file that every Python of the owner's would run (or, for the timer's
+    ``~/.config/systemd/user``, a unit). What exists already is left as it is."""
+    missing = []
+    while path and not os.path.isdir(path):
+        missing.append(path)
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    for created in reversed(missing):
+        try:
+            os.mkdir(created, mode)
+        except FileExistsError:
+            continue  # another process made it meanwhile (or a file is there: the next fails)
+        os.chmod(created, mode)  # the umask may have taken bits an owner needs
 
 
 def _fsync_dir(directory: Path) -> None:
