@@ -171,6 +171,10 @@ def _check_url(url: str, name: str, as_set: str | None = None) -> str:
             # A user or password in the URL would be sent to the server and shown by
             # status; the write key has its own variables.
             problem = "it carries credentials; the write key goes in RS_SEGMENT_WRITE_KEY"
+        elif parts.query or parts.fragment or url.endswith(("?", "#")):
+            # /v1/batch is added to the path: "...?region=eu" would become the query
+            # "region=eu/v1/batch", and every flush would get a 404.
+            problem = "it has a ?query or a #fragment; a base URL is a scheme, host and path"
     if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in url):
         problem = "it contains a space or a control character"
     if problem:

@@ -7,6 +7,7 @@ built by joining bytes; only ``sentAt`` is new at every attempt.
 from __future__ import annotations
 
 import base64
+import datetime
 import email.utils
 import enum
 import http.client
@@ -92,7 +93,9 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
         except (TypeError, ValueError, IndexError):
             return None
         if when.tzinfo is None:
-            return None
+            # asctime ("Sun Nov  6 08:49:37 1994") names no zone: an HTTP date is always
+            # GMT, and a recipient must accept that form too (RFC 9110, 5.6.7).
+            when = when.replace(tzinfo=datetime.timezone.utc)
         seconds = when.timestamp() - (time.time() if now is None else now)
     if math.isnan(seconds):
         return None

@@ -72,3 +72,40 @@ def test_status_and_flush_agree_on_a_refused_endpoint_and_never_print_credential
 )
 def test_credentials_are_hidden_even_in_a_url_too_broken_to_parse(url: str, hidden: str) -> None:
     assert hide_credentials(url) == hidden
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["http://127.0.0.1:18801/?region=eu", "http://127.0.0.1:18801#frag", "https://h.example/b?"],
+    ids=["query", "fragment", "empty-query"],
+)
+def test_an_endpoint_with_a_query_or_fragment_is_refused_everywhere(
+    cli: Cli, spool_dir: Path, value: str
+) -> None:
+    """``/v1/batch`` goes on the path: ``...?region=eu`` would be sent to the query
+    ``region=eu/v1/batch`` and 404 at every flush, while status called it fine."""
+    env = {"RS_SEGMENT_ENDPOINT": value, **KEY}
+    appended = cli("append", "server_start", env=env)
+    assert appended.returncode == 0, appended.stderr  # append warns and still spools
+    assert "?query or a #fragment" in appended.stderr
+    status = cli("status", "--json", env=env)
+    assert status.returncode == 1, status.stdout
+    assert "?query or a #fragment" in status.stderr
+    for how in ({"env": env}, {"args": ("--endpoint", value), "env": KEY}):
+        flushed = cli("flush", "--json", *how.get("args", ()), env=how["env"])
+        assert flushed.returncode == 1, flushed.stderr
+        assert "?query or a #fragment" in json.loads(flushed.stdout)["message"]
+    assert json.loads(cli("status", "--json").stdout)["pending"]["events"] == 1
+
+
+def test_a_malformed_endpoint_option_fails_even_with_nothing_pending(
+    cli: Cli, spool_dir: Path
+) -> None:
+    """As the variable does: a cron line with a broken --endpoint fails at once, not on
+    the day events are first pending."""
+    assert not spool_dir.exists() or not any(spool_dir.iterdir())
+    flushed = cli("flush", "--json", "--endpoint", "ftp://x", env=KEY)
+    assert flushed.returncode == 1, flushed.stderr
+    assert "--endpoint='ftp://x' cannot be used" in json.loads(flushed.stdout)["message"]
+    fine = cli("flush", "--json", "--endpoint", "https://api.segment.io/", env=KEY)
+    assert (fine.returncode, json.loads(fine.stdout)["message"]) == (0, "nothing pending")

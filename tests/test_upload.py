@@ -7,6 +7,7 @@ each boundary of a range, and the transport errors that carry no status.
 from __future__ import annotations
 
 import email.utils
+import time
 
 import pytest
 import requests
@@ -106,6 +107,10 @@ RETRY_AFTER_TABLE: list[tuple[dict[str, str], float | None]] = [
     ({"Retry-After": email.utils.formatdate(NOW + 90, usegmt=True)}, 90.0),
     ({"Retry-After": email.utils.formatdate(NOW - 90, usegmt=True)}, 0.0),  # past: now
     ({"Retry-After": "soon"}, None),
+    # The three HTTP date forms a recipient must accept (RFC 9110, 5.6.7), all GMT:
+    # RFC 850 and asctime, which names no zone at all.
+    ({"Retry-After": time.strftime("%A, %d-%b-%y %H:%M:%S GMT", time.gmtime(NOW + 300))}, 300.0),
+    ({"Retry-After": time.strftime("%a %b %e %H:%M:%S %Y", time.gmtime(NOW + 600))}, 600.0),
 ]
 
 

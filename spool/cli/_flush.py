@@ -132,6 +132,10 @@ class _FlushCommand(Command):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             settings.check()
+            if ctx.params.get("endpoint"):
+                # --endpoint too, before anything is found pending: a cron line with a
+                # malformed one fails at once, as the variable does, not once events come.
+                settings.endpoint(ctx.params["endpoint"])
         except TelemetryError as exc:
             ctx.meta[_STOPPED] = exc
         # Command.invoke would check the settings again and raise: its parent runs the body.
