@@ -44,6 +44,7 @@ def quarantined(directory: Path) -> Iterator[dict[str, Any]]:
     """Quarantine entries as objects carrying ``_quarantine`` (damaged lines shown raw)."""
     if not store.check_dir(directory, create=False):
         return
+    written: str | None = None  # when the quarantine file was last written, if needed
     for line in store.quarantine_lines(directory):
         try:
             entry = json.loads(line.raw.decode("utf-8"))
@@ -54,7 +55,27 @@ def quarantined(directory: Path) -> Iterator[dict[str, Any]]:
                 "_quarantine": {"reason": "damaged quarantine line", "at": None, "status": None},
                 "raw": line.raw.decode("utf-8", "backslashreplace"),
             }
+        # SPEC 5's shape whatever a damaged or hand-made line held: reason and at are
+        # strings, status an int or null. A line that says not when it was quarantined
+        # was written at the latest when the file last was.
+        meta = entry["_quarantine"]
+        if not isinstance(meta.get("reason"), str):
+            meta["reason"] = "unknown"
+        if not isinstance(meta.get("at"), str):
+            written = written or _modified(directory / store.QUARANTINE)
+            meta["at"] = written
+        status = meta.get("status")
+        if not isinstance(status, int) or isinstance(status, bool):
+            meta["status"] = None
         yield entry
+
+
+def _modified(path: Path) -> str:
+    """A file's modification time as a record's timestamp; now if it cannot be read."""
+    try:
+        return record.iso_timestamp(path.stat().st_mtime)
+    except (OSError, OverflowError, ValueError):
+        return record.iso_timestamp(time.time())
 
 
 def _timestamp_of(raw: bytes) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -389,3 +390,30 @@ def test_json_reference_documents_every_key_of_every_output(
         "_quarantine.status",
         "raw",
     } <= quarantine_fields
+
+
+def test_the_quarantine_view_keeps_specs_shape_whatever_a_line_holds(
+    spool_dir: Path, cli: Any
+) -> None:
+    """SPEC 5: ``_quarantine`` is ``{"reason": str, "at": str, "status": int|null}``, also
+    for a damaged line (shown ``raw``) or a hand-made one with the wrong types."""
+    fill(1)
+    lines = [
+        b"{broken\n",
+        b'{"type":"track","_quarantine":{"reason":5,"at":null,"status":"400"}}\n',
+        b'{"type":"track","_quarantine":{"reason":"r","at":"2026-12-01T00:00:00.000Z",'
+        b'"status":true}}\n',
+    ]
+    fd = os.open(spool_dir / "quarantine.jsonl", os.O_WRONLY | os.O_CREAT, 0o600)
+    os.write(fd, b"".join(lines))
+    os.close(fd)
+    result = cli("show", "--quarantine", "--json")
+    assert result.returncode == 0, result.stderr
+    shown = [json.loads(text)["_quarantine"] for text in result.stdout.splitlines()]
+    assert len(shown) == 3
+    for meta in shown:
+        assert isinstance(meta["reason"], str)
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", meta["at"]), meta
+        assert meta["status"] is None or type(meta["status"]) is int
+    assert shown[0]["reason"] == "damaged quarantine line"
+    assert shown[2]["at"] == "2026-12-01T00:00:00.000Z"  # a line's own time is kept
