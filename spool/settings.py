@@ -56,6 +56,13 @@ class _Number:
 
     def parse(self, raw: str) -> float:
         """The value of ``raw``, or ``ConfigError`` naming the variable and what it accepts."""
+        digits = raw.strip()
+        if self.whole and digits.isascii() and digits.isdigit():
+            # Exactly, not through float(): 2**62 + 1 is past the limit, not rounded to it.
+            whole = int(digits)
+            if not self.minimum <= whole <= self.maximum:
+                raise ConfigError(f"{self.name}={raw!r} cannot be used: it accepts {self.accepts}")
+            return whole
         try:
             # float() also reads "1_000" and the digits of other scripts (fullwidth ones):
             # a setting is plain ASCII, as a unit file or a shell writes it.

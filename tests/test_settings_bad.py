@@ -26,7 +26,11 @@ KEY = {"RS_SEGMENT_WRITE_KEY": "test-write-key"}
 # "1_000" and fullwidth digits: float() reads them, a setting does not.
 BAD_NUMBERS = ["abc", "-1", "inf", "nan", "1e400", "0", "-inf", "1.5e", "0x10", "1_000", "\uff11"]
 BAD_SETTINGS = [
-    *(("RS_TELEMETRY_MAX_BYTES", v) for v in [*BAD_NUMBERS, "0.5", "12.5"]),
+    # 2**62 + 1 and past: refused exactly, not rounded to 2**62 through a float.
+    *(
+        ("RS_TELEMETRY_MAX_BYTES", v)
+        for v in [*BAD_NUMBERS, "0.5", "12.5", str(2**62 + 1), "99999999999999999999999"]
+    ),
     *(("RS_TELEMETRY_MAX_AGE_DAYS", v) for v in [*BAD_NUMBERS, "36501", "1e-300", "0.04"]),
     *(
         ("RS_SEGMENT_ENDPOINT", v)
@@ -163,6 +167,7 @@ def test_help_still_works_with_a_bad_setting(cli: Cli) -> None:
         ("RS_TELEMETRY_MAX_BYTES", "1000"),
         ("RS_TELEMETRY_MAX_BYTES", " 1e6 "),
         ("RS_TELEMETRY_MAX_BYTES", "1"),
+        ("RS_TELEMETRY_MAX_BYTES", str(2**62)),
         ("RS_TELEMETRY_MAX_AGE_DAYS", "0.5"),
         ("RS_TELEMETRY_MAX_AGE_DAYS", "0.0417"),
         ("RS_TELEMETRY_MAX_AGE_DAYS", "36500"),
