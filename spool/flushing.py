@@ -265,7 +265,10 @@ def _locked_flush(
             store.remove_consumed(directory, state)
         # What the cap dropped as this run began is this run's doing: the report says so.
         report.dropped += max(0, sum(state.dropped.values()) - dropped_before)
-    names = [pf.name for pf in store.pending_files(directory, state) if pf.sealed]
+    listed = store.pending_files(directory, state)
+    names = [pf.name for pf in listed if pf.sealed]
+    # A dry run changes nothing, the cap's drops included: it says what they would be.
+    over_cap = sum(pf.size - pf.cursor for pf in listed) - conf.max_bytes if conf.dry_run else 0
     if not names:
         report.message = "nothing pending"
         if not conf.dry_run:
@@ -342,6 +345,12 @@ def _locked_flush(
     if conf.dry_run:
         # Nothing was sent, quarantined or dropped: the counts say so.
         report.sent = report.batches = report.quarantined = report.dropped = 0
+        if over_cap > 0 and report.message:
+            report.message += (
+                f"; the spool holds {over_cap} byte(s) over its cap (RS_TELEMETRY_MAX_BYTES="
+                f"{conf.max_bytes}): a real flush first drops the oldest events until it "
+                "fits (spool_full), which this dry run shows as pending"
+            )
         return
     if clock_note:
         report.message = f"{clock_note}; {report.message}" if report.message else clock_note

@@ -135,6 +135,23 @@ def test_flush_enforces_the_cap_on_data_spooled_under_a_larger_one(
     assert kept == list(range(n - len(kept), n))
 
 
+def test_a_dry_run_over_the_cap_drops_nothing_and_says_what_a_flush_would(cli: Cli) -> None:
+    """A dry run changes nothing, the cap's drops included; it says they would come first."""
+    append_many(0, 100, 900)
+    before = status(cli)
+    cap = 20_000
+    env = {"RS_SEGMENT_WRITE_KEY": WRITE_KEY, "RS_TELEMETRY_MAX_BYTES": str(cap)}
+    dry = cli("flush", "--dry-run", "--json", env=env)
+    assert dry.returncode == 0, dry.stderr
+    message = json.loads(dry.stdout)["message"]
+    over = before["pending"]["bytes"] - cap
+    assert f"the spool holds {over} byte(s) over its cap" in message, message
+    assert "a real flush first drops the oldest events" in message
+    assert status(cli) == before  # nothing dropped, counted or moved
+    plain = cli("flush", "--dry-run", "--json", env={"RS_SEGMENT_WRITE_KEY": WRITE_KEY})
+    assert "over its cap" not in json.loads(plain.stdout)["message"]
+
+
 def test_cap_holds_while_flushes_run_concurrently(
     cli: Cli, monkeypatch: pytest.MonkeyPatch, receiver: Receiver
 ) -> None:
