@@ -463,8 +463,15 @@ def _keep_pending(run: Run, claim: store.Claim, fb: _Fallback) -> None:
     blanked in place instead, which needs no free space; their counts are kept in memory
     for a later state write, as for any commit on a full disk. When neither can be written
     (``ulimit -f``), nothing of the range leaves the spool and nothing is counted.
+
+    The earlier ranges of this segment that a full disk kept in memory only (a 400 split
+    commits each half on its own) are blanked with them: their cursor can never be
+    written past the kept line, and every later run would send them again.
     """
     state = store.load_state(run.directory)
+    on_disk = max(state.cursors.get(claim.name, 0), claim.cursor)
+    in_memory = run.unsaved.cursors.get(claim.name, on_disk)
+    ranges = [(on_disk, in_memory), *fb.ranges] if in_memory > on_disk else fb.ranges
     this = store.State(delivered=fb.head_sent, cursors={claim.name: fb.cut})
     this.drop("too_old", fb.head_old)
     apply(run.unsaved, state)
@@ -475,7 +482,7 @@ def _keep_pending(run: Run, claim: store.Claim, fb: _Fallback) -> None:
         if exc.errno not in store.FULL_DISK:
             raise  # EIO: nothing of the range is committed, nor counted
         run.consumed.clear()  # commit unlinked them before its second try
-        if not fb.ranges:
+        if not ranges:
             return  # nothing left the spool: the lines to quarantine are all there is
     else:
         run.unsaved = store.State()
@@ -483,7 +490,7 @@ def _keep_pending(run: Run, claim: store.Claim, fb: _Fallback) -> None:
         _count(run, fb.head_sent, fb.head_old, 0)
         return
     try:
-        store.blank_lines(run.directory / claim.name, fb.ranges)
+        store.blank_lines(run.directory / claim.name, ranges)
     except OSError as exc:
         if exc.errno not in store.FULL_DISK:
             raise

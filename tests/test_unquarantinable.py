@@ -22,6 +22,7 @@ from typing import Any
 import kit
 import pytest
 from kit import Cli, accounted, assert_accounted, cli_status
+from scripted_server import OK, Action, Recorded, Respond, ScriptedServer
 
 from spool.receiver import Receiver
 
@@ -224,3 +225,47 @@ def test_requeue_under_a_file_size_limit_names_the_limit(cli: Cli, spool_dir: Pa
     assert "nothing was put back" in result.stderr
     st = cli_status(cli)
     assert (st["pending"]["events"], st["quarantined"]["events"]) == (0, 1), st
+
+
+def test_a_full_disk_never_sends_a_split_batchs_acknowledged_halves_again(
+    cli: Cli, small_disk: Path, scripted_server: ScriptedServer
+) -> None:
+    """A 400 split commits each half on its own; on a full disk those commits stay in
+    memory, and the refused event's line keeps the cursor from passing it. The halves
+    the server acknowledged are blanked with the fallback's own lines, so a later run
+    does not send them again (helper-7's attack, sixth session)."""
+
+    def refuse_the_marked(request: Recorded) -> Action:
+        marked = any(e["properties"].get("commit_id") == "bad" for e in request.events)
+        return Respond(400, json={"error": "refused"}) if marked else OK
+
+    scripted_server.handler = refuse_the_marked
+    for i in range(20):
+        assert cli("append", "server_start", "-p", f"commit_id=c{i}").returncode == 0
+    assert cli("append", "server_start", "-p", "commit_id=bad").returncode == 0
+    assert cli("append", "server_start", "-p", "commit_id=c20").returncode == 0
+    filler = kit.fill_disk(small_disk)
+
+    def delivered() -> list[str]:
+        return [
+            e["properties"]["commit_id"]
+            for r in scripted_server.requests
+            if r.status == 200
+            for e in r.events
+        ]
+
+    for _run in range(2):
+        result = cli("flush", "--endpoint", scripted_server.url, "--json", env=KEY_ENV)
+        assert "Traceback" not in result.stderr, result.stderr
+        assert json.loads(result.stdout)["exit_code"] == 75, result.stdout
+    acknowledged = delivered()
+    assert sorted(set(acknowledged)) == sorted(acknowledged), "sent again while the disk is full"
+    assert {f"c{i}" for i in range(20)} <= set(acknowledged)
+    assert cli_status(cli)["pending"]["events"] <= 2  # the refused one (and what follows it)
+
+    filler.unlink()
+    scripted_server.handler = None
+    scripted_server.default = Respond(400, json={"error": "refused"})
+    result = cli("flush", "--endpoint", scripted_server.url, "--json", env=KEY_ENV)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert sorted(set(delivered())) == sorted(delivered())
