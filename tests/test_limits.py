@@ -6,7 +6,9 @@ Every test checks the accounting identity of ``status --json``: each event ever 
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -104,6 +106,31 @@ def test_cap_smaller_than_a_record_keeps_exactly_the_newest_record(
     assert st["dropped"]["by_reason"]["spool_full"] == n - 1
     assert accounted(st) == n
     assert ids(show(cli)) == [n - 1]
+
+
+def test_an_appenders_stale_lock_on_a_sealed_segment_is_no_flush_claim(
+    cli: Cli, spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An appender that kept the descriptor of the active file locks it (exclusively)
+    before it sees the file was sealed into a segment meanwhile. That is no flush's claim
+    (claims are shared): the cap drops the segment, and a cap smaller than a record keeps
+    one record, not two (helper-7's attack, sixth session: seen with six appenders)."""
+    monkeypatch.setenv("RS_TELEMETRY_MAX_BYTES", "100")
+    append_many(0, 1)  # sealed at once: the cap is smaller than the record
+    [segment] = sorted(spool_dir.glob("seg-*.jsonl"))
+    stale = os.open(segment, os.O_RDONLY)
+    try:
+        fcntl.flock(stale, fcntl.LOCK_EX)  # the other appender, in its window
+        result = cli("append", "server_start", "-p", f"commit_id={tag(1)}")
+        assert result.returncode == 0, result.stderr
+        st = status(cli)
+        assert st["pending"]["events"] == 1, st
+        assert st["dropped"]["by_reason"]["spool_full"] == 1
+        assert ids(show(cli)) == [1]
+    finally:
+        os.close(stale)
+    # A flush's claim (shared) still keeps its segment from the cap: see
+    # test_cap_holds_while_flushes_run_concurrently and tests/test_concurrency.py.
 
 
 def test_flush_enforces_the_cap_on_data_spooled_under_a_larger_one(

@@ -114,8 +114,15 @@ def claim(directory: Path, name: str, deadline: float | None = None) -> Claim | 
 
 
 def is_claimed(path: Path) -> bool:
-    """True when a flush holds a claim on this segment (probed without waiting)."""
-    return held(path)
+    """True when a flush holds a claim on this segment (probed without waiting).
+
+    A claim is a shared ``flock``. An exclusive one is an appender's, on the descriptor
+    of the active file it kept from before this segment was sealed from it, for the moment
+    it takes to see that (``_append``): no claim then (an exclusive lock excludes shared
+    ones, and claims are taken under ``state.lock``, which the cap holds). Taking it for
+    one let two records stay pending under a cap smaller than a record (SPEC 8).
+    """
+    return held(path) and not held(path, shared_ok=True)
 
 
 def _drop_over_cap(directory: Path, cap: int) -> bool:
