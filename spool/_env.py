@@ -166,26 +166,20 @@ def id_problem(name: str, value: str) -> str | None:
     e.g. ``id_problem("RS_API_KEY", "\\udcff")`` -> ``"RS_API_KEY cannot be used (not
     UTF-8 text): ..."``. The value itself is never quoted: ``RS_API_KEY`` is a key.
     """
-    why = id_unusable(value)
-    if why is None:
+    if not value.isprintable():
+        if any("\udc80" <= char <= "\udcff" for char in value):
+            why = "not UTF-8 text"  # bytes the environment held, smuggled in by fsdecode()
+        else:
+            why = "it holds a control, format or separator character"
+    elif len(value.encode()) > MAX_ID_BYTES:
+        why = f"{len(value.encode())} bytes, over {MAX_ID_BYTES}"
+    else:
         return None
     instead = "sending no userId" if name == "RS_API_KEY" else "using a fresh anonymousId"
     return (
         f"{name} cannot be used ({why}): {instead}; "
         f"it accepts printable text of at most {MAX_ID_BYTES} bytes"
     )
-
-
-def id_unusable(value: str) -> str | None:
-    """Why ``value`` cannot be a record's ``anonymousId`` or ``userId``, e.g. ``"not UTF-8
-    text"``; None when it can (printable text of at most ``MAX_ID_BYTES`` bytes)."""
-    if not value.isprintable():
-        if any("\udc80" <= char <= "\udcff" for char in value):
-            return "not UTF-8 text"  # bytes the environment held, smuggled in by fsdecode()
-        return "it holds a control, format or separator character"
-    if len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
-        return f"{len(value.encode('utf-8', 'surrogatepass'))} bytes, over {MAX_ID_BYTES}"
-    return None
 
 
 _api_key_memo: tuple[object, tuple[str | None, str | None]] = (None, (None, None))

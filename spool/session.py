@@ -59,16 +59,10 @@ class Session:
         spool_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         for name, value in (("anonymous_id", anonymous_id), ("user_id", user_id)):
-            # A programming error, said here where it is made, not by every append later
-            # (a TypeError from inside append, or an id RS_TELEMETRY_SESSION_ID would refuse).
+            # A programming error, said here where it is made, not by a TypeError from
+            # inside every append later. Any text is the caller's to choose (used as given).
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"Session({name}=...) takes a str, not {type(value).__name__}")
-            why = _env.id_unusable(value) if value else None
-            if why is not None:
-                raise ValueError(
-                    f"Session({name}=...) cannot be used ({why}): it takes printable text "
-                    f"of at most {_env.MAX_ID_BYTES} bytes"
-                )
         if spool_dir is not None and not isinstance(os.fspath(spool_dir), str):
             raise TypeError("Session(spool_dir=...) takes a str or a path, not bytes")
         self.anonymous_id = anonymous_id or record.new_uuid4()

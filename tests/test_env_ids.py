@@ -167,16 +167,14 @@ def test_usable_values_are_used_as_they_are_up_to_1000_bytes(name: str, spool_di
         ({"user_id": 5}, TypeError, "Session(user_id=...) takes a str, not int"),
         ({"anonymous_id": uuid.uuid4()}, TypeError, "takes a str, not UUID"),
         ({"spool_dir": b"/tmp/x"}, TypeError, "takes a str or a path, not bytes"),
-        ({"anonymous_id": "a\nb"}, ValueError, "control, format or separator"),
-        ({"user_id": "k" * 1001}, ValueError, "1001 bytes, over 1000"),
     ],
-    ids=["anon-int", "user-int", "anon-uuid", "dir-bytes", "anon-newline", "user-long"],
+    ids=["anon-int", "user-int", "anon-uuid", "dir-bytes"],
 )
-def test_a_session_with_an_unusable_id_is_refused_where_it_is_made(
+def test_a_session_of_the_wrong_type_is_refused_where_it_is_made(
     kwargs: dict[str, object], error: type[Exception], says: str, spool_dir: Path
 ) -> None:
-    """The host's own mistake, said when the Session is made: never a TypeError from inside
-    a later append, nor an id the same value in RS_TELEMETRY_SESSION_ID would not give."""
+    """The host's own mistake, said when the Session is made, never by a TypeError from
+    inside a later append. (Any text is the host's to choose: used as given.)"""
     with pytest.raises(error, match=re.escape(says)):
         spool.Session(**kwargs)  # type: ignore[arg-type]
     assert not spool_dir.exists() or not any(spool_dir.iterdir())
