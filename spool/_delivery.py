@@ -469,7 +469,12 @@ def _keep_pending(run: Run, claim: store.Claim, fb: _Fallback) -> None:
     written past the kept line, and every later run would send them again.
     """
     state = store.load_state(run.directory)
-    on_disk = max(state.cursors.get(claim.name, 0), claim.cursor)
+    # Where the segment's lines on disk start being pending: a cursor this run committed,
+    # else the claim's own (a cursor damaged from outside is not trusted: valid_cursor).
+    recorded = store.valid_cursor(
+        run.directory / claim.name, state.cursors.get(claim.name, 0), claim.size
+    )
+    on_disk = max(recorded, claim.cursor)
     in_memory = run.unsaved.cursors.get(claim.name, on_disk)
     ranges = [(on_disk, in_memory), *fb.ranges] if in_memory > on_disk else fb.ranges
     this = store.State(delivered=fb.head_sent, cursors={claim.name: fb.cut})

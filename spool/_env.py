@@ -145,7 +145,7 @@ def max_bytes() -> int:
     text = raw.strip() if raw is not None else ""
     if not text:
         value = DEFAULT_MAX_BYTES
-    elif text.isascii() and text.isdigit() and 1 <= int(text) <= 2**62:
+    elif text.isascii() and text.isdigit() and len(text) <= 19 and 1 <= int(text) <= 2**62:
         value = int(text)
     else:
         from spool import settings  # noqa: PLC0415 - its parser, error and warning, rarely

@@ -56,13 +56,23 @@ class _Number:
 
     def parse(self, raw: str) -> float:
         """The value of ``raw``, or ``ConfigError`` naming the variable and what it accepts."""
-        digits = raw.strip()
-        if self.whole and digits.isascii() and digits.isdigit():
-            # Exactly, not through float(): 2**62 + 1 is past the limit, not rounded to it.
-            whole = int(digits)
-            if not self.minimum <= whole <= self.maximum:
+        text = raw.strip()
+        if self.whole and text.isascii() and "_" not in text:
+            # Exactly, not through float(): 2**62 + 1 (or 4611686018427387905.0) is past
+            # the limit, not rounded to it. Decimal: int() refuses over 4,300 digits.
+            from decimal import Decimal, InvalidOperation  # noqa: PLC0415 - rarely
+
+            try:
+                exact = Decimal(text)
+            except InvalidOperation:
+                exact = Decimal("NaN")
+            if not (
+                exact.is_finite()
+                and exact == exact.to_integral_value()
+                and self.minimum <= exact <= self.maximum
+            ):
                 raise ConfigError(f"{self.name}={raw!r} cannot be used: it accepts {self.accepts}")
-            return whole
+            return int(exact)
         try:
             # float() also reads "1_000" and the digits of other scripts (fullwidth ones):
             # a setting is plain ASCII, as a unit file or a shell writes it.

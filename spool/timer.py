@@ -504,7 +504,7 @@ def install(
     # render all before writing any
     texts = {name: render(name, exe, environment, system) for name in UNIT_NAMES}
     try:
-        make_dirs(str(directory), 0o755)  # never group- or world-writable, whatever the umask
+        make_dirs(str(directory))  # never group- or world-writable, whatever the umask
         files = []
         for name in UNIT_NAMES:
             path = directory / name

@@ -94,7 +94,10 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
             return None
         if when.tzinfo is None:
             # asctime ("Sun Nov  6 08:49:37 1994") names no zone: an HTTP date is always
-            # GMT, and a recipient must accept that form too (RFC 9110, 5.6.7).
+            # GMT, and a recipient must accept that form too (RFC 9110, 5.6.7). Any other
+            # date without a zone Python knows ("... CET", "-0000") is not an HTTP date.
+            if len(value.split()) != 5:
+                return None
             when = when.replace(tzinfo=datetime.timezone.utc)
         seconds = when.timestamp() - (time.time() if now is None else now)
     if math.isnan(seconds):

@@ -425,12 +425,13 @@ def test_directory_0700_and_files_0600_whatever_the_umask(umask: int, spool_dir:
 
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o277], ids=oct)
 @pytest.mark.parametrize("how", ["library", "cli"])
-def test_missing_parents_are_created_0700_whatever_the_umask(
+def test_missing_parents_are_never_group_or_world_writable_whatever_the_umask(
     umask: int, how: str, tmp_path: Path
 ) -> None:
     """The default spool ``~/.local/state/rs-telemetry`` on a fresh account: ``.local`` and
-    ``.local/state`` are created 0700 too (the XDG base directory spec), never 0777 under
-    umask 000, where any user could plant code there; a parent that exists is left alone."""
+    ``.local/state`` are created as ``mkdir -p`` would (0755 less the umask), but never
+    0777 under umask 000, where any user could plant code there, and never without the
+    owner's rwx (umask 0277); the spool itself is 0700; a parent that exists is left alone."""
     home = tmp_path / "home"
     home.mkdir(mode=0o755)
     os.chmod(home, 0o755)  # noqa: S103 - a home directory as useradd makes one
@@ -447,11 +448,14 @@ def test_missing_parents_are_created_0700_whatever_the_umask(
     assert result.returncode == 0, result.stderr
     spool_dir = home / ".local" / "state" / "rs-telemetry"
     assert (spool_dir / "active.jsonl").is_file()
+    parent = (0o755 & ~umask) | 0o700
     modes = {
         str(p.relative_to(home)): oct(stat.S_IMODE(p.stat().st_mode))
         for p in (home / ".local", home / ".local" / "state", spool_dir)
     }
-    assert modes == dict.fromkeys(modes, oct(0o700)), f"umask {umask:04o}: {modes}"
+    expected = {".local": oct(parent), ".local/state": oct(parent)}
+    expected[".local/state/rs-telemetry"] = oct(0o700)
+    assert modes == expected, f"umask {umask:04o}: {modes}"
     assert stat.S_IMODE(home.stat().st_mode) == 0o755
 
 

@@ -8,11 +8,13 @@ called inside another program never ends it.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import kit
+import pytest
 from click.testing import CliRunner
 from scripted_server import OK, Respond, ScriptedServer
 
@@ -97,3 +99,19 @@ def test_main_without_standalone_mode_returns_the_exit_code(
     scripted_server.default = OK
     assert main(["flush", "--endpoint", scripted_server.url], standalone_mode=False) in (None, 0)
     assert kit.status()["delivered"]["events"] == 1
+
+
+def test_an_interrupted_command_gives_the_calling_program_its_ctrl_c_back(
+    spool_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An interrupted command ignores a second Ctrl-C on its way out; a program that called
+    ``main(..., standalone_mode=False)`` and goes on must not be left deaf to Ctrl-C."""
+    kit.fill(1)
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("spool.audit.pending", interrupted)
+    before = signal.getsignal(signal.SIGINT)
+    assert main(["show"], standalone_mode=False) == 130
+    assert signal.getsignal(signal.SIGINT) is before

@@ -144,8 +144,9 @@ def test_find_executable_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o077], ids=oct)
 def test_install_no_enable_writes_0644_units_into_a_new_dir(tmp_path: Path, umask: int) -> None:
-    """The unit directory and the parents it lacked are 0755 whatever the umask: under
-    umask 000 a world-writable ~/.config/systemd/user would take anyone's units."""
+    """The unit directory and the parents it lacked are 0755 less the umask, never
+    writable by group or others: under umask 000 a world-writable
+    ~/.config/systemd/user would take anyone's units."""
     unit_dir = tmp_path / "config" / "systemd" / "user"
     exe = _executable(tmp_path / "bin" / "rs-telemetry")
     old = os.umask(umask)
@@ -155,7 +156,7 @@ def test_install_no_enable_writes_0644_units_into_a_new_dir(tmp_path: Path, umas
         os.umask(old)
     assert result == timer.InstallResult(unit_dir, (unit_dir / SERVICE, unit_dir / TIMER), False)
     for made in (unit_dir, unit_dir.parent, unit_dir.parent.parent):
-        assert stat.S_IMODE(made.stat().st_mode) == 0o755, made
+        assert stat.S_IMODE(made.stat().st_mode) == 0o755 & ~umask, made
     for name in timer.UNIT_NAMES:
         path = unit_dir / name
         assert stat.S_IMODE(path.stat().st_mode) == 0o644

@@ -111,6 +111,9 @@ RETRY_AFTER_TABLE: list[tuple[dict[str, str], float | None]] = [
     # RFC 850 and asctime, which names no zone at all.
     ({"Retry-After": time.strftime("%A, %d-%b-%y %H:%M:%S GMT", time.gmtime(NOW + 300))}, 300.0),
     ({"Retry-After": time.strftime("%a %b %e %H:%M:%S %Y", time.gmtime(NOW + 600))}, 600.0),
+    # A zone Python does not know, or "-0000", is no HTTP date: ignored, not taken as GMT.
+    ({"Retry-After": time.strftime("%a, %d %b %Y %H:%M:%S CET", time.gmtime(NOW + 300))}, None),
+    ({"Retry-After": time.strftime("%a, %d %b %Y %H:%M:%S -0000", time.gmtime(NOW + 300))}, None),
 ]
 
 

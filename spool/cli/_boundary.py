@@ -14,6 +14,7 @@ import errno
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,10 +162,17 @@ class Group(click.Group):
         of the ``SystemExit`` this boundary raises: e.g. 2 for an unknown event."""
         if standalone_mode:
             return super().main(args, prog_name, complete_var, **extra)
+        # An interrupted command ignores a second Ctrl-C on its way out (``invoke``): the
+        # program that called in and goes on gets its own handler back.
+        main_thread = threading.current_thread() is threading.main_thread()
+        sigint = signal.getsignal(signal.SIGINT) if main_thread else None
         try:
             return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except SystemExit as exc:
             return exitcodes.OK if exc.code is None else exc.code
+        finally:
+            if sigint is not None and signal.getsignal(signal.SIGINT) is not sigint:
+                signal.signal(signal.SIGINT, sigint)
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta[_ARGV] = list(args)  # to say where a misplaced global option belongs

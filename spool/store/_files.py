@@ -109,12 +109,13 @@ def make_dir(directory: StrPath) -> None:
     os.chmod(directory, 0o700)  # the umask may have removed bits we need... or kept none
 
 
-def make_dirs(path: str, mode: int = 0o700) -> None:
-    """Create the missing directories of ``path`` (``mkdir -p``), each ``mode`` whatever
-    the umask (0700, as the XDG base directory spec asks of ``~/.local/state``): under
-    umask 000, ``os.makedirs`` made ``~/.local`` 0777, where any user could plant a
-    ``.pth`` file that every Python of the owner's would run (or, for the timer's
-    ``~/.config/systemd/user``, a unit). What exists already is left as it is."""
+def make_dirs(path: str, mode: int = 0o755) -> None:
+    """Create the missing directories of ``path`` (``mkdir -p``): ``mode`` less the umask,
+    as ``mkdir`` gives, but never writable by group or others (``mode`` has no such bit)
+    and never without the owner's ``rwx``. Under umask 000, ``os.makedirs`` made
+    ``~/.local`` 0777, where any user could plant a ``.pth`` file that every Python of the
+    owner's would run (or, for the timer's ``~/.config/systemd/user``, a unit). What exists
+    already is left as it is."""
     missing = []
     while path and not os.path.isdir(path):
         missing.append(path)
@@ -124,10 +125,12 @@ def make_dirs(path: str, mode: int = 0o700) -> None:
         path = parent
     for created in reversed(missing):
         try:
-            os.mkdir(created, mode)
+            os.mkdir(created, mode & 0o755)
         except FileExistsError:
             continue  # another process made it meanwhile (or a file is there: the next fails)
-        os.chmod(created, mode)  # the umask may have taken bits an owner needs
+        st = os.stat(created)
+        if st.st_mode & 0o700 != 0o700:  # a umask such as 0277 took what the owner needs
+            os.chmod(created, (st.st_mode & 0o7777) | 0o700)
 
 
 def _fsync_dir(directory: Path) -> None:
