@@ -51,7 +51,11 @@ def escape_label(value: str) -> str:
     Backslash, double quote and newline are escaped; bytes of a path that are not UTF-8
     (surrogates in a ``str``) become visible ``\xff`` text first, since the format is UTF-8.
     """
-    text = value.encode("utf-8", "backslashreplace").decode("utf-8")
+    try:  # the bytes the path had (\xff), not the surrogate that held them (\udcff)
+        raw = value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte stands for: shown as itself
+        raw = value.encode("utf-8", "backslashreplace")
+    text = raw.decode("utf-8", "backslashreplace")
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 

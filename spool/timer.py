@@ -253,8 +253,10 @@ def render(
     else:
         if not _USER_NAME.match(system.user):
             raise UnitError(f"not a user name systemd accepts in User=: {system.user!r}")
+        # ProtectHome=yes hides these trees: read-only when the service needs something
+        # there (the command, where its links lead, a script's interpreter, the spool).
         home_tree = any(
-            path.startswith(_HOME_TREES) for path in (*_command(executable), system.spool_dir or "")
+            (path + "/").startswith(_HOME_TREES) for path in _needed_paths(executable, system)
         )
         in_tmp = under_private_tmp(executable, system)
         private_tmp = (
@@ -305,12 +307,10 @@ def _interpreter(path: str) -> str | None:
     return words[0]  # /usr/bin/env NAME: found on the unit's PATH, nothing to check here
 
 
-def under_private_tmp(executable: str | Sequence[str], system: SystemUnit) -> list[str]:
-    """What the service needs that lives under /tmp or /var/tmp, which PrivateTmp= hides.
-
-    The command's paths, where their links lead, the interpreter of a script (a virtual
-    environment made in /tmp), and the spool; e.g. ``["/tmp/venv/bin/rs-telemetry"]``.
-    """
+def _needed_paths(executable: str | Sequence[str], system: SystemUnit) -> list[str]:
+    """What the service needs to reach: the command's paths and where their links lead,
+    the interpreter of a script (a pyenv or a virtual environment under a home or /tmp),
+    and the spool; e.g. ``["/opt/rs/bin/rs-telemetry", "/opt/rs/bin/python3.11"]``."""
     paths = [path for path in _command(executable) if os.path.isabs(path)]
     script = _interpreter(paths[0]) if paths else None
     if script is not None:
@@ -320,10 +320,17 @@ def under_private_tmp(executable: str | Sequence[str], system: SystemUnit) -> li
     found: list[str] = []
     for path in paths:
         for candidate in (os.path.abspath(path), os.path.realpath(path)):
-            inside = (candidate + "/").startswith(_TMP_TREES)
-            if inside and candidate not in found:
+            if candidate not in found:
                 found.append(candidate)
     return found
+
+
+def under_private_tmp(executable: str | Sequence[str], system: SystemUnit) -> list[str]:
+    """What the service needs that lives under /tmp or /var/tmp, which PrivateTmp= hides,
+    e.g. ``["/tmp/venv/bin/rs-telemetry"]``."""
+    return [
+        path for path in _needed_paths(executable, system) if (path + "/").startswith(_TMP_TREES)
+    ]
 
 
 def tmp_warnings(executable: str | Sequence[str], system: SystemUnit | None) -> list[str]:
@@ -503,6 +510,15 @@ def install(
     exe = find_command() if executable is None else _command(executable)
     # render all before writing any
     texts = {name: render(name, exe, environment, system) for name in UNIT_NAMES}
+    for text in texts.values():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UnitError(
+                "cannot write the units: a path or setting in them is not UTF-8 text "
+                "(systemd reads units as UTF-8); use a spool directory, key file and "
+                "executable path that are"
+            ) from None
     try:
         make_dirs(str(directory))  # never group- or world-writable, whatever the umask
         files = []
@@ -565,6 +581,10 @@ def uninstall(
     directory = default if unit_dir is None else unit_dir
     scope = "" if system else " --user"
     notes: list[str] = []
+    if not any(os.path.lexists(directory / name) for name in UNIT_NAMES):
+        # Nothing of ours here: systemctl acts on the units of its search path, which
+        # could be a timer installed elsewhere, not on this directory; it is left alone.
+        return UninstallResult(directory, (), (f"no rs-telemetry units in {directory}",))
     # Stop the timer before its files go, so that the manager does not keep a loaded orphan.
     why = _systemctl(systemctl, "disable", "--now", TIMER, system=system)
     if why is not None:

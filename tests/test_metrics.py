@@ -260,7 +260,8 @@ def test_label_values_are_escaped(cli: Cli, tmp_path: Path, name: str) -> None:
     result = cli("metrics", env={"RS_TELEMETRY_DIR": str(directory)})
     assert result.returncode == 0, result.stderr
     # A byte that is not UTF-8 shows as the text "\xff"; everything else reads back as it is.
-    label = str(directory).encode("utf-8", "backslashreplace").decode("utf-8")
+    label = os.fsencode(directory).decode("utf-8", "backslashreplace")
+    assert "\\udc" not in label
     parse(result.stdout, label)
     promtool_check(result.stdout)
 
@@ -631,3 +632,37 @@ def test_node_exporter_serves_the_textfile(cli: Cli, spool_dir: Path, textfile_d
         if name.startswith("rs_telemetry_")
     }
     assert ours == expected_from_status(status(cli))
+
+
+@pytest.mark.parametrize(
+    "last_flush",
+    [
+        '{"at": "x", "exit_code": "abc", "sent": -4}',
+        '{"at": "2026-12-07T08:45:21.763Z", "exit_code": {"a": 1}}',
+        '{"at": 123, "exit_code": true}',
+        '{"at": "2026-12-07T08:45:21.763Z", "exit_code": NaN}',
+        '{"at": "2026-12-07T08:45:21.763Z", "exit_code": 0, "sent": 1.5}',
+    ],
+    ids=["str-code-negative", "dict-code", "bool-code", "nan-code", "float-count"],
+)
+def test_a_damaged_last_flush_is_no_last_flush_never_a_traceback(
+    cli: Cli, spool_dir: Path, last_flush: str
+) -> None:
+    """What a flush writes is checked when read: a hand-damaged summary shows as none
+    (status null, no last-flush samples), keeps the rest of the state, and never breaks
+    status or metrics (helper-10's attack, sixth session)."""
+    spool.append("server_start")
+    (spool_dir / "state.json").write_text(
+        '{"version": 1, "delivered": 3, "dropped": {}, "cursors": {}, "purged": 0, '
+        f'"exported": 0, "imported": 0, "imports": [], "last_flush": {last_flush}}}'
+    )
+    st = cli_status(cli)
+    assert st["last_flush"] is None
+    assert st["delivered"]["events"] == 3  # the rest of the state is kept
+    shown = cli("status")
+    assert shown.returncode == 0, shown.stderr
+    assert "Traceback" not in shown.stderr
+    result = cli("metrics")
+    assert result.returncode == 0, result.stderr
+    samples = parse(result.stdout, str(spool_dir))
+    assert not any(name.startswith("rs_telemetry_last_flush") for name, _ in samples)

@@ -266,10 +266,13 @@ def test_uninstall_succeeds_without_systemd(tmp_path: Path, broken: str) -> None
 
 
 def test_uninstall_when_nothing_is_installed(tmp_path: Path) -> None:
-    systemctl, _ = _fake_systemctl(tmp_path, fail=True)
+    systemctl, log = _fake_systemctl(tmp_path, fail=True)
     result = timer.uninstall(tmp_path / "never", systemctl=systemctl)
     assert result.removed == ()
     assert any("no rs-telemetry units" in note for note in result.notes)
+    # systemctl acts on its search path, not on that directory: a timer installed
+    # elsewhere must not be disabled by an uninstall from a directory that has none.
+    assert _calls(log) == []
 
 
 # --- systemd-analyze verify ---------------------------------------------------------------

@@ -128,6 +128,7 @@ def _parsed_state(data: object) -> State:
     state = State(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
     _check_state(state)
     state.retry_not_before = _usable_deadline(state.retry_not_before)
+    state.last_flush = _usable_last_flush(state.last_flush)
     return state
 
 
@@ -209,6 +210,29 @@ def retry_deadline_in_effect(deadline: float | None, now: float) -> float | None
 
 # 9999-12-31T23:59:59Z: the last instant an RFC 3339 timestamp (and datetime) can show.
 _LAST_TIMESTAMP = 253402300799.0
+
+
+def _usable_last_flush(value: object) -> dict[str, object] | None:
+    """A stored ``last_flush``, or None when what it holds is not what a flush writes
+    (``"exit_code": "abc"``, a negative count, NaN): status, metrics and alerts read it,
+    and a damaged summary of a past run is no reason to set the whole state aside. Not a
+    dict at all is left to ``_check_state`` (the state is damaged)."""
+    if not isinstance(value, dict):
+        return value  # type: ignore[return-value]  # _check_state refuses it
+    whole = all(
+        key not in value or (type(value[key]) is int and value[key] >= 0)
+        for key in ("sent", "quarantined", "left_pending")
+    )
+    code = value.get("exit_code")
+    if (
+        whole
+        and isinstance(value.get("at"), str)
+        and type(code) is int
+        and 0 <= code <= 255
+        and isinstance(value.get("endpoint", ""), str)
+    ):
+        return value
+    return None
 
 
 def _usable_deadline(value: float | None) -> float | None:
