@@ -223,15 +223,15 @@ def _usable_last_flush(value: object) -> dict[str, object] | None:
         key not in value or (type(value[key]) is int and value[key] >= 0)
         for key in ("sent", "quarantined", "left_pending")
     )
-    code = value.get("exit_code")
+    code = value.get("exit_code", 0)
     if (
         whole
-        and isinstance(value.get("at"), str)
+        and isinstance(value.get("at", ""), str)
         and type(code) is int
         and 0 <= code <= 255
         and isinstance(value.get("endpoint", ""), str)
     ):
-        return value
+        return value  # a key missing is shown as null, as an earlier release's could be
     return None
 
 
