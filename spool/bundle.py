@@ -60,6 +60,7 @@ def export(directory: Path, target: Path, keep: bool = False) -> ExportResult:
     touches the exported segments in between; appenders go on writing new ones.
     """
     _refuse_existing(target.absolute())  # before sealing or locking anything
+    _refuse_inside(directory, target)
     if not store.check_dir(directory, create=False):
         _write_bundle(target, [])
         return ExportResult(0, target)
@@ -144,6 +145,19 @@ def _write_new(path: Path, head: bytes, lines: list[bytes]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
+
+
+def _refuse_inside(directory: Path, target: Path) -> None:
+    """Raise ``BundleError`` when ``target`` is in the spool directory: under a name of
+    the spool's own (``state.json``, ``layout``, ``seg-*.jsonl``) the spool would replace
+    or misread it, and the exported events would be nowhere (SPEC 8, 10)."""
+    spool = os.path.realpath(directory)
+    where = os.path.realpath(target.absolute().parent)
+    if where == spool or where.startswith(spool.rstrip("/") + "/"):
+        raise BundleError(
+            f"{target} is inside the spool directory {directory}, whose files rs-telemetry "
+            "replaces and removes: choose a FILE outside it; nothing was removed"
+        )
 
 
 def _refuse_existing(target: Path) -> None:

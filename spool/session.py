@@ -127,6 +127,7 @@ class Session:
 _FIXES = {
     errno.ENOSPC: "free space on its disk",
     errno.EDQUOT: "free space within the disk quota",
+    errno.EBUSY: "this event was not spooled; later ones are once that command ends",
     errno.EFBIG: "raise the file size limit (ulimit -f)",
     errno.EACCES: "check the owner and mode of the spool directory and its files",
     errno.EPERM: "check the owner and mode of the spool directory and its files",

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kit import accounted, cli_status
 
 import spool
@@ -102,6 +103,25 @@ def test_export_into_a_missing_directory_loses_nothing(cli: Cli, tmp_path: Path)
     assert st["pending"]["events"] == 4
     assert st["removed"]["exported"] == 0
     assert not target.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["state.json", "layout", "seg-00000000000000000001-1-0.jsonl", "x.rsbundle"]
+)
+def test_export_into_the_spool_directory_is_refused_and_loses_nothing(
+    cli: Cli, spool_dir: Path, name: str
+) -> None:
+    """Under a name of the spool's own, the spool replaced or misread the bundle: the
+    exported events were nowhere, yet counted as exported (helper-12, sixth session)."""
+    append_many(3, "e")
+    target = spool_dir / name
+    line = one_line_error(cli("export", str(target)))
+    assert "inside the spool directory" in line, line
+    assert "nothing was removed" in line, line
+    st = status(cli)
+    assert (st["pending"]["events"], st["removed"]["exported"]) == (3, 0)
+    assert not target.exists() or name == "layout"  # the spool's own layout file
+    assert status(cli, "--spool-dir", str(spool_dir))["pending"]["events"] == 3
 
 
 MIB = 1024 * 1024

@@ -133,6 +133,28 @@ def test_an_appenders_stale_lock_on_a_sealed_segment_is_no_flush_claim(
     # test_cap_holds_while_flushes_run_concurrently and tests/test_concurrency.py.
 
 
+def test_an_append_refused_while_another_command_holds_the_state_names_that_cause(
+    cli: Cli, spool_dir: Path
+) -> None:
+    """An export to slow media holds state.lock past an appender's 0.5 s: a rotation of a
+    spool past 1.5x its cap is refused then, and the one line says why (it blamed the
+    disk: "free space on its disk"), never a traceback (helper-12, sixth session)."""
+    append_many(0, 40, 200)  # spooled under the default cap
+    fd = os.open(spool_dir / "state.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the export, writing its bundle
+        result = cli(
+            "append", "server_start", "-p", "commit_id=late", env={"RS_TELEMETRY_MAX_BYTES": "1000"}
+        )
+    finally:
+        os.close(fd)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "held by another command" in result.stderr, result.stderr
+    assert "free space" not in result.stderr
+    assert status(cli)["pending"]["events"] == 40  # nothing else changed
+
+
 def test_flush_enforces_the_cap_on_data_spooled_under_a_larger_one(
     cli: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:

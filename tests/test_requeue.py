@@ -7,7 +7,9 @@ Real flush processes against a real loopback server.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -119,6 +121,48 @@ def test_requeue_leaves_unreadable_bytes_in_the_quarantine(
     code, report, stderr = flush(cli, scripted_server.url)
     assert (code, report["sent"]) == (0, 2), stderr
     assert assert_accounted(3)["delivered"]["events"] == 2
+
+
+def test_requeue_takes_back_a_valid_record_that_carries_a_raw_key(
+    scripted_server: ScriptedServer, cli: Cli, spool_dir: Path
+) -> None:
+    """Unreadable bytes are quarantined under "raw"; a valid record with a "raw" key of
+    its own (flush sends it) is still a record, and requeue takes it back."""
+    fill(1)
+    [record] = shown()
+    record["raw"] = "x"
+    record["messageId"] = "44444444-4444-4444-8444-444444444444"
+    with (spool_dir / "active.jsonl").open("a") as active:
+        active.write(json.dumps(record, separators=(",", ":")) + "\n")
+    scripted_server.default = Respond(400)
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["quarantined"]) == (65, 2), stderr
+    result = cli("requeue", "--yes")
+    assert result.returncode == 0, result.stderr
+    assert "requeued 2 event(s)" in result.stderr, result.stderr
+    assert assert_accounted(2)["pending"]["events"] == 2
+
+
+@pytest.mark.parametrize("command", [("requeue",), ("purge",), ("purge", "--quarantine")])
+def test_a_closed_stdin_without_yes_is_a_refusal_not_a_traceback(
+    cli: Cli, spool_dir: Path, command: tuple[str, ...]
+) -> None:
+    """``cmd <&-``: no standard input at all (sys.stdin is None) is no terminal either."""
+    fill(1)
+    result = subprocess.run(
+        [sys.executable, "-m", "spool", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        preexec_fn=lambda: os.close(0),  # the child's own stdin, closed
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "without --yes" in result.stderr
+    assert assert_accounted(1)["pending"]["events"] == 1
 
 
 def test_requeue_on_a_spool_that_does_not_exist(cli: Cli, spool_dir: Path) -> None:

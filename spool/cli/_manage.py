@@ -139,7 +139,7 @@ def purge(ctx: click.Context, quarantine: bool, yes: bool) -> int | None:
     """
     what = "quarantined entries" if quarantine else "pending events"
     if not yes:
-        if not sys.stdin.isatty():
+        if sys.stdin is None or not sys.stdin.isatty():  # None: the caller closed it
             raise click.UsageError(f"refusing to delete {what} without --yes")
         if not click.confirm(f"Delete all {what}?", err=True):
             say(f"nothing deleted: {what} kept")
@@ -163,7 +163,7 @@ def requeue(ctx: click.Context, yes: bool) -> None:
       rs-telemetry show --quarantine --json     (look first)
     """
     if not yes:
-        if not sys.stdin.isatty():
+        if sys.stdin is None or not sys.stdin.isatty():  # None: the caller closed it
             raise click.UsageError("refusing to requeue quarantined events without --yes")
         click.confirm("Put the quarantined events back into pending?", abort=True, err=True)
     directory = spool_dir_of(ctx)

@@ -194,7 +194,11 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
                 _our_end = -1
                 with suppress_os():
                     os.ftruncate(fd, size)  # needs no free space
-                raise OSError(errno.ENOSPC, "the spool is over its cap and cannot drop")
+                raise OSError(
+                    errno.EBUSY,
+                    "the spool is over its cap and its oldest data could not be dropped now "
+                    "(its state is held by another command, e.g. an export to slow media)",
+                )
             # The record is spooled from here on: trouble while rotating (a full disk
             # refusing a rename) must not report it as lost.
             with suppress_os():

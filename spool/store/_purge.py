@@ -103,8 +103,9 @@ def _record_of(entry_line: bytes) -> bytes | None:
         return None
     if not isinstance(entry, dict) or not isinstance(entry.get("_quarantine"), dict):
         return None
-    if "raw" in entry:
-        return None  # bytes that were never a record
+    # Unreadable bytes are kept as {"_quarantine": ..., "raw": "..."}: without the
+    # _quarantine key that is no record, and the check below says so. (A record may carry
+    # a "raw" key of its own: flush sends such a record, so requeue takes it back.)
     line = json_line({k: v for k, v in entry.items() if k != "_quarantine"}).encode()
     message, _problem = check_line(line)
     return line if message is not None else None
