@@ -154,6 +154,14 @@ def find(built_in: str = "", environ: Mapping[str, str] | None = None) -> WriteK
     # would hide the key file behind it, and the flush would then find no key at all.
     value = (environ.get("RS_SEGMENT_WRITE_KEY") or "").strip()
     if value:
+        try:
+            value.encode("utf-8")  # sent in a header: bytes that are not UTF-8 cannot be
+        except UnicodeEncodeError:
+            return WriteKey(
+                "env",
+                problem="RS_SEGMENT_WRITE_KEY cannot be used (its value, not shown, holds "
+                "bytes that are not UTF-8 text): set it to the write key of your source",
+            )
         return WriteKey("env", value)
     credentials = environ.get("CREDENTIALS_DIRECTORY")
     if credentials:

@@ -16,6 +16,7 @@ import base64
 import binascii
 import hmac
 import json
+import math
 import os
 import signal
 import sys
@@ -151,6 +152,15 @@ def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    """A JSON number as a float; ``1e400`` (infinite as a float) is refused, never written
+    back as ``Infinity``, which is not JSON."""
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"the number {text[:40]} is too large for this receiver")
+    return value
+
+
 class _Handler(BaseHTTPRequestHandler):
     """One connection. Requests on it are answered in order (HTTP/1.1 keep-alive)."""
 
@@ -195,7 +205,9 @@ class _Handler(BaseHTTPRequestHandler):
         if refusal is not None:
             raise refusal
         try:
-            document = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+            document = json.loads(
+                body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite
+            )
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise _refuse("body is not UTF-8 JSON") from None
         messages, lines = check_messages(path, document)
@@ -217,8 +229,12 @@ class _Handler(BaseHTTPRequestHandler):
             decoded = base64.b64decode(credentials.strip(), validate=True)
         except (binascii.Error, ValueError):
             return False
-        user = decoded.partition(b":")[0]
-        return hmac.compare_digest(user, expected.encode())
+        key = expected.encode()
+        # Segment's clients send "KEY:" (no password); the key itself may hold a colon.
+        whole = decoded[:-1] if decoded.endswith(b":") else decoded
+        return hmac.compare_digest(whole, key) or hmac.compare_digest(
+            decoded.partition(b":")[0], key
+        )
 
     def _read_body(self, *, decode: bool) -> bytes:
         """Read the whole body; when ``decode``, also gunzip it, keeping at most the size limit."""

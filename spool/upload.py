@@ -11,6 +11,7 @@ import datetime
 import email.utils
 import enum
 import http.client
+import json
 import math
 import socket
 import threading
@@ -21,7 +22,7 @@ from concurrent.futures import Executor, Future
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import requests
 import urllib3
@@ -302,7 +303,12 @@ class Uploader:
         token = base64.b64encode(f"{write_key}:".encode()).decode("ascii")
         # Some endpoints echo request headers in an error body, which we keep in the
         # quarantine; the key must never reach the disk that way.
-        self._secrets = [s for s in (token, token.rstrip("="), write_key) if len(s) >= 4]
+        # Echoed as it was sent, decoded, or escaped as JSON or a URL spells it; a short key
+        # too (the excerpt loses every occurrence of it, which is the lesser harm).
+        forms = {token, token.rstrip("="), write_key, quote(write_key, safe="")}
+        forms |= {quote_plus(write_key), json.dumps(write_key)[1:-1]}
+        forms.add(json.dumps(write_key, ensure_ascii=False)[1:-1])
+        self._secrets = sorted((f for f in forms if f), key=len, reverse=True)
         self.headers = {
             "Content-Type": "application/json",
             "Authorization": f"Basic {token}",
@@ -315,7 +321,7 @@ class Uploader:
             self.headers["Content-Encoding"] = "gzip"
 
     def redact(self, text: str) -> str:
-        """The text with the write key (plain or as our Basic token) cut out."""
+        """The text with the write key cut out: plain, as our Basic token, or escaped."""
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
         return text

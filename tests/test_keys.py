@@ -423,3 +423,24 @@ def test_a_key_file_this_user_cannot_read_names_the_fix(
     assert f"chown {os.geteuid()} {path}" in said
     assert f"LoadCredential=rs-segment-write-key:{path}" in said
     assert "wk-unreadable" not in said
+
+
+def test_a_key_of_bytes_that_are_not_utf8_is_one_line_and_one_object(
+    cli: Cli, spool_dir: Path, scripted_server: ScriptedServer
+) -> None:
+    """It goes into a header: a UnicodeEncodeError traceback from flush (and from
+    spool.flush() into a host) before; now the stop every unusable key is, recorded as the
+    last flush, the value never shown (helper-13, sixth session)."""
+    assert cli("append", "server_start").returncode == 0
+    key = "k\udce9y"  # the byte 0xe9 of a Latin-1 shell, as Python holds it
+    env = {"RS_SEGMENT_WRITE_KEY": key}
+    result = cli("flush", "--endpoint", scripted_server.url, "--json", env=env)
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    report = json.loads(result.stdout)  # the one object
+    assert "RS_SEGMENT_WRITE_KEY" in report["message"]
+    assert "not UTF-8" in report["message"]
+    assert scripted_server.requests == []
+    status = json.loads(cli("status", "--json", env=env).stdout)
+    assert status["last_flush"]["exit_code"] == 1
+    assert status["pending"]["events"] == 1

@@ -9,6 +9,7 @@ import base64
 import gzip
 import http.client
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -186,6 +187,11 @@ def test_batch_limit_is_2500_events(receiver: Receiver) -> None:
         ("/v1/batch", b"{not json"),
         ("/v1/batch", b"\xff\xfe"),
         ("/v1/batch", b'{"batch": [NaN]}'),
+        # Infinite as a float: it was written to --out as Infinity, which is not JSON.
+        (
+            "/v1/batch",
+            compact({"batch": [message(properties={"n": 0})]}).replace(b'"n":0', b'"n":1e400'),
+        ),
         ("/v1/batch", b"[]"),
         ("/v1/batch", b'{"sentAt": "2026-11-27T22:05:10.123Z"}'),
         ("/v1/batch", b'{"batch": {"type": "track"}}'),
@@ -247,6 +253,35 @@ def test_write_key_is_enforced_when_given(authorization: str | None, status: int
             assert started.events == []
         else:
             assert started.events == [message(1)]
+
+
+@pytest.mark.parametrize("key", ["a:b", "k:", "ключ:1"])
+def test_a_key_holding_a_colon_is_accepted_as_flush_sends_it(key: str) -> None:
+    """Segment's clients send ``KEY:`` (no password): a key with a colon of its own was
+    cut at its first colon and refused (helper-13, sixth session)."""
+    with Receiver(write_key=key) as started:
+        right = {"Authorization": basic(key)}
+        answer = post(started.url, json={"batch": [message(1)]}, headers=right)
+        assert answer.status_code == 200, answer.text
+        wrong = {"Authorization": basic("a")}
+        assert post(started.url, json={"batch": [message(2)]}, headers=wrong).status_code == 401
+
+
+def test_the_cli_receiver_strips_its_key_and_refuses_one_that_is_not_utf8(
+    tmp_path: Path,
+) -> None:
+    """As flush reads RS_SEGMENT_WRITE_KEY (spaces around it are no part of it); a key of
+    bytes that are not UTF-8 is refused at the start, not by resetting every connection."""
+    bad = subprocess.run(
+        [sys.executable, "-m", "spool", "receive", "--listen", "127.0.0.1:0", "--write-key",
+         "k\udce9y"],
+        capture_output=True, text=True, timeout=30, check=False,
+        env={**os.environ, "RS_TELEMETRY_DIR": str(tmp_path / "spool")},
+    )  # fmt: skip
+    assert bad.returncode == 2, bad.stderr
+    assert "Traceback" not in bad.stderr
+    assert "--write-key" in bad.stderr
+    assert "not UTF-8" in bad.stderr
 
 
 def test_any_key_is_accepted_when_none_is_set(receiver: Receiver) -> None:

@@ -153,6 +153,21 @@ def receive(listen: str, out: Path | None, write_key: str | None) -> None:
     """
     from spool import receiver  # noqa: PLC0415
 
+    if write_key is not None:
+        # As flush reads RS_SEGMENT_WRITE_KEY: spaces around it are no part of the key.
+        write_key = write_key.strip()
+        try:
+            write_key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise click.BadParameter(
+                "holds bytes that are not UTF-8 text (a key travels in a header)",
+                param_hint="--write-key",
+            ) from None
+        if not write_key:
+            raise click.BadParameter(
+                "is blank: give the key to accept, or leave the option out (any key)",
+                param_hint="--write-key",
+            )
     try:
         receiver.run(listen, str(out) if out else None, write_key, sys.stderr)
     except ValueError as exc:

@@ -15,13 +15,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
+import json
 import logging
 import os
 import stat
 import tempfile
 import time
+import urllib.parse
 import zlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from scripted_server import Action, Recorded, Respond, ScriptedServer
@@ -412,6 +415,37 @@ def test_write_key_echoed_in_a_refusal_is_not_written_into_the_quarantine(
         result = cli(*args)
         assert write_key not in result.stdout + result.stderr, args
         assert token not in result.stdout + result.stderr, args
+
+
+@pytest.mark.parametrize(
+    ("key", "echo"),
+    [
+        ('ab"cd\\ef-0123', lambda key: json.dumps({"key": key})),  # JSON-escaped
+        ("ключ-0123456", lambda key: json.dumps({"key": key})),  # \u escapes
+        ("a b/c+d=e&f", lambda key: f"GET /?k={urllib.parse.quote_plus(key)}"),  # a form
+        ("a b/c+d=e&f", lambda key: f"path /{urllib.parse.quote(key, safe='')}"),  # a URL
+        ("abc", lambda key: f"key was {key}"),  # shorter than 4 characters
+    ],
+    ids=["json", "json-unicode", "form", "url", "short"],
+)
+def test_a_write_key_echoed_in_any_usual_encoding_is_not_written_into_the_quarantine(
+    cli: Cli, scripted_server: ScriptedServer, spool_dir: Path, key: str, echo: Any
+) -> None:
+    """The quarantine keeps the start of a refusal's body: an endpoint that echoes the key
+    JSON-escaped or URL-encoded (or a key under 4 characters, which was never cut) must not
+    put it on disk in a form one can decode back (helper-13, sixth session)."""
+    assert spool.append("server_start", {"commit_id": "c0"})
+    scripted_server.script(Respond(400, body=echo(key).encode()))
+    result = cli(
+        "flush", "--endpoint", scripted_server.url, "--json", env={"RS_SEGMENT_WRITE_KEY": key}
+    )
+    assert result.returncode == 65, result.stderr
+    stored = b"".join(p.read_bytes() for p in _files_under(spool_dir))
+    shown_text = cli("show", "--quarantine", "--json").stdout
+    for form in (echo(key), key, json.dumps(key)[1:-1]):
+        assert form.encode() not in stored, form
+        assert form not in shown_text, form
+    assert "[redacted]" in shown_text
 
 
 # --- control characters -----------------------------------------------------------------
