@@ -19,6 +19,7 @@ import json
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import traceback
@@ -341,10 +342,26 @@ class _Handler(BaseHTTPRequestHandler):
             super().log_message(format, *args)
 
 
+MAX_CONNECTIONS = 64
+"""Connections served at once; one more is closed as it comes. A local tool, not a
+collector: clients that hold many open, each with a body half sent (~0.6 MB and a thread
+each), must not grow it without bound."""
+
+
 class _Server(TrackedServer):
     """The listening socket; one daemon thread per connection, tracked so stop() can end them."""
 
     connection_thread_name = "rs-telemetry-receiver-connection"
+
+    def process_request(
+        self, request: socket.socket | tuple[bytes, socket.socket], client_address: Any
+    ) -> None:
+        with self._lock:
+            busy = len(self._connections)
+        if busy >= MAX_CONNECTIONS:
+            self.shutdown_request(request)  # closed at once: the client sees a reset
+            return
+        super().process_request(request, client_address)
 
     def __init__(
         self, address: tuple[str, int], store: _Store, write_key: str | None, verbose: bool

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import http.client
 import json
@@ -14,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -420,3 +422,39 @@ def test_nagle_is_off_and_answer_is_one_segment(receiver: Receiver) -> None:
         data = client.recv(65536)
     assert data.startswith(b"HTTP/1.1 200 OK\r\n")
     assert data.endswith(b'\r\n\r\n{"success":true}')
+
+
+def test_connections_past_the_limit_are_closed_and_the_rest_still_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Clients holding many connections, each with a body half sent, grew the receiver
+    without bound (~0.6 MB and a thread each): past MAX_CONNECTIONS (64; 4 here, to be
+    quick), one more is closed as it comes, and a request gets through once they go."""
+    from spool import receiver as module
+
+    monkeypatch.setattr(module, "MAX_CONNECTIONS", 4)
+    with Receiver() as started:
+        port = int(started.url.rsplit(":", 1)[1])
+        held = []
+        try:
+            for _ in range(4):
+                conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+                conn.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")
+                held.append(conn)
+            # Accepted in order: when this one comes, those before it are all counted.
+            extra = socket.create_connection(("127.0.0.1", port), timeout=5)
+            extra.sendall(b"POST /v1/batch HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n{")
+            with contextlib.suppress(ConnectionResetError):
+                assert extra.recv(100) == b""  # closed without an answer
+            extra.close()
+        finally:
+            for conn in held:
+                conn.close()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            try:
+                if post(started.url, json={"batch": [message(1)]}).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.05)
+        assert started.events == [message(1)]
