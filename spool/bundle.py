@@ -151,9 +151,25 @@ def _refuse_inside(directory: Path, target: Path) -> None:
     """Raise ``BundleError`` when ``target`` is in the spool directory: under a name of
     the spool's own (``state.json``, ``layout``, ``seg-*.jsonl``) the spool would replace
     or misread it, and the exported events would be nowhere (SPEC 8, 10)."""
-    spool = os.path.realpath(directory)
+    try:
+        spool = os.stat(directory)
+    except OSError:
+        return  # no spool yet: nothing in it to clash with
     where = os.path.realpath(target.absolute().parent)
-    if where == spool or where.startswith(spool.rstrip("/") + "/"):
+    inside = False
+    while True:  # by identity, not by name: a bind mount of the spool has another name
+        try:
+            st = os.stat(where)
+        except OSError:
+            st = None
+        if st is not None and (st.st_dev, st.st_ino) == (spool.st_dev, spool.st_ino):
+            inside = True
+            break
+        parent = os.path.dirname(where)
+        if parent == where:
+            break
+        where = parent
+    if inside:
         raise BundleError(
             f"{target} is inside the spool directory {directory}, whose files rs-telemetry "
             "replaces and removes: choose a FILE outside it; nothing was removed"

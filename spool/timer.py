@@ -581,9 +581,11 @@ def uninstall(
     directory = default if unit_dir is None else unit_dir
     scope = "" if system else " --user"
     notes: list[str] = []
-    if not any(os.path.lexists(directory / name) for name in UNIT_NAMES):
-        # Nothing of ours here: systemctl acts on the units of its search path, which
-        # could be a timer installed elsewhere, not on this directory; it is left alone.
+    if directory != default and not any(os.path.lexists(directory / n) for n in UNIT_NAMES):
+        # Nothing of ours in a directory of the caller's: systemctl acts on the units of
+        # its own search path, a timer installed elsewhere, which is left alone. (From the
+        # default directory it still runs: a timer whose files were removed by hand may
+        # be loaded and enabled yet.)
         return UninstallResult(directory, (), (f"no rs-telemetry units in {directory}",))
     # Stop the timer before its files go, so that the manager does not keep a loaded orphan.
     why = _systemctl(systemctl, "disable", "--now", TIMER, system=system)

@@ -341,7 +341,8 @@ class Uploader:
             )
         except requests.RequestException as exc:
             return Answer(None, {}, "", exc)
-        body = self.redact(raw[: BODY_EXCERPT * 4].decode("utf-8", "replace"))[:BODY_EXCERPT]
+        # Redacted whole (at most 64 KiB), then cut: a cut first could leave part of the key.
+        body = self.redact(raw.decode("utf-8", "replace"))[:BODY_EXCERPT]
         return Answer(status, headers, body)
 
     def close(self) -> None:

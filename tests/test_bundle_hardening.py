@@ -124,6 +124,28 @@ def test_export_into_the_spool_directory_is_refused_and_loses_nothing(
     assert status(cli, "--spool-dir", str(spool_dir))["pending"]["events"] == 3
 
 
+def test_export_into_the_spool_through_a_bind_mount_is_refused(
+    cli: Cli, spool_dir: Path, tmp_path: Path
+) -> None:
+    """The spool under another name (a bind mount, a container volume mounted twice) is
+    the same directory: found by identity, not by its path (helper-14, sixth session)."""
+    append_many(2, "e")
+    other = tmp_path / "bind"
+    other.mkdir()
+    mounted = subprocess.run(
+        ["mount", "--bind", str(spool_dir), str(other)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.decode().strip()}")
+    try:
+        line = one_line_error(cli("export", str(other / "seg-00000000000000000001-1-1.jsonl")))
+        assert "inside the spool directory" in line, line
+        st = status(cli)
+        assert (st["pending"]["events"], st["removed"]["exported"]) == (2, 0)
+    finally:
+        subprocess.run(["umount", str(other)], check=False)
+
+
 MIB = 1024 * 1024
 BLOCK = 16 * MIB
 

@@ -642,8 +642,20 @@ def test_node_exporter_serves_the_textfile(cli: Cli, spool_dir: Path, textfile_d
         '{"at": 123, "exit_code": true}',
         '{"at": "2026-12-07T08:45:21.763Z", "exit_code": NaN}',
         '{"at": "2026-12-07T08:45:21.763Z", "exit_code": 0, "sent": 1.5}',
+        "{}",
+        '{"at": null, "exit_code": 0, "sent": 0, "quarantined": 0, "left_pending": 0}',
+        '{"at": "2026-12-07T08:45:21.763Z", "exit_code": 0}',  # counts missing
     ],
-    ids=["str-code-negative", "dict-code", "bool-code", "nan-code", "float-count"],
+    ids=[
+        "str-code-negative",
+        "dict-code",
+        "bool-code",
+        "nan-code",
+        "float-count",
+        "empty",
+        "null-at",
+        "partial",
+    ],
 )
 def test_a_damaged_last_flush_is_no_last_flush_never_a_traceback(
     cli: Cli, spool_dir: Path, last_flush: str

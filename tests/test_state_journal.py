@@ -228,6 +228,15 @@ def test_a_flush_leaves_no_journal_and_counts_every_event(
     assert kit.assert_accounted(EVENTS)["delivered"]["events"] == EVENTS
 
 
+FLUSHED = {
+    "at": "2026-12-07T09:00:00.000Z",
+    "exit_code": 0,
+    "sent": 1,
+    "quarantined": 0,
+    "left_pending": 0,
+}
+
+
 def test_a_loaded_state_is_the_callers_own(spool_dir: Path) -> None:
     """Texts read back are parsed once per process (a flush reads its own state back at
     every claim and commit); what a caller changes never reaches the next load."""
@@ -238,7 +247,7 @@ def test_a_loaded_state_is_the_callers_own(spool_dir: Path) -> None:
             cursors={"seg-a.jsonl": 10},
             dropped={"too_old": 2},
             imports=["bundle-1"],
-            last_flush={"sent": 1, "exit_code": 0},
+            last_flush=dict(FLUSHED),
         ),
         prune=False,  # no segment of that name exists
     )
@@ -252,7 +261,7 @@ def test_a_loaded_state_is_the_callers_own(spool_dir: Path) -> None:
     again = store.load_state(spool_dir)
     assert (again.delivered, again.cursors) == (1, {"seg-a.jsonl": 10})
     assert again.dropped == {"too_old": 2}
-    assert (again.imports, again.last_flush) == (["bundle-1"], {"sent": 1, "exit_code": 0})
+    assert (again.imports, again.last_flush) == (["bundle-1"], FLUSHED)
 
 
 # --- a real flush killed with -9 while a request is in flight -----------------------------

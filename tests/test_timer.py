@@ -275,6 +275,19 @@ def test_uninstall_when_nothing_is_installed(tmp_path: Path) -> None:
     assert _calls(log) == []
 
 
+def test_uninstall_from_the_default_directory_disables_a_timer_whose_files_went(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files removed by hand leave the timer loaded and enabled in the manager: from the
+    manager's own directory, uninstall still disables it (only another directory, with
+    none of our units, is left alone)."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    systemctl, log = _fake_systemctl(tmp_path)
+    result = timer.uninstall(systemctl=systemctl)
+    assert result.removed == ()
+    assert _calls(log) == [f"--user disable --now {TIMER}"]
+
+
 # --- systemd-analyze verify ---------------------------------------------------------------
 
 

@@ -197,7 +197,8 @@ def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap:
                 raise OSError(
                     errno.EBUSY,
                     "the spool is over its cap and its oldest data could not be dropped now "
-                    "(its state is held by another command, e.g. an export to slow media)",
+                    "(its state is held by another command, e.g. an export to slow media, "
+                    "or no file descriptor was left)",
                 )
             # The record is spooled from here on: trouble while rotating (a full disk
             # refusing a rename) must not report it as lost.

@@ -219,19 +219,19 @@ def _usable_last_flush(value: object) -> dict[str, object] | None:
     dict at all is left to ``_check_state`` (the state is damaged)."""
     if not isinstance(value, dict):
         return value  # type: ignore[return-value]  # _check_state refuses it
-    whole = all(
-        key not in value or (type(value[key]) is int and value[key] >= 0)
+    counts = all(
+        type(value.get(key)) is int and value[key] >= 0
         for key in ("sent", "quarantined", "left_pending")
     )
-    code = value.get("exit_code", 0)
+    code = value.get("exit_code")
     if (
-        whole
-        and isinstance(value.get("at", ""), str)
+        counts
+        and isinstance(value.get("at"), str)
         and type(code) is int
         and 0 <= code <= 255
         and isinstance(value.get("endpoint", ""), str)
     ):
-        return value  # a key missing is shown as null, as an earlier release's could be
+        return value  # every key a flush writes (0.1.0's too), each of its type
     return None
 
 

@@ -448,6 +448,23 @@ def test_a_write_key_echoed_in_any_usual_encoding_is_not_written_into_the_quaran
     assert "[redacted]" in shown_text
 
 
+def test_a_write_key_cut_by_the_excerpts_end_is_not_written_in_part(
+    cli: Cli, scripted_server: ScriptedServer, spool_dir: Path
+) -> None:
+    """The excerpt was cut from the raw bytes before the key was looked for: a body of
+    four-byte characters put the key across the cut, and its start reached the disk."""
+    key = "Zq3xWRITEKEYwritekey0123456789ab"
+    assert spool.append("server_start", {"commit_id": "c0"})
+    body = ("\N{GRINNING FACE}" * 508 + key).encode()
+    scripted_server.script(Respond(400, body=body))
+    result = cli(
+        "flush", "--endpoint", scripted_server.url, "--json", env={"RS_SEGMENT_WRITE_KEY": key}
+    )
+    assert result.returncode == 65, result.stderr
+    stored = b"".join(p.read_bytes() for p in _files_under(spool_dir))
+    assert key[:4].encode() not in stored
+
+
 # --- control characters -----------------------------------------------------------------
 
 NASTY = [
