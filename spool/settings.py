@@ -6,6 +6,7 @@ look-ups), so that a host that changes its environment is obeyed at once.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import math
 import os
@@ -120,9 +121,10 @@ def _warn_once(name: str, message: str) -> None:
     if name in _warned:
         return
     _warned.add(name)
-    import logging  # noqa: PLC0415 - the error path only; logging costs milliseconds to import
+    with contextlib.suppress(Exception):  # a host's handler that raises: never into it
+        import logging  # noqa: PLC0415 - the error path only; logging costs milliseconds
 
-    logging.getLogger("spool").warning("rs-telemetry: %s; using the default", message)
+        logging.getLogger("spool").warning("rs-telemetry: %s; using the default", message)
 
 
 def _number(spec: _Number) -> float:

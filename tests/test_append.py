@@ -423,6 +423,84 @@ def test_directory_0700_and_files_0600_whatever_the_umask(umask: int, spool_dir:
     assert wrong == {}, f"umask {umask:04o}: {wrong}"
 
 
+REENTRANT = """
+import signal, sys, time, spool
+slowest = [0.0]
+outcomes = []
+def handler(*_):
+    started = time.monotonic()
+    outcomes.append(spool.append("server_stop"))
+    slowest[0] = max(slowest[0], time.monotonic() - started)
+signal.signal(signal.SIGALRM, handler)
+signal.setitimer(signal.ITIMER_REAL, 0.003, 0.003)
+end = time.monotonic() + 1.5
+n = 0
+while time.monotonic() < end:
+    assert spool.append("server_start") is True
+    n += 1
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+print(n, outcomes.count(True), outcomes.count(False), round(slowest[0], 3))
+"""
+
+
+RAISING_HANDLER = """
+import json, logging, os, sys, spool
+class Boom(logging.Handler):
+    def emit(self, record):
+        raise RuntimeError("the host's handler raises")
+assert spool.append("server_start")
+directory = os.environ["RS_TELEMETRY_DIR"]
+with open(os.path.join(directory, "mode"), "w") as mode:
+    mode.write("garbage\\n")  # damaged: read as local, with a warning
+with open(os.path.join(directory, "state.json"), "w") as state:
+    state.write("{garbage")  # damaged: set aside, with a warning
+os.environ["RS_TELEMETRY_MAX_BYTES"] = "abc"  # unreadable: the default, with a warning
+logging.getLogger().addHandler(Boom())
+out = []
+for call in (lambda: spool.append("server_start"),
+             lambda: spool.flush(endpoint="http://127.0.0.1:9", max_time=1).exit_code):
+    try:
+        out.append(call())
+    except BaseException as exc:
+        out.append(f"raised {type(exc).__name__}: {exc}")
+print(json.dumps(out))
+"""
+
+
+def test_a_hosts_logging_handler_that_raises_never_makes_append_or_flush_raise(
+    spool_dir: Path,
+) -> None:
+    """The library's warnings go through ``logging``; a host's handler that raises made
+    ``append`` and ``flush`` raise with them (helper-15, sixth session)."""
+    result = run_py(RAISING_HANDLER, env={"RS_SEGMENT_WRITE_KEY": "k"})
+    assert result.returncode == 0, result.stderr
+    appended, flushed = json.loads(result.stdout)
+    assert appended in (True, False), appended
+    assert isinstance(flushed, int), flushed
+
+
+def test_an_append_from_a_signal_handler_never_waits_for_its_own_thread(
+    spool_dir: Path,
+) -> None:
+    """A handler (or a __del__) that appends while its thread's own append holds the
+    process's lock waited 30 s for itself, then lost the event; nested handlers could hold
+    the host for ever (helper-15, sixth session). It is refused at once now, and spooled
+    whenever the thread was not mid-append."""
+    result = run_py(REENTRANT)
+    assert result.returncode == 0, result.stderr
+    loops, spooled, _refused, slowest = result.stdout.split()
+    assert int(loops) > 0
+    assert int(spooled) > 0
+    assert float(slowest) < 1.0, result.stdout
+    st = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "spool", "status", "--json"],
+            capture_output=True, text=True, check=True, timeout=60,
+        ).stdout
+    )  # fmt: skip
+    assert st["pending"]["events"] == int(loops) + int(spooled)
+
+
 @pytest.mark.parametrize("umask", [0o000, 0o022, 0o277], ids=oct)
 @pytest.mark.parametrize("how", ["library", "cli"])
 def test_missing_parents_are_never_group_or_world_writable_whatever_the_umask(

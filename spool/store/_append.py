@@ -53,6 +53,7 @@ def segment_bytes(cap: int) -> int:
 _active: tuple[str, int, int, int] | None = None  # (path, fd, st_dev, st_ino)
 _active_lock = _thread.allocate_lock()  # threads share the descriptor, and flock does not
 # exclude two users of one open file description
+_appending: set[int] = set()  # the threads inside ``append_line`` (their idents)
 _our_end = -1
 """The size of the held active file right after our last whole write into it, else -1.
 
@@ -91,6 +92,7 @@ def _forget_active_in_child() -> None:
             os.close(_active[1])
     _active = None
     _active_lock = _thread.allocate_lock()  # another thread may have held it at fork time
+    _appending.clear()  # only the forking thread lives on in the child
 
 
 os.register_at_fork(after_in_child=_forget_active_in_child)
@@ -109,13 +111,28 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
     else:
         path = os.path.join(directory, ACTIVE)
         _last_dir = (directory, path)
-    # Bounded too: another thread of this process may be the one waiting on a stopped holder.
-    if not _active_lock.acquire(timeout=APPEND_LOCK_WAIT):
-        raise _StillLocked(errno.EAGAIN, "another thread of this process kept the spool busy")
+    me = _thread.get_ident()
+    if me in _appending:
+        # This thread's own append was interrupted (a signal handler, a __del__ run by the
+        # garbage collector) by one that appends too: waiting for the lock would wait for
+        # ourselves (30 s, then nothing). Refused at once; the interrupted append goes on.
+        raise OSError(
+            errno.EDEADLK,
+            "an append was called from a signal handler or __del__ while this thread was "
+            "appending: that event is not spooled (append outside such hooks)",
+        )
+    _appending.add(me)  # before the lock and until after it: no window for a handler
     try:
-        _append_locked(directory, path, line, fsync, cap)
+        # Bounded too: another thread of this process may be the one waiting on a stopped
+        # holder.
+        if not _active_lock.acquire(timeout=APPEND_LOCK_WAIT):
+            raise _StillLocked(errno.EAGAIN, "another thread of this process kept the spool busy")
+        try:
+            _append_locked(directory, path, line, fsync, cap)
+        finally:
+            _active_lock.release()
     finally:
-        _active_lock.release()
+        _appending.discard(me)
 
 
 def _open_active(path: str) -> tuple[str, int, int, int]:

@@ -309,14 +309,20 @@ def log_warning(msg: str, *args: object) -> None:
     The prefix is ours: in a CLI run nothing configures logging, so the message goes to
     stderr as it is (logging's last resort), beside the CLI's own ``rs-telemetry:`` lines.
     """
-    import logging  # noqa: PLC0415 - the error path only; keeps `import spool` lean
-
     if not msg.startswith("rs-telemetry: "):
         msg = "rs-telemetry: " + msg
     # A path or a server's text may hold control characters: made visible, as in the
     # CLI's own lines, so that none reaches a terminal raw (an escape sequence, a newline).
     text = (msg % args if args else msg).translate(CONTROL_ESCAPES)
-    logging.getLogger("spool").warning("%s", text)
+    # A host's handler that raises (or no descriptor left to import logging): telemetry
+    # never raises into the host (SPEC 3), not even by its warnings. (No contextlib: an
+    # emitter's import path does without it.)
+    try:
+        import logging  # noqa: PLC0415 - the error path only; keeps `import spool` lean
+
+        logging.getLogger("spool").warning("%s", text)
+    except Exception:  # noqa: BLE001, S110 - see above
+        pass
 
 
 _warned: set[object] = set()
