@@ -69,7 +69,7 @@ class standard_fds_plugged:
     """
 
     def __init__(self) -> None:
-        self._plugs: list[int] = []
+        self._plugs: list[tuple[int, int, int]] = []  # (fd, st_dev, st_ino)
 
     def __enter__(self) -> None:
         try:
@@ -78,14 +78,22 @@ class standard_fds_plugged:
                 if fd > 2:
                     os.close(fd)
                     return
-                self._plugs.append(fd)
+                st = os.fstat(fd)
+                self._plugs.append((fd, st.st_dev, st.st_ino))
         except OSError:  # out of descriptors: the run will say so itself
             return
 
     def __exit__(self, *_: object) -> None:
         plugs, self._plugs = self._plugs, []
-        for fd in plugs:
-            os.close(fd)
+        for fd, dev, ino in plugs:
+            # Only our own /dev/null: a thread of the host may have put a file of its own
+            # on that number meanwhile (dup2), which is not ours to close.
+            try:
+                st = os.fstat(fd)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) == (dev, ino) and not os.get_inheritable(fd):
+                os.close(fd)
 
 
 # Lock descriptors open in this process, closed in a forked child (see the module's doc).

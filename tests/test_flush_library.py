@@ -56,3 +56,38 @@ def test_a_netrc_entry_never_replaces_the_write_key(
     (request,) = scripted_server.requests  # type: ignore[attr-defined]
     expected = "Basic " + base64.b64encode(b"k-netrc:").decode()
     assert request.headers["Authorization"] == expected
+
+
+HOST_THAT_REOPENS_STDOUT = """
+import os, sys, threading, time, spool
+os.close(1)  # a daemon with stdout closed: flush plugs fd 1 with /dev/null while it runs
+assert spool.append("server_start")
+run = threading.Thread(target=lambda: spool.flush(endpoint="http://127.0.0.1:9", max_time=2))
+run.start()
+time.sleep(0.5)
+log = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+os.dup2(log, 1)  # meanwhile the host puts a log file of its own on fd 1
+os.close(log)
+run.join()
+os.write(1, b"host line\\n")
+"""
+
+
+def test_a_flush_in_a_thread_never_closes_a_descriptor_the_host_put_on_its_plug(
+    spool_dir: object, tmp_path: object
+) -> None:
+    """The plug's number was closed at the end whatever it held by then: a host thread
+    that dup2'd its log onto it lost it, and its writes (helper-15, sixth session)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    log = Path(str(tmp_path)) / "host.log"
+    result = subprocess.run(
+        [sys.executable, "-c", HOST_THAT_REOPENS_STDOUT, str(log)],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "RS_SEGMENT_WRITE_KEY": "k"},
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert log.read_text() == "host line\n"
