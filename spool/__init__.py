@@ -29,8 +29,16 @@ def flush(**kwargs: Any) -> FlushReport:
 
 def flush_on_exit(**kwargs: Any) -> None:
     """At interpreter exit, start one detached flush when something is pending."""
-    from spool.atexit import flush_on_exit as _register  # noqa: PLC0415
+    try:
+        from spool.atexit import flush_on_exit as _register  # noqa: PLC0415
+    except OSError as exc:  # e.g. no descriptor left to read the module: never raised
+        try:
+            from spool.store._files import log_warning  # noqa: PLC0415 - loaded by append
 
+            log_warning("no flush at exit: %s", exc)
+        except Exception:  # noqa: BLE001, S110 - nothing left to say it with
+            pass
+        return
     _register(**kwargs)
 
 

@@ -91,3 +91,36 @@ def test_a_flush_in_a_thread_never_closes_a_descriptor_the_host_put_on_its_plug(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert log.read_text() == "host line\n"
+
+
+OUT_OF_DESCRIPTORS = """
+import os, resource, spool
+assert spool.append("server_start")
+resource.setrlimit(resource.RLIMIT_NOFILE, (32, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+held = []
+try:
+    while True:
+        held.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+try:
+    spool.flush_on_exit()
+    print("returned")
+except BaseException as exc:
+    print("raised", type(exc).__name__)
+for fd in held:
+    os.close(fd)
+"""
+
+
+def test_flush_on_exit_out_of_descriptors_never_raises_into_the_host(spool_dir: object) -> None:
+    """Its module could not even be read (EMFILE): an OSError reached the host's call."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", OUT_OF_DESCRIPTORS],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "returned", result.stdout + result.stderr
