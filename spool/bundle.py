@@ -156,24 +156,19 @@ def _refuse_inside(directory: Path, target: Path) -> None:
     except OSError:
         return  # no spool yet: nothing in it to clash with
     where = os.path.realpath(target.absolute().parent)
-    inside = False
     while True:  # by identity, not by name: a bind mount of the spool has another name
-        try:
+        with contextlib.suppress(OSError):
             st = os.stat(where)
-        except OSError:
-            st = None
-        if st is not None and (st.st_dev, st.st_ino) == (spool.st_dev, spool.st_ino):
-            inside = True
-            break
+            if (st.st_dev, st.st_ino) == (spool.st_dev, spool.st_ino):
+                raise BundleError(
+                    f"{target} is inside the spool directory {directory}, whose files "
+                    "rs-telemetry replaces and removes: choose a FILE outside it; nothing "
+                    "was removed"
+                )
         parent = os.path.dirname(where)
         if parent == where:
-            break
+            return
         where = parent
-    if inside:
-        raise BundleError(
-            f"{target} is inside the spool directory {directory}, whose files rs-telemetry "
-            "replaces and removes: choose a FILE outside it; nothing was removed"
-        )
 
 
 def _refuse_existing(target: Path) -> None:

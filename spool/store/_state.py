@@ -212,20 +212,17 @@ def retry_deadline_in_effect(deadline: float | None, now: float) -> float | None
 _LAST_TIMESTAMP = 253402300799.0
 
 
-def _usable_last_flush(value: object) -> dict[str, object] | None:
-    """A stored ``last_flush``, or None when what it holds is not what a flush writes
-    (``"exit_code": "abc"``, a negative count, NaN): status, metrics and alerts read it,
-    and a damaged summary of a past run is no reason to set the whole state aside. Not a
-    dict at all is left to ``_check_state`` (the state is damaged)."""
-    if not isinstance(value, dict):
-        return value  # type: ignore[return-value]  # _check_state refuses it
-    counts = all(
-        type(value.get(key)) is int and value[key] >= 0
-        for key in ("sent", "quarantined", "left_pending")
-    )
+def _usable_last_flush(value: dict[str, object] | None) -> dict[str, object] | None:
+    """A stored ``last_flush`` (a dict or None: ``_check_state`` saw to that), or None when
+    what it holds is not what a flush writes (``"exit_code": "abc"``, a negative count,
+    NaN, a key missing): status, metrics and alerts read it, and a damaged summary of a
+    past run is no reason to set the whole state aside."""
+    if value is None:
+        return None
+    counts = [value.get(key) for key in ("sent", "quarantined", "left_pending")]
     code = value.get("exit_code")
     if (
-        counts
+        all(type(n) is int and n >= 0 for n in counts)
         and isinstance(value.get("at"), str)
         and type(code) is int
         and 0 <= code <= 255
