@@ -305,9 +305,15 @@ class Uploader:
         # quarantine; the key must never reach the disk that way.
         # Echoed as it was sent, decoded, or escaped as JSON or a URL spells it; a short key
         # too (the excerpt loses every occurrence of it, which is the lesser harm).
-        forms = {token, token.rstrip("="), write_key, quote(write_key, safe="")}
-        forms |= {quote_plus(write_key), json.dumps(write_key)[1:-1]}
-        forms.add(json.dumps(write_key, ensure_ascii=False)[1:-1])
+        forms = {
+            token,
+            token.rstrip("="),
+            write_key,
+            quote(write_key, safe=""),
+            quote_plus(write_key),
+            json.dumps(write_key)[1:-1],
+            json.dumps(write_key, ensure_ascii=False)[1:-1],
+        }
         self._secrets = sorted((f for f in forms if f), key=len, reverse=True)
         self.headers = {
             "Content-Type": "application/json",
