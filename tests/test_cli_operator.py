@@ -223,6 +223,16 @@ def test_a_filter_that_matched_nothing_says_what_is_pending(spool_dir: Path, cli
     assert "nothing pending" not in result.stderr
 
 
+def test_a_filter_on_a_name_the_catalogue_lacks_says_so(spool_dir: Path, cli: Any) -> None:
+    fill(2)
+    result = cli("show", "--event", "server_started")
+    assert result.returncode == 0, "a spool may hold another release's events: not an error"
+    assert result.stderr.strip() == (
+        "rs-telemetry: no pending server_started events (2 other events pending); "
+        "'server_started' is not an event of this release (see: rs-telemetry events)"
+    )
+
+
 def test_nothing_pending_is_said_only_when_nothing_is(spool_dir: Path, cli: Any) -> None:
     assert cli("show", "--event", "server_stop").stderr.strip() == "rs-telemetry: nothing pending"
     assert cli("show").stderr.strip() == "rs-telemetry: nothing pending"

@@ -202,7 +202,10 @@ def show(
                 click.echo(visible(_human_quarantined(entry, info)))
         if not as_json and not shown and limit != 0:
             if event_name is not None and others:
-                say(f"no quarantined {event_name} events ({others} other entries quarantined)")
+                say(
+                    f"no quarantined {event_name} events ({others} other entries quarantined)"
+                    + _unknown_hint(event_name)
+                )
             else:
                 say("the quarantine is empty")
         return
@@ -237,9 +240,22 @@ def show(
         )
     if not as_json and not shown:
         if event_name is not None and others:
-            say(f"no pending {event_name} events ({others} other events pending)")
+            say(
+                f"no pending {event_name} events ({others} other events pending)"
+                + _unknown_hint(event_name)
+            )
         elif not (limit == 0 and matched):
             say("nothing pending")
+
+
+def _unknown_hint(event_name: str) -> str:
+    """A hint when ``show --event`` names no event of the catalogue (a typo, most likely).
+
+    Not an error: a spool or quarantine may hold events of another release's catalogue.
+    """
+    if event_name in catalogue.EVENTS:
+        return ""
+    return f"; {event_name!r} is not an event of this release (see: rs-telemetry events)"
 
 
 SCREENFUL = 50
