@@ -149,8 +149,12 @@ def check_messages(path: str, document: object) -> tuple[list[dict[str, Any]], l
     return messages, lines
 
 
+class _NotJson(ValueError):
+    """A body that parses only as Python's JSON dialect: the reason is the answer's message."""
+
+
 def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
+    raise _NotJson(f"body is not JSON: {name} is not a JSON value")
 
 
 def _finite(text: str) -> float:
@@ -158,7 +162,7 @@ def _finite(text: str) -> float:
     back as ``Infinity``, which is not JSON."""
     value = float(text)
     if math.isinf(value):
-        raise ValueError(f"the number {text[:40]} is too large for this receiver")
+        raise _NotJson(f"body refused: the number {text[:40]} is too large for this receiver")
     return value
 
 
@@ -209,6 +213,8 @@ class _Handler(BaseHTTPRequestHandler):
             document = json.loads(
                 body.decode("utf-8"), parse_constant=_reject_constant, parse_float=_finite
             )
+        except _NotJson as exc:
+            raise _refuse(str(exc)) from None
         except (UnicodeDecodeError, ValueError, RecursionError):
             raise _refuse("body is not UTF-8 JSON") from None
         messages, lines = check_messages(path, document)

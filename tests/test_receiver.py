@@ -218,6 +218,22 @@ def test_malformed_requests_are_refused_with_400(
     assert (tmp_path / "received.jsonl").read_bytes() == b""
 
 
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b'{"batch": [NaN]}', "NaN is not a JSON value"),
+        (b'{"batch": [{"n": -Infinity}]}', "-Infinity is not a JSON value"),
+        (b'{"batch": [{"n": 1e400}]}', "the number 1e400 is too large for this receiver"),
+    ],
+)
+def test_a_refused_number_is_named_in_the_answer(
+    receiver: Receiver, body: bytes, said: str
+) -> None:
+    answer = post(receiver.url, "/v1/batch", data=body)
+    assert answer.status_code == 400
+    assert said in answer.json()["message"], "not the misleading 'not UTF-8 JSON'"
+
+
 def test_missing_sent_at_and_other_fields_are_fine(receiver: Receiver) -> None:
     minimal = {"type": "identify", "messageId": "m"}  # not a track: no event needed
     assert post(receiver.url, json={"batch": [minimal]}).status_code == 200
