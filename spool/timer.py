@@ -411,7 +411,10 @@ def unit_settings(spool_override: str | os.PathLike[str] | None, system: bool) -
         if value:
             environment[name] = value
     if not system:
-        key = settings.find_write_key()
+        # What this shell would find were its RS_SEGMENT_WRITE_KEY not set (a unit never
+        # gets that variable): a key file named here is handed on, even behind the variable.
+        shell = {k: v for k, v in os.environ.items() if k != "RS_SEGMENT_WRITE_KEY"}
+        key = keys.find(settings.DEFAULT_WRITE_KEY, shell)
         unit_default = keys.default_key_file({"HOME": str(Path.home())})
         if key.source == "file" and key.path and key.path != str(unit_default):
             environment["RS_SEGMENT_WRITE_KEY_FILE"] = key.path

@@ -179,6 +179,32 @@ def test_a_key_file_the_unit_would_not_look_at_is_named_for_it(
     assert _sent_keys(scripted_server) == {SECRET}
 
 
+def test_a_named_key_file_behind_the_shell_variable_is_handed_to_the_unit(
+    cli: Cli, tmp_path: Path, home: Path, scripted_server: ScriptedServer
+) -> None:
+    # The variable wins in this shell, but the unit never gets it: the file named beside it
+    # is where the unit's key is (it was said to be "only in this shell").
+    key_file = tmp_path / "keys" / "segment"
+    key_file.parent.mkdir()
+    key_file.write_text(SECRET + "\n")
+    key_file.chmod(0o600)
+    env = {
+        "RS_SEGMENT_ENDPOINT": scripted_server.url,
+        "RS_SEGMENT_WRITE_KEY": "another-key-of-this-shell",
+        "RS_SEGMENT_WRITE_KEY_FILE": str(key_file),
+    }
+    assert cli("append", "server_start", env=env).returncode == 0
+    unit_dir = tmp_path / "units"
+    result = _install(cli, unit_dir, env)
+    assert _warnings(result) == [], result.stderr
+    service = unit_dir / unitkit.SERVICE
+    assert unitkit.environment(service)["RS_SEGMENT_WRITE_KEY_FILE"] == str(key_file)
+    assert "another-key-of-this-shell" not in service.read_text()
+    ran = unitkit.run_as_systemd_would(service, home)
+    assert ran.returncode == 0, ran.stderr
+    assert _sent_keys(scripted_server) == {SECRET}
+
+
 def test_no_key_anywhere_is_a_warning_naming_the_file(cli: Cli, tmp_path: Path, home: Path) -> None:
     result = _install(cli, tmp_path / "units")
     (warning,) = _warnings(result)
