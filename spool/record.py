@@ -42,7 +42,7 @@ _CONTEXT_TAIL = (
     + _escape(LIBRARY["version"])
     + "}}}\n"
 )
-_second_cache: tuple[int, str] = (-1, "")
+_second_cache: tuple[int | None, str] = (None, "")  # None: no second yet (-1 is one)
 
 
 _random_hex = ""
@@ -80,7 +80,7 @@ def iso_timestamp(now: float | None = None) -> str:
     """UTC RFC 3339 with milliseconds and ``Z``, e.g. ``2026-11-27T22:05:10.123Z``."""
     global _second_cache  # noqa: PLW0603 - a one-entry cache of the formatted second
     t = time.time() if now is None else now
-    ms_total = int(t * 1000)
+    ms_total = int(t * 1000 // 1)  # floored: before 1970 too, 23:59:59.999 is not 00:00
     seconds, ms = divmod(ms_total, 1000)
     cached_second, text = _second_cache
     if cached_second != seconds:

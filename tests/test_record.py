@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
+import subprocess
+import sys
 import time
 import uuid
 from datetime import datetime
@@ -421,3 +423,20 @@ def test_forty_kilobyte_commit_id_is_rejected_and_nothing_written(spool_dir: Pat
         spool.append("server_start", {"commit_id": "f" * 40_000})
     assert isinstance(caught.value, ValueError)
     assert {p.name: p.read_bytes() for p in spool_dir.iterdir()} == before
+
+
+def test_the_first_timestamp_of_a_process_in_the_last_second_of_1969_is_whole() -> None:
+    # A one-entry cache of the formatted second started as second -1 with no text: the
+    # first record of a process whose clock stood at 1969-12-31T23:59:59 had ".176Z".
+    code = (
+        "import spool.record as r; "
+        "print(r.iso_timestamp(-0.824), r.iso_timestamp(-0.0005), r.iso_timestamp(0.0))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out == [
+        "1969-12-31T23:59:59.176Z",
+        "1969-12-31T23:59:59.999Z",
+        "1970-01-01T00:00:00.000Z",
+    ]
