@@ -184,3 +184,23 @@ def test_export_quarantines_an_unreadable_line_so_its_bundle_imports(
         assert result.returncode == 0, result
     shown = [json.loads(line) for line in cli(*target, "show", "--json").stdout.splitlines()]
     assert [m["properties"]["commit_id"] for m in shown] == ["a", "b"]
+
+
+def test_events_appended_before_an_import_stay_ahead_of_it(cli: Cli, tmp_path: Path) -> None:
+    # SPEC 4: the order of delivery (and of spool_full drops) is the order of appends; the
+    # imported segments were named above the sealed ones only, ahead of the active file.
+    other = tmp_path / "other"
+    shipped = spool.Session(spool_dir=other)
+    for i in range(3):
+        assert shipped.append("server_start", {"commit_id": f"imported{i}"})
+    bundle = tmp_path / "b.jsonl.gz"
+    assert cli("--spool-dir", str(other), "export", str(bundle)).returncode == 0
+    here = spool.Session()
+    for i in range(2):
+        assert here.append("server_start", {"commit_id": f"local{i}"})
+    assert cli("import", str(bundle)).returncode == 0
+    assert here.append("server_start", {"commit_id": "local-after"})
+    shown = cli("show", "--json")
+    order = [json.loads(line)["properties"]["commit_id"] for line in shown.stdout.splitlines()]
+    assert order == ["local0", "local1", "imported0", "imported1", "imported2", "local-after"]
+    assert accounted(cli_status(cli)) == 6

@@ -180,6 +180,10 @@ def import_segments(directory: Path, staged: Sequence[Path], bundle_id: str, cou
     ``messageId``s), never loses it. Staged files not adopted are removed.
     """
     try:
+        # Events appended before the import are older than it: the active file is sealed
+        # first, so that the adopted segments sort after them (delivery and cap drops
+        # follow the order of appends and imports, SPEC 4).
+        seal(directory)
         with locked_state(directory) as before:
             if bundle_id in before.imports:
                 return False
