@@ -125,3 +125,43 @@ def test_a_spool_of_a_newer_layout_is_refused_and_left_alone(
     assert {k: v for k, v in after.items() if not k.endswith(".lock")} == {
         k: v for k, v in before.items() if not k.endswith(".lock")
     }
+
+
+@pytest.mark.parametrize(
+    "version", ["2.0", '"2"', "1e400", "0", "-1", "true", "null", "1.0", None]
+)
+def test_a_state_of_an_unknown_version_is_refused_not_set_aside(
+    cli: Cli, spool_dir: Path, version: str | None
+) -> None:
+    # Only text that is not a JSON object is damage (set aside, counters lost, delivered
+    # events sent again); a state object of another version is no state this release wrote.
+    copy_fixture(spool_dir)
+    text = (spool_dir / "state.json").read_text()
+    assert text.count('"version": 1') == 1
+    text = (
+        text.replace(', "version": 1', "")
+        if version is None
+        else text.replace('"version": 1', f'"version": {version}')
+    )
+    (spool_dir / "state.json").write_text(text)
+    os.chmod(spool_dir / "state.json", 0o600)
+    before = {p.name: p.read_bytes() for p in spool_dir.iterdir()}
+    for command in (["status"], ["flush", "--dry-run"], ["show"]):
+        result = cli(*command)
+        assert result.returncode == 1, (command, result.stdout, result.stderr)
+        assert "layout this release does not know" in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    after = {p.name: p.read_bytes() for p in spool_dir.iterdir()}
+    assert {k: v for k, v in after.items() if not k.endswith(".lock")} == {
+        k: v for k, v in before.items() if not k.endswith(".lock")
+    }
+
+
+def test_a_layout_file_of_an_older_number_is_not_called_newer(cli: Cli, spool_dir: Path) -> None:
+    copy_fixture(spool_dir)
+    (spool_dir / "layout").write_text("0\n")
+    os.chmod(spool_dir / "layout", 0o600)
+    result = cli("status")
+    assert result.returncode == 1
+    assert "newer" not in result.stderr.split(";")[0], result.stderr
+    assert "layout this release does not know (layout 0;" in result.stderr

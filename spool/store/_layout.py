@@ -21,13 +21,21 @@ STATE_VERSION = 1
 """``state.json``'s ``version``: 1 from release 0.1.0 on."""
 
 
-def newer_layout(directory: StrPath, found: object) -> SpoolUnusable:
-    """The refusal of a spool written by a newer release, e.g. layout 2."""
+def newer_layout(directory: StrPath, found: object, newer: bool = True) -> SpoolUnusable:
+    """The refusal of a spool written by a newer release, e.g. layout 2; ``newer`` False: of
+    a layout no release wrote as such (``layout`` holding 0, a state version of "2")."""
+    what = (
+        "was written by a newer rs-telemetry"
+        if newer
+        else "names a layout this release does not know"
+    )
     return SpoolUnusable(
-        f"the spool was written by a newer rs-telemetry (layout {found}; this release reads "
-        f"layout {LAYOUT}) and is left untouched",
+        f"the spool {what} ({found}; this release reads layout {LAYOUT}) and is left untouched",
         os.fspath(directory),
-        "upgrade rs-telemetry to use it, or choose another spool with --spool-dir",
+        "upgrade rs-telemetry to use it, or choose another spool with --spool-dir"
+        if newer
+        else "if a newer rs-telemetry wrote it, upgrade; else choose another spool with "
+        "--spool-dir (nothing in this one was changed)",
     )
 
 
@@ -44,7 +52,8 @@ def check_layout(directory: StrPath, state_too: bool = True) -> None:
         except (OSError, ValueError, UnicodeDecodeError):
             found = "unknown"
         if found != LAYOUT:
-            raise newer_layout(directory, found)
+            newer = isinstance(found, int) and found > LAYOUT
+            raise newer_layout(directory, f"layout {found}", newer)
     if state_too:
         try:
             import json  # noqa: PLC0415 - not on the append path (state_too=False)
@@ -82,8 +91,19 @@ def check_layout_hot(directory: StrPath) -> None:
 
 
 def check_state_version(directory: StrPath, data: object) -> None:
-    """Raise ``SpoolUnusable`` for a ``state.json`` whose ``version`` is a later one."""
-    if isinstance(data, dict):
-        version = data.get("version")
-        if isinstance(version, int) and not isinstance(version, bool) and version > STATE_VERSION:
-            raise newer_layout(directory, f"state version {version}")
+    """Raise ``SpoolUnusable`` for a ``state.json`` object whose ``version`` is not 1.
+
+    A later integer is a newer release's; any other (``2.0``, ``"2"``, none at all) is
+    no state this release wrote, and is refused as unknown, never misread nor set aside
+    as damaged (SPEC 4): only text that is not a JSON object is damage.
+    """
+    if not isinstance(data, dict):
+        return
+    if "version" not in data:
+        raise newer_layout(directory, "a state.json without a version", newer=False)
+    version = data["version"]
+    if type(version) is int and version == STATE_VERSION:
+        return
+    newer = type(version) is int and version > STATE_VERSION
+    shown = repr(version) if len(repr(version)) <= 40 else repr(version)[:40] + "..."
+    raise newer_layout(directory, f"state version {shown}", newer)
