@@ -98,6 +98,54 @@ def default_unit_dir() -> Path:
     return base / "systemd" / "user"
 
 
+def _unit_search_path(system: bool) -> list[Path]:
+    """Where systemd looks for units, highest priority first (systemd.unit(5))."""
+    if system:
+        return [SYSTEM_UNIT_DIR, *map(Path, _SYSTEM_UNIT_PATH)]
+    data = os.environ.get("XDG_DATA_HOME", "")
+    data_home = Path(data) if os.path.isabs(data) else Path.home() / ".local" / "share"
+    runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+    runtime_dirs = [Path(runtime) / "systemd" / "user"] if os.path.isabs(runtime) else []
+    return [
+        default_unit_dir(),
+        Path("/etc/systemd/user"),
+        *runtime_dirs,
+        Path("/run/systemd/user"),
+        data_home / "systemd" / "user",
+        *map(Path, _USER_UNIT_PATH),
+    ]
+
+
+_SYSTEM_UNIT_PATH = (
+    "/run/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+)
+_USER_UNIT_PATH = (
+    "/usr/local/share/systemd/user",
+    "/usr/share/systemd/user",
+    "/usr/local/lib/systemd/user",
+    "/usr/lib/systemd/user",
+)
+
+
+def loaded_instead(directory: Path, system: bool) -> Path | None:
+    """The timer that ``systemctl enable``/``disable`` would act on instead of the one in
+    ``directory``: another installation's copy that systemd finds first, e.g.
+    ``~/.config/systemd/user/rs-telemetry-flush.timer`` for units written to a staging
+    ``--unit-dir``; None when there is none (systemctl acts on ours, or on nothing)."""
+    here = os.path.realpath(directory)
+    mine = os.path.realpath(directory / TIMER)
+    for place in _unit_search_path(system):
+        if os.path.realpath(place) == here:
+            return None  # ours comes first
+        copy = place / TIMER
+        if os.path.lexists(copy):
+            return None if os.path.realpath(copy) == mine else copy  # linked: ours
+    return None
+
+
 def find_executable() -> str:
     """Absolute path of the installed console script, e.g. ``/home/ann/.local/bin/rs-telemetry``."""
     found = shutil.which("rs-telemetry")
@@ -546,6 +594,16 @@ def enable_timer(
 ) -> None:
     """``daemon-reload`` and ``enable --now`` the timer; UnitError says how to finish by hand."""
     scope = "" if system is not None else " --user"
+    other = loaded_instead(directory, system is not None)
+    if other is not None:
+        # systemctl names units, not files: it would enable (and start) that one instead.
+        raise UnitError(
+            f"wrote {', '.join(UNIT_NAMES)} to {directory}, but did not enable them: systemd "
+            f"loads {TIMER} from {other}, another installation's, which `systemctl{scope} "
+            f"enable` would act on instead; remove that one first (rs-telemetry timer "
+            f"uninstall{' --system' if system is not None else ''} --unit-dir "
+            f"{shlex.quote(str(other.parent))}), or rerun with --no-enable to only write the files"
+        )
     # daemon-reload first, or the manager may enable a stale copy of a rewritten unit.
     for args in (("daemon-reload",), ("enable", "--now", TIMER)):
         why = _systemctl(systemctl, *args, system=system is not None)
@@ -590,9 +648,21 @@ def uninstall(
         # default directory it still runs: a timer whose files were removed by hand may
         # be loaded and enabled yet.)
         return UninstallResult(directory, (), (f"no rs-telemetry units in {directory}",))
-    # Stop the timer before its files go, so that the manager does not keep a loaded orphan.
-    why = _systemctl(systemctl, "disable", "--now", TIMER, system=system)
-    if why is not None:
+    # Stop the timer before its files go, so that the manager does not keep a loaded orphan;
+    # unless the timer systemd knows by that name is another installation's (units written
+    # to a staging directory): systemctl names units, not files, and would stop that one.
+    other = loaded_instead(directory, system)
+    why = (
+        None
+        if other is not None
+        else _systemctl(systemctl, "disable", "--now", TIMER, system=system)
+    )
+    if other is not None:
+        notes.append(
+            f"left {TIMER} in systemd alone: the one it runs is {other}, another "
+            f"installation's; only the files in {directory} were removed"
+        )
+    elif why is not None:
         where = "systemd" if system else "a user session"
         notes.append(
             f"could not disable {TIMER} ({why}); if {where} still runs it, "

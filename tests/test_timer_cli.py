@@ -158,3 +158,54 @@ def test_an_empty_unit_dir_is_a_usage_error_not_the_working_directory(
     assert result.stderr.count("\n") == 1, result.stderr
     assert "empty" in result.stderr, result.stderr
     assert set(Path.cwd().iterdir()) == before
+
+
+def _install_default_and_staging(cli: Cli, tmp_path: Path) -> tuple[Path, Path]:
+    """The user's timer in the default directory, and a staging copy in another one."""
+    default = tmp_path / "config" / "systemd" / "user"  # conftest's XDG_CONFIG_HOME
+    staging = tmp_path / "staging"
+    env, _log = fake_systemctl(tmp_path, "ok")
+    for where in (default, staging):
+        result = cli("timer", "install", "--unit-dir", str(where), "--no-enable", env=env)
+        assert result.returncode == 0, result.stderr
+    (tmp_path / "systemctl.log").unlink(missing_ok=True)
+    return default, staging
+
+
+def test_uninstall_from_a_staging_dir_leaves_the_users_own_timer_enabled(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # systemctl names units, not files: `disable --now` would stop the timer systemd runs,
+    # the one in the default directory, not the staging copy being removed.
+    default, staging = _install_default_and_staging(cli, tmp_path)
+    env, log = fake_systemctl(tmp_path, "ok")
+    result = cli("timer", "uninstall", "--unit-dir", str(staging), env=env)
+    assert result.returncode == 0, result.stderr
+    assert not any("disable" in call for call in calls(log)), calls(log)
+    assert not (staging / TIMER).exists()
+    assert (default / TIMER).is_file() and (default / SERVICE).is_file()
+    assert f"the one it runs is {default / TIMER}" in result.stderr
+
+
+def test_install_into_a_staging_dir_does_not_enable_another_installations_timer(
+    cli: Cli, tmp_path: Path
+) -> None:
+    default, staging = _install_default_and_staging(cli, tmp_path)
+    env, log = fake_systemctl(tmp_path, "ok")
+    result = cli("timer", "install", "--unit-dir", str(staging), env=env)
+    assert result.returncode == 1, result.stderr
+    assert not any("enable" in call for call in calls(log)), calls(log)
+    assert (staging / TIMER).is_file(), "the files are written all the same"
+    assert f"loads {TIMER} from {default / TIMER}" in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if "warning: " not in line]
+    assert "--no-enable" in error
+
+
+def test_the_default_dir_is_still_enabled_and_disabled_by_name(cli: Cli, tmp_path: Path) -> None:
+    default, _staging = _install_default_and_staging(cli, tmp_path)
+    env, log = fake_systemctl(tmp_path, "ok")
+    assert cli("timer", "install", env=env).returncode == 0
+    assert any(call.startswith("--user enable --now") for call in calls(log)), calls(log)
+    assert cli("timer", "uninstall", env=env).returncode == 0
+    assert any(call.startswith("--user disable --now") for call in calls(log)), calls(log)
+    assert not (default / TIMER).exists()
