@@ -147,20 +147,29 @@ def loaded_instead(directory: Path, system: bool) -> Path | None:
 
 
 def find_executable() -> str:
-    """Absolute path of the installed console script, e.g. ``/home/ann/.local/bin/rs-telemetry``."""
-    found = shutil.which("rs-telemetry")
-    if found:
-        return os.path.abspath(found)
+    """Absolute path of the running installation's console script, e.g.
+    ``/home/ann/.local/bin/rs-telemetry``: the one this command was started as, else the
+    one beside this interpreter, else the first on PATH (which may be another install)."""
+    started_as = sys.argv[0] if sys.argv else ""
+    if os.path.basename(started_as) == "rs-telemetry" and _runnable(started_as):
+        return os.path.abspath(started_as)
     # Run from a virtualenv that is not on PATH (`/opt/rs/bin/python -m spool timer install`):
     # the script sits beside the interpreter. Not resolved: a venv's python is a symlink.
     beside = Path(sys.executable).parent / "rs-telemetry"
-    if beside.is_file() and os.access(beside, os.X_OK):
+    if _runnable(str(beside)):
         return str(beside.absolute())
+    found = shutil.which("rs-telemetry")
+    if found:
+        return os.path.abspath(found)
     raise UnitError(
         "cannot find the rs-telemetry executable for the service's ExecStart=: it is not on "
         f"PATH nor beside {sys.executable}; install the package (pip install rs-telemetry) "
         "so that its console script exists, then run this again"
     )
+
+
+def _runnable(path: str) -> bool:
+    return os.path.isfile(path) and os.access(path, os.X_OK)
 
 
 def find_command() -> tuple[str, ...]:

@@ -119,7 +119,25 @@ def test_default_unit_dir_falls_back_to_home(
 def test_find_executable_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     exe = _executable(tmp_path / "bin" / "rs-telemetry")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "system" / "python3"))
+    monkeypatch.setattr(sys, "argv", ["-m"])
     assert timer.find_executable() == exe
+
+
+def test_find_executable_is_the_running_installation_not_the_first_on_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another rs-telemetry first on PATH (an older release, another user's venv) must not
+    # become the unit's ExecStart= when this one installs the timer.
+    _executable(tmp_path / "other" / "rs-telemetry")
+    started = _executable(tmp_path / "pipx" / "bin" / "rs-telemetry")
+    beside = _executable(tmp_path / "venv" / "bin" / "rs-telemetry")
+    monkeypatch.setenv("PATH", str(tmp_path / "other"))
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "venv" / "bin" / "python"))
+    monkeypatch.setattr(sys, "argv", [started, "timer", "install"])
+    assert timer.find_executable() == started  # the console script this command runs as
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "src" / "spool" / "__main__.py")])
+    assert timer.find_executable() == beside  # python -m spool: this interpreter's install
 
 
 def test_find_executable_beside_the_interpreter(
@@ -184,6 +202,7 @@ def test_install_finds_the_executable_itself(
 ) -> None:
     exe = _executable(tmp_path / "bin" / "rs-telemetry")
     monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    monkeypatch.setattr(sys, "argv", [exe, "timer", "install"])
     timer.install(tmp_path / "units", enable=False)
     assert f"ExecStart={exe} flush --quiet" in (tmp_path / "units" / SERVICE).read_text()
 

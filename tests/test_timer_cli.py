@@ -183,7 +183,8 @@ def test_uninstall_from_a_staging_dir_leaves_the_users_own_timer_enabled(
     assert result.returncode == 0, result.stderr
     assert not any("disable" in call for call in calls(log)), calls(log)
     assert not (staging / TIMER).exists()
-    assert (default / TIMER).is_file() and (default / SERVICE).is_file()
+    assert (default / TIMER).is_file()
+    assert (default / SERVICE).is_file()
     assert f"the one it runs is {default / TIMER}" in result.stderr
 
 

@@ -127,9 +127,7 @@ def test_a_spool_of_a_newer_layout_is_refused_and_left_alone(
     }
 
 
-@pytest.mark.parametrize(
-    "version", ["2.0", '"2"', "1e400", "0", "-1", "true", "null", "1.0", None]
-)
+@pytest.mark.parametrize("version", ["2.0", '"2"', "1e400", "0", "-1", "true", "null", "1.0", None])
 def test_a_state_of_an_unknown_version_is_refused_not_set_aside(
     cli: Cli, spool_dir: Path, version: str | None
 ) -> None:
