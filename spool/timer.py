@@ -195,14 +195,15 @@ def _exec_line(executable: str | Sequence[str]) -> str:
 
 
 def _exec_argument(argument: str) -> str:
-    """One argument of ExecStart=: '%' and '$' escaped, quoted when it holds a space."""
+    """One argument of ExecStart=: '%' and '$' escaped, quoted when it holds a space or a
+    single quote (which would start a quoted word)."""
     if any(ch in '"\\' or ord(ch) < 32 or ord(ch) == 127 for ch in argument):
         raise UnitError(
             f"systemd cannot be given a path containing quotes, backslashes or control "
             f"characters: {argument!r}; move rs-telemetry.pyz under a plainer path"
         )
     escaped = argument.replace("%", "%%").replace("$", "$$")
-    return f'"{escaped}"' if " " in escaped else escaped
+    return f'"{escaped}"' if " " in escaped or "'" in escaped else escaped
 
 
 def _shell(executable: str | Sequence[str]) -> str:

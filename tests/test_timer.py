@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from unitkit import needs_analyze, verify
+from unitkit import exec_start, needs_analyze, verify
 
 from spool import timer
 from spool.errors import UnitError
@@ -329,3 +329,19 @@ def test_scripts_copies_pass_systemd_analyze_verify(tmp_path: Path, user: bool) 
     for name in timer.UNIT_NAMES:
         shutil.copyfile(SCRIPTS / name, unit_dir / name)
     verify(unit_dir, user=user, home=tmp_path)
+
+
+@needs_analyze
+@pytest.mark.parametrize("name", ["it's", "it's a %n $HOME dir", "o'brien's"])
+def test_an_archive_path_with_a_single_quote_makes_a_unit_systemd_loads(
+    tmp_path: Path, name: str
+) -> None:
+    # Unquoted, a ' inside the word started a quoted string systemd found unbalanced: the
+    # unit would never start, yet install said nothing.
+    archive = tmp_path / name / "rs-telemetry.pyz"
+    archive.parent.mkdir()
+    archive.write_bytes(b"PK")
+    units = tmp_path / "units"
+    timer.install(units, enable=False, executable=[sys.executable, str(archive)])
+    verify(units, user=True, home=tmp_path)
+    assert exec_start(units / SERVICE)[:2] == [sys.executable, str(archive)]

@@ -44,9 +44,9 @@ def environment(unit: Path) -> dict[str, str]:
 
 
 def exec_start(unit: Path) -> list[str]:
-    """The service's ExecStart= as an argv (quotes and ``%%`` undone)."""
+    """The service's ExecStart= as an argv (quotes, ``%%`` and ``$$`` undone)."""
     (line,) = settings(unit, "ExecStart")
-    return [word.replace("%%", "%") for word in shlex.split(line)]
+    return [word.replace("%%", "%").replace("$$", "$") for word in shlex.split(line)]
 
 
 def run_as_systemd_would(
