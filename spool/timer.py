@@ -592,8 +592,19 @@ def install(
     except OSError as exc:
         raise UnitError(f"cannot write the systemd units into {directory}: {exc}") from exc
     if enable:
-        enable_timer(directory, exe, system, systemctl)
+        enable_timer(directory, exe, system, systemctl, environment)
     return InstallResult(directory, tuple(files), enabled=enable, executable=exe)
+
+
+def cron_line(
+    executable: str | Sequence[str], environment: Mapping[str, str], user: str | None = None
+) -> str:
+    """The crontab line that does what the units do, e.g.
+    ``17 * * * * RS_TELEMETRY_DIR=/srv/rs /usr/bin/rs-telemetry flush --quiet``: cron runs
+    it without the installing shell's variables, as systemd does; '%' is cron's newline."""
+    words = [f"{name}={shlex.quote(value)}" for name, value in environment.items()]
+    command = " ".join([*words, _shell(executable), "flush", "--quiet"]).replace("%", "\\%")
+    return " ".join(["17 * * * *", *([user] if user else []), command])
 
 
 def enable_timer(
@@ -601,9 +612,12 @@ def enable_timer(
     executable: str | Sequence[str],
     system: SystemUnit | None,
     systemctl: str = "systemctl",
+    environment: Mapping[str, str] | None = None,
 ) -> None:
-    """``daemon-reload`` and ``enable --now`` the timer; UnitError says how to finish by hand."""
+    """``daemon-reload`` and ``enable --now`` the timer; UnitError says how to finish by hand
+    (``environment``: the units' settings, which the cron line offered instead carries)."""
     scope = "" if system is not None else " --user"
+    environment = {} if environment is None else environment
     other = loaded_instead(directory, system is not None)
     if other is not None:
         # systemctl names units, not files: it would enable (and start) that one instead.
@@ -620,15 +634,16 @@ def enable_timer(
         if why is None:
             continue
         if system is not None:
-            cron = f"17 * * * * {system.user} {_shell(executable)} flush --quiet"
+            cron = cron_line(executable, environment, system.user)
             raise UnitError(
                 f"wrote {', '.join(UNIT_NAMES)} to {directory}, but could not enable the "
                 f"timer: `systemctl {' '.join(args)}` failed: {why}. On a host whose PID 1 "
                 "is systemd, run as root `systemctl daemon-reload && systemctl enable --now "
                 f"{TIMER}`; in a container without it, rerun with --no-enable, or use cron "
-                f"(/etc/cron.d/rs-telemetry): `{cron}`"
+                f"(/etc/cron.d/rs-telemetry, with RS_SEGMENT_WRITE_KEY_FILE= naming a key "
+                f"file {system.user} owns, chmod 600): `{cron}`"
             )
-        cron = f"17 * * * * {_shell(executable)} flush --quiet"
+        cron = cron_line(executable, environment)
         raise UnitError(
             f"wrote {', '.join(UNIT_NAMES)} to {directory}, but could not enable the "
             f"timer: `systemctl{scope} {' '.join(args)}` failed: {why}. To finish, run "

@@ -7,6 +7,7 @@ answers like a host without a user bus, or none at all.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -210,3 +211,29 @@ def test_the_default_dir_is_still_enabled_and_disabled_by_name(cli: Cli, tmp_pat
     assert cli("timer", "uninstall", env=env).returncode == 0
     assert any(call.startswith("--user disable --now") for call in calls(log)), calls(log)
     assert not (default / TIMER).exists()
+
+
+def test_the_cron_line_offered_without_a_bus_carries_the_units_settings(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # Cron, like the user manager, runs without the installing shell's variables: the
+    # line must carry the spool and the endpoint the units carry; '%' is cron's newline.
+    spool = tmp_path / "my spool 100%"
+    env, _log = fake_systemctl(tmp_path, "no-bus")
+    env |= {"RS_TELEMETRY_DIR": str(spool), "RS_SEGMENT_ENDPOINT": "http://127.0.0.1:9"}
+    result = cli("timer", "install", "--unit-dir", str(tmp_path / "units"), env=env)
+    assert result.returncode == 1, result.stderr
+    line = result.stderr.split("use cron instead: `")[1].split("`")[0]
+    assert line.startswith("17 * * * * ")
+    assert "100%" not in line, "an unescaped % ends cron's command"
+    command = line[len("17 * * * * ") :].replace("\\%", "%")  # what cron hands to sh
+    assert command.endswith(" flush --quiet")
+    checked = subprocess.run(
+        ["env", "-i", f"HOME={tmp_path}", "PATH=/usr/bin:/bin", "sh", "-c",
+         command.replace(" flush --quiet", " status --json")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert checked.returncode == 0, checked.stderr
+    status = json.loads(checked.stdout)
+    assert status["spool_dir"] == str(spool)
+    assert status["endpoint"] == "http://127.0.0.1:9"

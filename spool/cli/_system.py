@@ -93,7 +93,7 @@ def timer_install(
     if no_enable:
         say("units written; timer not enabled (--no-enable)")
         return
-    units.enable_timer(result.unit_dir, result.executable, service)
+    units.enable_timer(result.unit_dir, result.executable, service, environment=environment)
     say("timer enabled")
 
 
