@@ -15,6 +15,7 @@ import pwd
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -389,6 +390,57 @@ def under_private_tmp(executable: str | Sequence[str], system: SystemUnit) -> li
     return [
         path for path in _needed_paths(executable, system) if (path + "/").startswith(_TMP_TREES)
     ]
+
+
+def access_warnings(executable: str | Sequence[str], system: SystemUnit | None) -> list[str]:
+    """What ``system.user`` cannot reach of the command (a pyenv or venv under /root, 0700),
+    e.g. ``["readyset cannot reach /root/.pyenv/...: /root is drwx------ root"]``.
+
+    From the mode bits alone (an ACL may grant more): a warning, not a refusal.
+    """
+    if system is None:
+        return []
+    try:
+        account = pwd.getpwnam(system.user)
+        groups = set(os.getgrouplist(system.user, account.pw_gid))
+    except (KeyError, OSError):
+        return []
+    if account.pw_uid == 0:
+        return []
+    spool = system.spool_dir and os.path.realpath(system.spool_dir)
+    for path in _needed_paths(executable, system):
+        if path == spool:
+            continue
+        blocked = _blocked_at(path, account.pw_uid, groups)
+        if blocked is not None:
+            return [
+                f"{system.user} cannot reach {path}, which the service runs: {blocked}; "
+                f"install rs-telemetry where {system.user} can read it (e.g. pipx with "
+                "PIPX_HOME=/opt/pipx, or a venv under /opt), then run this again"
+            ]
+    return []
+
+
+def _blocked_at(path: str, uid: int, groups: set[int]) -> str | None:
+    """Why ``uid`` cannot search its way to ``path`` and run it, by mode bits; None if it can."""
+    parts = Path(path).parts
+    for depth in range(1, len(parts) + 1):
+        here = os.path.join(*parts[:depth])
+        try:
+            st = os.stat(here)
+        except OSError:
+            return None  # not there: another warning (or systemd) says so
+        last = depth == len(parts)
+        need = (4 | 1) if last and not stat.S_ISDIR(st.st_mode) else 1
+        if st.st_uid == uid:
+            bits = (st.st_mode >> 6) & 7
+        elif st.st_gid in groups:
+            bits = (st.st_mode >> 3) & 7
+        else:
+            bits = st.st_mode & 7
+        if bits & need != need:
+            return f"{here} is {stat.filemode(st.st_mode)}, owned by uid {st.st_uid}"
+    return None
 
 
 def tmp_warnings(executable: str | Sequence[str], system: SystemUnit | None) -> list[str]:

@@ -84,6 +84,7 @@ def timer_install(
     warnings = units.key_warnings(environment, system) + units.user_warnings(run_as)
     result = units.install(unit_dir, enable=False, environment=environment, system=service)
     warnings += units.tmp_warnings(result.executable, service)
+    warnings += units.access_warnings(result.executable, service)
     for path in result.files:
         click.echo(str(path))
     # A missing key is no reason to refuse the units (the unit reads the key at each run,
