@@ -267,6 +267,9 @@ def _causes(error: BaseException) -> list[BaseException]:
     return seen
 
 
+_WITHHELD = "[not kept: the answer spelled the write key in another encoding]"
+
+
 class Uploader:
     """Sends bodies to ``{endpoint}/v1/batch`` over one keep-alive connection.
 
@@ -315,6 +318,15 @@ class Uploader:
             json.dumps(write_key, ensure_ascii=False)[1:-1],
         }
         self._secrets = sorted((f for f in forms if f), key=len, reverse=True)
+        # Other spellings (UTF-16's NUL bytes, hex, another case) are not cut out but seen:
+        # a body holding one is not kept at all. Only keys long enough not to be found by
+        # chance in any body.
+        self._folded = (
+            {f.lower() for f in forms if f}
+            | {write_key.encode().hex(), token.encode().hex(), token.rstrip("=").encode().hex()}
+            if len(write_key) >= 8
+            else set()
+        )
         self.headers = {
             "Content-Type": "application/json",
             "Authorization": f"Basic {token}",
@@ -327,9 +339,13 @@ class Uploader:
             self.headers["Content-Encoding"] = "gzip"
 
     def redact(self, text: str) -> str:
-        """The text with the write key cut out: plain, as our Basic token, or escaped."""
+        """The text with the write key cut out: plain, as our Basic token, or escaped; a
+        text that spells it any other way (UTF-16, hex) is withheld whole."""
         for secret in self._secrets:
             text = text.replace(secret, "[redacted]")
+        folded = text.replace("\x00", "").lower()
+        if any(form in folded for form in self._folded):
+            return _WITHHELD
         return text
 
     def send(self, data: bytes, timeout: float) -> Answer:

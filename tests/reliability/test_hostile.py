@@ -448,6 +448,49 @@ def test_a_write_key_echoed_in_any_usual_encoding_is_not_written_into_the_quaran
     assert "[redacted]" in shown_text
 
 
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: text.encode("utf-16"),
+        lambda text: text.encode("utf-16-be"),
+        lambda text: text.encode().hex().encode(),
+        lambda text: text.encode().hex().upper().encode(),
+        lambda text: text.upper().encode(),
+    ],
+    ids=["utf-16", "utf-16-be", "hex", "HEX", "upper"],
+)
+def test_a_write_key_echoed_in_another_encoding_is_not_kept(
+    cli: Cli, scripted_server: ScriptedServer, spool_dir: Path, encode: Any
+) -> None:
+    """A body in UTF-16 (charset=utf-16) or hex echoing the Authorization header put the
+    Basic token on disk: such a body is withheld whole (helper-20, seventh session)."""
+    key = "Zq3xWRITEKEYwritekey0123"
+    token = base64.b64encode(f"{key}:".encode()).decode()
+    assert spool.append("server_start", {"commit_id": "c0"})
+    body = encode(f"bad request; Authorization: Basic {token}; key {key}")
+    scripted_server.script(
+        Respond(400, body=body, headers={"Content-Type": "text/plain; charset=utf-16"})
+    )
+    result = cli(
+        "flush", "--endpoint", scripted_server.url, "--json", env={"RS_SEGMENT_WRITE_KEY": key}
+    )
+    assert result.returncode == 65, result.stderr
+    stored = b"".join(p.read_bytes() for p in _files_under(spool_dir))
+    for secret in (key, token):
+        for form in (
+            secret.encode(),
+            secret.encode("utf-16-le"),
+            secret.encode("utf-16-be"),
+            secret.encode().hex().encode(),
+            secret.upper().encode(),
+        ):
+            assert form.lower() not in stored.lower(), form
+    (entry,) = [
+        json.loads(line) for line in cli("show", "--quarantine", "--json").stdout.splitlines()
+    ]
+    assert "another encoding" in entry["_quarantine"]["body"]
+
+
 def test_a_write_key_cut_by_the_excerpts_end_is_not_written_in_part(
     cli: Cli, scripted_server: ScriptedServer, spool_dir: Path
 ) -> None:
