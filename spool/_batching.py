@@ -16,13 +16,14 @@ from spool.upload import ENVELOPE_BYTES, MAX_BATCH_EVENTS, MAX_BODY_BYTES, Body
 class Item:
     """One line of a segment and what to do with it."""
 
-    __slots__ = ("line", "reason", "too_old", "valid")
+    __slots__ = ("line", "probed", "reason", "too_old", "valid")
 
     def __init__(self, line: store.Line, valid: bool, reason: str = "", too_old: bool = False):
         self.line = line
         self.valid = valid
         self.reason = reason  # why it is quarantined (unreadable) or dropped (too old)
         self.too_old = too_old
+        self.probed = False  # acknowledged already, sent alone as a probe (_delivery._probe)
 
 
 @dataclass

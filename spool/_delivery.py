@@ -44,11 +44,13 @@ already acknowledged, and to record its summary."""
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
 BLANKET_REFUSALS = 5
-"""Lone events refused (400/413) in a run that has had no 2xx, after which the endpoint is
-taken for one that refuses everything (a proxy answering 400 to any request): the run
-stops before its next request, keeps the rest pending and exits 1 (SPEC 7). Our records
-are checked before they are sent, so a real refusal is rare, and halving reaches an
-acceptable event of a working endpoint long before five refused ones in a row."""
+"""Lone events refused (400/413) in a row, with no 2xx between them, after which the
+endpoint may be one that refuses everything (a proxy answering 400 to any request, from
+the start or from the middle of a run): one event from further on in the batch is sent
+alone as a probe. Refused too, the run stops before its next request, keeps the rest
+pending and exits 1 (SPEC 7); acknowledged, the endpoint works, those were bad events (the
+oldest of a backlog, say), and the split goes on (the probe is not sent again). Our
+records are checked before they are sent, so a real refusal is rare."""
 PREPARED_AHEAD = 2
 """Segments handed to the preparing thread before the sender waits for the oldest one:
 the one being sent, and the next, prepared (checked, then compressed) meanwhile."""
@@ -85,7 +87,8 @@ class Run:
     # a retry deadline stored before (the run's end clears it, unless a later ask sets one).
     server_wait_ended: bool = False
     acknowledged: bool = False
-    lone_refusals: int = 0  # lone events refused while no 2xx had come
+    lone_refusals: int = 0  # lone events refused in a row, since the last 2xx
+    probe_pool: list[Item] = field(default_factory=list)  # the batch being resolved
     unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
     cap_checked: float = 0.0
     consumed: list[str] = field(default_factory=list)  # committed, unlinked at the settle
@@ -96,6 +99,7 @@ class Run:
     quarantine_error: store.QuarantineUnwritable | None = None
     kept_acknowledged: int = 0  # acknowledged, but kept pending: nothing could be written
     gzip_pool: Executor | None = None  # the run's compressing thread, while it delivers
+    quarantine_full_before: int = 0  # the quarantine_full count as the run began
 
 
 def deliver(run: Run, names: list[str]) -> None:
@@ -161,6 +165,7 @@ def _send_prepared(run: Run, prepared: Prepared | None) -> None:
             _commit(run, claim, [], [])  # only blank lines
         for items, body in prepared.batches:
             if items is not None:
+                run.probe_pool = items
                 _resolve(run, claim, items, body)
                 continue
             # The whole segment in one batch, every line valid (see Checker.prepare).
@@ -168,7 +173,9 @@ def _send_prepared(run: Run, prepared: Prepared | None) -> None:
             if answer is None or answer.verdict is Verdict.ACK:
                 _account(run, claim, claim.size, body.count, 0, [])
             else:  # refused events inside: only now look at each line, and split
-                _resolve(run, claim, run.checker.items(claim), answer=answer)
+                run.probe_pool = run.checker.items(claim)
+                _resolve(run, claim, run.probe_pool, answer=answer)
+        run.probe_pool = []
 
 
 def _resolve(
@@ -183,20 +190,20 @@ def _resolve(
     ``answer``: what the server already said to this whole range (a split is due).
     """
     valid = [it for it in items if it.valid]
-    if not valid:
+    unsent = [it for it in valid if not it.probed]  # a probe's event is acknowledged already
+    if not unsent:
         _commit(run, claim, items, [])
         return
     if answer is None:
-        answer = _send(run, valid, body)
+        answer = _send(run, unsent, body if len(unsent) == len(valid) else None)
     if answer is None or answer.verdict is Verdict.ACK:
         _commit(run, claim, items, [])
         return
-    if len(valid) == 1:
-        _commit(run, claim, items, [(valid[0], answer)])
-        if not run.acknowledged:
-            run.lone_refusals += 1
+    if len(unsent) == 1:
+        _commit(run, claim, items, [(unsent[0], answer)])
+        run.lone_refusals += 1
         return
-    middle = valid[len(valid) // 2]
+    middle = unsent[len(unsent) // 2]
     cut = items.index(middle)
     _resolve(run, claim, items[:cut])
     _resolve(run, claim, items[cut:])
@@ -236,21 +243,39 @@ def _sleep(run: Run, seconds: float) -> None:
         sleep(min(left, _STOP_POLL) if run.stop is not None else left)
 
 
-def _send(run: Run, valid: list[Item], body: Body | None = None) -> Answer | None:
+def _probe(run: Run, following: list[Item]) -> None:
+    """After ``BLANKET_REFUSALS`` lone refusals in a row: send one event from further on in
+    the batch (after ``following``, the range about to be sent) alone. Acknowledged, the
+    endpoint works: the split goes on. Refused, or no such event: ``EndpointRefuses``."""
+    after = run.probe_pool.index(following[-1]) + 1
+    candidates = [it for it in run.probe_pool[after:] if it.valid and not it.probed]
+    answer = _send(run, candidates[-1:], probing=True) if candidates else None
+    if answer is not None and answer.verdict is Verdict.ACK:
+        candidates[-1].probed = True
+        return
+    since = " since its last 2xx" if run.acknowledged else ""
+    later = ", and a later one alone too," if candidates else ""
+    raise EndpointRefuses(
+        f"the endpoint refuses everything: {run.uploader.url if run.uploader else ''} "
+        f"refused {run.lone_refusals} events sent one by one{later} and accepted none{since} "
+        "(a proxy or a service that is not Segment?); the rest is kept pending: check "
+        "--endpoint or RS_SEGMENT_ENDPOINT, then `rs-telemetry requeue` puts the refused back",
+    )
+
+
+def _send(
+    run: Run, valid: list[Item], body: Body | None = None, probing: bool = False
+) -> Answer | None:
     """Send one batch, retrying within the time limit; None in a dry run.
 
     Returns an ACK or SPLIT answer; raises ``FlushStopped`` for the rest.
     """
     check_stop(run)
-    if run.lone_refusals >= BLANKET_REFUSALS and not run.acknowledged:
+    if run.lone_refusals >= BLANKET_REFUSALS and valid and not probing:
         # Checked before the next request, so that a run whose every event was refused
-        # ends as 65 (all quarantined) when nothing more is left to send.
-        raise EndpointRefuses(
-            f"the endpoint refuses everything: {run.uploader.url if run.uploader else ''} "
-            f"refused {run.lone_refusals} events sent one by one and accepted none (a proxy "
-            "or a service that is not Segment?); the rest is kept pending: check --endpoint "
-            "or RS_SEGMENT_ENDPOINT, then `rs-telemetry requeue` puts the refused back",
-        )
+        # ends as 65 (all quarantined) when nothing more is left to send. (A whole next
+        # segment, ``valid`` empty, is itself the probe: split, it comes back here.)
+        _probe(run, valid)
     if body is None:
         body = Body([it.line.raw for it in valid], run.conf.gzip, pool=run.gzip_pool)
     run.counts.batches += 1
@@ -283,6 +308,7 @@ def _send(run: Run, valid: list[Item], body: Body | None = None) -> Answer | Non
         verdict = answer.verdict
         if verdict is Verdict.ACK:
             run.acknowledged = True
+            run.lone_refusals = 0
             run.server_asked_until = None
             return answer  # committed by the caller, even if a stop was asked meanwhile
         check_stop(run)  # cut short by the stop, or a failure we need not retry now

@@ -325,6 +325,7 @@ def _locked_flush(
         call.stop,
         checker,
         counts=report,  # the run counts into the report itself
+        quarantine_full_before=state.dropped.get("quarantine_full", 0),
     )
     stopped: TelemetryError | None = None
     try:
@@ -434,6 +435,16 @@ def _finish(run: Run, report: FlushReport, deadline_ignored: bool) -> None:
     try:
         with store.locked_state(run.directory, deadline=run.deadline + FINISH_GRACE) as state:
             apply(run.unsaved, state)
+            # Quarantined events pushed out of the quarantine by this run's refusals are
+            # dropped by this run (only a flush or an export quarantines, one at a time).
+            evicted = state.dropped.get("quarantine_full", 0) - run.quarantine_full_before
+            if evicted > 0:
+                report.dropped += evicted
+                note = (
+                    f"{evicted} quarantined event(s) dropped, oldest first, to keep the "
+                    "quarantine under its cap (quarantine_full)"
+                )
+                report.message = f"{report.message}; {note}" if report.message else note
             state.last_flush = {
                 "at": record.iso_timestamp(),
                 "exit_code": report.exit_code,

@@ -314,8 +314,8 @@ def test_quarantine_is_capped_oldest_out_and_counted(
     pad = 2000
     monkeypatch.setenv("RS_TELEMETRY_MAX_BYTES", str(cap))
 
-    # Each run also delivers one event, its oldest: a run with a 2xx is no blanket
-    # refusal (SPEC 7), so every other event is refused alone and quarantined.
+    # An accepted event after each refused one: refusals with 2xx between them are no
+    # blanket refusal (SPEC 7), so every tagged event is refused alone and quarantined.
     def refuse_tagged(request: Recorded) -> Action:
         if any("commit_id" in e.get("properties", {}) for e in request.events):
             return Respond(400, json={"success": False, "error": "refused"})
@@ -324,15 +324,23 @@ def test_quarantine_is_capped_oldest_out_and_counted(
     scripted_server.handler = refuse_tagged
     per_round = int(0.8 * cap) // record_size(pad)
     n = 0
-    for round_ in range(4):
-        assert spool.append("server_stop") is True
-        append_many(n, per_round, pad)
+    for _round in range(4):
+        for i in range(n, n + per_round):
+            assert spool.append("server_start", {"commit_id": tag(i, pad)}) is True
+            assert spool.append("server_stop") is True
         n += per_round
+        evicted_before = status(cli)["dropped"]["by_reason"].get("quarantine_full", 0)
         result = flush(cli, scripted_server.url)
         assert result.returncode == 65, result.stderr
         st = status(cli)
         assert st["dropped"]["by_reason"].get("spool_full", 0) == 0
-        assert accounted(st) == n + round_ + 1
+        assert accounted(st) == 2 * n
+        # The run's report counts what its refusals pushed out of the quarantine.
+        evicted = st["dropped"]["by_reason"].get("quarantine_full", 0) - evicted_before
+        report = json.loads(result.stdout)
+        assert report["dropped"] == evicted, report
+        if evicted:
+            assert f"{evicted} quarantined event(s) dropped" in report["message"]
     # Four rounds put more than 3x the cap into the quarantine: it must have been trimmed.
     assert n * record_size(pad) > 3 * cap
 
@@ -340,7 +348,7 @@ def test_quarantine_is_capped_oldest_out_and_counted(
     assert st["pending"]["events"] == 0
     assert st["dropped"]["by_reason"].get("quarantine_full", 0) > 0
     assert st["quarantined"]["events"] + st["dropped"]["by_reason"]["quarantine_full"] == n
-    assert accounted(st) == n + 4
+    assert accounted(st) == 2 * n
     kept = ids(show(cli, "--quarantine"))
     assert len(kept) == st["quarantined"]["events"]
     # Oldest out: what is left is the newest refusals.

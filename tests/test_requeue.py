@@ -188,3 +188,49 @@ def test_a_quarantine_line_nested_deeper_than_python_recurses_stays_and_is_shown
     view = cli("show", "--quarantine")
     assert view.returncode == 0, view.stderr
     assert "Traceback" not in view.stderr
+
+
+def test_a_working_endpoint_refusing_the_oldest_events_is_no_blanket_refusal(
+    scripted_server: ScriptedServer, cli: Cli
+) -> None:
+    # Halving works from the left: the 20 oldest, refused, came alone before any 2xx, and
+    # the run stopped as "refuses everything" (exit 1) at every run. A probe from further
+    # on in the batch is acknowledged: the split goes on, and that event is not sent again.
+    before = fill(300)
+    bad = {e["messageId"] for e in before[:20]}
+
+    def refuse_oldest(request: Recorded) -> Action:
+        return Respond(400, json={"error": "bad"}) if bad & set(request.message_ids) else OK
+
+    scripted_server.handler = refuse_oldest
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["quarantined"], report["sent"]) == (65, 20, 280), stderr
+    assert report["message"] is None, report
+    delivered = [e["messageId"] for e in scripted_server.accepted_events()]
+    assert sorted(delivered) == sorted({e["messageId"] for e in before} - bad)
+    assert len(delivered) == len(set(delivered)), "the probe's event was sent again"
+    s = assert_accounted(300)
+    assert (s["delivered"]["events"], s["quarantined"]["events"]) == (280, 20)
+
+
+def test_an_endpoint_that_starts_refusing_everything_mid_run_stops_the_run(
+    scripted_server: ScriptedServer, cli: Cli
+) -> None:
+    # One 2xx, then 400 to everything (a proxy put in front mid-run): the run went on
+    # quarantining the whole backlog (past the quarantine's cap, valid events were lost).
+    fill(3000)  # two batches (2,500 events at most in one)
+    answers = iter([OK])
+
+    def once_then_refuse(request: Recorded) -> Action:
+        return next(answers, Respond(400, json={"error": "proxy says no"}))
+
+    scripted_server.handler = once_then_refuse
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["exit_code"]) == (1, 1), stderr
+    assert "refuses everything" in report["message"]
+    assert "since its last 2xx" in report["message"]
+    assert report["quarantined"] == BLANKET_REFUSALS
+    assert len(scripted_server.requests) < 60
+    s = assert_accounted(3000)
+    assert s["dropped"]["events"] == 0, s["dropped"]
+    assert s["quarantined"]["events"] == BLANKET_REFUSALS
