@@ -228,3 +228,30 @@ def test_timer_install_from_the_archive_runs_the_archive(
     ran = unitkit.run_as_systemd_would(service, tmp_path, {"RS_SEGMENT_WRITE_KEY": KEY})
     assert ran.returncode == 0, ran.stderr
     assert [e["event"] for e in receiver.events] == ["adapter_start"]
+
+
+UUIDS_FROM_THREADS = """
+import sys, threading
+sys.path.insert(0, sys.argv[1])
+from spool import record
+sys.setswitchinterval(1e-6)
+made = []
+def work():
+    mine = [record.new_uuid4() for _ in range(20000)]
+    made.extend(mine)
+threads = [threading.Thread(target=work) for _ in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(len(made), len(set(made)))
+"""
+
+
+def test_threads_never_get_the_same_message_id(python: str, tmp_path: Path) -> None:
+    # The UUID pool's position was read, then advanced: on 3.10 two threads could read it
+    # in between (hundreds of duplicate messageIds in 320,000; Segment keeps one of each).
+    made = subprocess.run(
+        [python, "-S", "-c", UUIDS_FROM_THREADS, str(PYZ.resolve())],
+        capture_output=True, text=True, env=_env(tmp_path), timeout=120, check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.split() == ["320000", "320000"]
