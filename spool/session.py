@@ -112,7 +112,11 @@ class Session:
             if _mode.read_mode(directory, dir_stat) == "off":
                 return OFF, "telemetry is disabled (rs-telemetry enable turns it on)"
             _append.append_line(
-                directory, line, fsync=_env.flag("RS_TELEMETRY_FSYNC"), cap=_env.max_bytes()
+                directory,
+                line,
+                fsync=_env.flag("RS_TELEMETRY_FSYNC"),
+                cap=_env.max_bytes(),
+                dir_id=None if dir_stat is None else (dir_stat.st_dev, dir_stat.st_ino),
             )
         except SpoolUnusable as exc:
             return FAILED, str(exc)

@@ -60,6 +60,24 @@ def test_a_seal_by_another_process_sends_the_next_append_to_a_new_file(
     assert [r["properties"]["commit_id"] for r in _records(spool_dir / store.ACTIVE)] == ["two"]  # type: ignore[index]
 
 
+def test_a_spool_moved_away_is_not_appended_to_through_the_kept_descriptor(
+    spool_dir: Path, cli: Any, monkeypatch: Any
+) -> None:
+    # `mv spool spool.old` keeps our file's links: the kept descriptor went on writing
+    # into the moved copy, past any cap (it never rotated there), which no flush reads.
+    monkeypatch.setenv("RS_TELEMETRY_MAX_BYTES", "4000")
+    assert spool.append("server_start", {"commit_id": "before"})
+    moved = spool_dir.with_name(spool_dir.name + ".old")
+    os.rename(spool_dir, moved)
+    for i in range(60):
+        assert spool.append("server_start", {"commit_id": f"after{i}"})
+    assert [r["properties"]["commit_id"] for r in _records(moved / store.ACTIVE)] == ["before"]  # type: ignore[index]
+    status = json.loads(cli("status", "--json").stdout)
+    dropped = status["dropped"]["by_reason"].get("spool_full", 0)
+    assert status["pending"]["events"] + dropped == 60, status
+    assert status["pending"]["bytes"] <= 6000, "the cap holds in the spool the path names"
+
+
 def test_a_discarded_segment_frees_its_blocks_even_while_an_appender_holds_it(
     spool_dir: Path,
 ) -> None:

@@ -51,6 +51,10 @@ def segment_bytes(cap: int) -> int:
 # Sealing stamps the file's mtime with SEALED_MTIME_NS before the rename, under the
 # file's flock, so a holder of an old descriptor sees at once that it must reopen.
 _active: tuple[str, int, int, int] | None = None  # (path, fd, st_dev, st_ino)
+_active_dir: tuple[int, int] | None = None
+"""(st_dev, st_ino) of the spool directory the held active file was opened in: a spool
+moved away (``mv spool spool.old``) keeps our file's links, so only the directory that the
+path names now, another one, tells that appends would go on into the moved copy."""
 _active_lock = _thread.allocate_lock()  # threads share the descriptor, and flock does not
 # exclude two users of one open file description
 _appending: set[int] = set()  # the threads inside ``append_line`` (their idents)
@@ -98,8 +102,18 @@ def _forget_active_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_active_in_child)
 
 
-def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> None:
+def append_line(
+    directory: StrPath,
+    line: bytes,
+    *,
+    fsync: bool,
+    cap: int,
+    dir_id: tuple[int, int] | None = None,
+) -> None:
     """Append one record with a single ``write()``; raise ``OSError`` on any trouble.
+
+    ``dir_id``: the directory's ``(st_dev, st_ino)`` as just seen at ``directory`` (the
+    caller stats it anyway); another than the held file's reopens the active file there.
 
     Concurrent appends are serialized by ``flock`` on the active file (and, within one
     process, by a lock around its shared descriptor). Nothing already spooled is harmed
@@ -128,15 +142,15 @@ def append_line(directory: StrPath, line: bytes, *, fsync: bool, cap: int) -> No
         if not _active_lock.acquire(timeout=APPEND_LOCK_WAIT):
             raise _StillLocked(errno.EAGAIN, "another thread of this process kept the spool busy")
         try:
-            _append_locked(directory, path, line, fsync, cap)
+            _append_locked(directory, path, line, fsync, cap, dir_id)
         finally:
             _active_lock.release()
     finally:
         _appending.discard(me)
 
 
-def _open_active(path: str) -> tuple[str, int, int, int]:
-    global _active  # noqa: PLW0603
+def _open_active(path: str, dir_id: tuple[int, int] | None) -> tuple[str, int, int, int]:
+    global _active, _active_dir  # noqa: PLW0603
     _forget_active()
     fd = open_spool_file(path, APPEND_FLAGS)
     try:
@@ -147,16 +161,25 @@ def _open_active(path: str) -> tuple[str, int, int, int]:
         os.close(fd)
         raise
     _active = (path, fd, st.st_dev, st.st_ino)
+    _active_dir = dir_id
     return _active
 
 
-def _append_locked(directory: StrPath, path: str, line: bytes, fsync: bool, cap: int) -> bool:
+def _append_locked(
+    directory: StrPath,
+    path: str,
+    line: bytes,
+    fsync: bool,
+    cap: int,
+    dir_id: tuple[int, int] | None = None,
+) -> bool:
     """The body of ``append_line``; True when this append sealed the active file."""
     global _our_end  # noqa: PLW0603 - see its definition
     # Each retry follows a seal made meanwhile; under heavy contention (32 appenders,
     # flock is not fair) one appender can meet many in a row before it wins the lock.
     for _attempt in range(256):
-        active = _active if _active is not None and _active[0] == path else _open_active(path)
+        held = _active is not None and _active[0] == path and _active_dir == dir_id
+        active = _active if held and _active is not None else _open_active(path, dir_id)
         fd = active[1]
         try:
             if not _lock_active(fd, path):
