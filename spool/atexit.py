@@ -51,12 +51,19 @@ def start_detached_flush(max_time: float, spool_dir: Path | None) -> bool:
         return False
     # The child imports the code this process runs, from where it was imported: site-packages
     # or the rs-telemetry.pyz a host runs from, where `-m spool` would find nothing (issue 9).
+    # The host's blocked and ignored signals survive exec: a host that blocked SIGALRM or
+    # SIGTERM would leave the child without its hard stop, or deaf to systemd's stop. The
+    # child undoes both before it sets its alarm.
     code = (
-        "import signal, sys; signal.alarm(int(sys.argv[1])); sys.path.insert(0, sys.argv[2]); "
+        "import signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, ()); "
+        "signal.signal(signal.SIGTERM, signal.SIG_DFL); "
+        "signal.signal(signal.SIGALRM, signal.SIG_DFL); "
+        "signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "signal.alarm(int(sys.argv[1])); sys.path.insert(0, sys.argv[2]); "
         "from spool.cli import run; sys.argv[1:3] = []; run()"
     )
     limit = int(max_time) + HARD_LIMIT_MARGIN
-    subprocess.Popen(
+    child = subprocess.Popen(
         [
             sys.executable,
             "-c",
@@ -77,4 +84,7 @@ def start_detached_flush(max_time: float, spool_dir: Path | None) -> bool:
         start_new_session=True,
         cwd="/",
     )
+    # Detached on purpose, never waited for: without this, Popen's finalizer warns "still
+    # running" (a ResourceWarning, a traceback under -W error) at the host's exit.
+    child.returncode = 0
     return True

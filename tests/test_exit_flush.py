@@ -314,3 +314,49 @@ def test_a_stalled_flush_is_not_joined_by_another(
     finally:
         stalled.kill()
         stalled.wait(10)
+
+
+SIGNAL_HOST = textwrap.dedent(
+    """
+    import signal, spool
+    # A host that blocks and ignores signals of its own (a worker pool's setup, say): the
+    # mask and the ignored dispositions survive exec into the exit flush.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM, signal.SIGTERM})
+    signal.signal(signal.SIGALRM, signal.SIG_IGN)
+    assert spool.append("server_start")
+    spool.flush_on_exit(max_time=30)
+    """
+)
+
+
+def _status_mask(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1], 16)
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def test_the_exit_flush_takes_no_blocked_or_ignored_signal_from_the_host(
+    tmp_path: Path, spool_dir: Path, scripted_server: ScriptedServer
+) -> None:
+    import signal  # noqa: PLC0415
+
+    scripted_server.default = Stall(60)
+    script = tmp_path / "host" / "host.py"
+    script.parent.mkdir()
+    script.write_text(SIGNAL_HOST)
+    host = subprocess.run(
+        # -X dev -W error: a Popen left unwaited warned "still running" at the host's exit.
+        [sys.executable, "-X", "dev", "-W", "error", str(script)],
+        capture_output=True, text=True, timeout=30, check=False,
+        env={**os.environ, **endpoint_env(scripted_server)},
+    )  # fmt: skip
+    assert host.returncode == 0, host.stderr
+    assert "still running" not in host.stderr, host.stderr
+    assert scripted_server.wait_for(1, timeout=10), "no flush reached the endpoint"
+    (child,) = spool_processes(spool_dir, set())
+    bit = {sig: 1 << (sig - 1) for sig in (signal.SIGALRM, signal.SIGTERM)}
+    assert _status_mask(child, "SigBlk") & (bit[signal.SIGALRM] | bit[signal.SIGTERM]) == 0
+    assert _status_mask(child, "SigIgn") & bit[signal.SIGALRM] == 0
+    os.kill(child, signal.SIGTERM)  # systemd's stop, or an operator's
+    assert wait_until(lambda: not spool_processes(spool_dir, set()), 10), "SIGTERM not heard"
