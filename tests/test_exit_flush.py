@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -339,8 +340,6 @@ def _status_mask(pid: int, field: str) -> int:
 def test_the_exit_flush_takes_no_blocked_or_ignored_signal_from_the_host(
     tmp_path: Path, spool_dir: Path, scripted_server: ScriptedServer
 ) -> None:
-    import signal  # noqa: PLC0415
-
     scripted_server.default = Stall(60)
     script = tmp_path / "host" / "host.py"
     script.parent.mkdir()
