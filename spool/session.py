@@ -198,4 +198,8 @@ def append(
     event: str, properties: Mapping[str, str] | None = None, *, session: Session | None = None
 ) -> bool:
     """Spool one event in the default (or given) session, e.g. ``append("server_start")``."""
-    return (session or default_session()).append(event, properties)
+    if session is None:
+        return default_session().append(event, properties)
+    if not isinstance(session, Session):  # the caller's mistake: said as Session() says it
+        raise TypeError(f"session must be a spool.Session, not {type(session).__name__}")
+    return session.append(event, properties)

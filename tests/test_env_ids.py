@@ -179,3 +179,11 @@ def test_a_session_of_the_wrong_type_is_refused_where_it_is_made(
         spool.Session(**kwargs)  # type: ignore[arg-type]
     assert not spool_dir.exists() or not any(spool_dir.iterdir())
     assert spool.Session(anonymous_id="", user_id="ok").append("server_start") is True
+
+
+@pytest.mark.parametrize("session", ["abc", 42, object()], ids=["str", "int", "object"])
+def test_append_with_a_session_that_is_not_one_says_so(session: object, spool_dir: Path) -> None:
+    # It raised AttributeError ('str' object has no attribute 'append') from inside.
+    with pytest.raises(TypeError, match=re.escape("session must be a spool.Session, not")):
+        spool.append("server_start", session=session)  # type: ignore[arg-type]
+    assert not spool_dir.exists() or not any(spool_dir.iterdir())
