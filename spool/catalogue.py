@@ -69,11 +69,19 @@ def did_you_mean(word: object, choices: Iterable[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def _text(value: object) -> object:
+    """A str subclass as its text (a plain str), whatever its __eq__ or __hash__ say; any
+    other value as it is."""
+    return str.__str__(value) if type(value) is not str and isinstance(value, str) else value
+
+
 def validate(event: object, properties: Mapping[Any, Any] | None) -> dict[str, str]:
     """Check one event against the catalogue; return its properties as a plain dict.
 
     Raises ``InvalidEvent`` with a one-line reason, e.g. ``unknown event 'server_restart'``.
     """
+    if type(event) is not str:
+        event = _text(event)
     if not isinstance(event, str) or event not in EVENTS:
         raise InvalidEvent(
             f"unknown event {event!r}{did_you_mean(event, EVENTS)} "
@@ -84,7 +92,11 @@ def validate(event: object, properties: Mapping[Any, Any] | None) -> dict[str, s
     if not isinstance(properties, Mapping):
         raise InvalidEvent(f"properties must be a mapping, not {type(properties).__name__}")
     clean: dict[str, str] = {}
-    for key, value in properties.items():
+    for given_key, given_value in properties.items():
+        # A str subclass is judged and written by its text: its own __eq__ or __hash__
+        # could make "sqlite" equal "mysql" to the catalogue, and JSON writes the text.
+        key = given_key if type(given_key) is str else _text(given_key)
+        value = given_value if type(given_value) is str else _text(given_value)
         if not isinstance(key, str) or key not in PROPERTIES:
             raise InvalidEvent(
                 f"unknown property {key!r}{did_you_mean(key, PROPERTIES)} "

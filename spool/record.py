@@ -158,6 +158,8 @@ def build(
     ``MAX_RECORD_BYTES``.
     """
     props = catalogue.validate(event, properties)
+    if type(event) is not str:  # a str subclass: keyed and written by its text (catalogue)
+        event = str.__str__(event)
     head_key = (event, anonymous_id, user_id)
     head = _heads.get(head_key)
     if head is None:

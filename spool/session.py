@@ -65,6 +65,11 @@ class Session:
                 raise TypeError(f"Session({name}=...) takes a str, not {type(value).__name__}")
         if spool_dir is not None and not isinstance(os.fspath(spool_dir), str):
             raise TypeError("Session(spool_dir=...) takes a str or a path, not bytes")
+        # A str subclass is kept as its text (its own __eq__ or __hash__ play no part).
+        if anonymous_id is not None and type(anonymous_id) is not str:
+            anonymous_id = str.__str__(anonymous_id)
+        if user_id is not None and type(user_id) is not str:
+            user_id = str.__str__(user_id)
         self.anonymous_id = anonymous_id or record.new_uuid4()
         self.user_id = user_id
         # Relative: against the working directory now, once (SPEC 4).

@@ -14,6 +14,7 @@ import pytest
 from kit import Cli, assert_accounted, fill, shown
 from scripted_server import Respond, ScriptedServer
 
+import spool
 from spool import record, store
 
 KEY = "wk-record-strict"
@@ -197,3 +198,39 @@ def test_requeue_leaves_invalid_records_in_the_quarantine(
     assert "requeued 1 event(s)" in result.stderr
     s = assert_accounted(3)
     assert (s["pending"]["events"], s["quarantined"]["events"]) == (1, 2)
+
+
+class _EqualToAll(str):
+    """A str whose __eq__ says yes to anything and whose hash is that of a known name."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return hash(self._as)
+
+    _as = "mysql"
+
+
+def _equal_to(name: str, text: str) -> str:
+    cls = type("Sneaky", (_EqualToAll,), {"_as": name})
+    return cls(text)  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("event", "properties"),
+    [
+        ("server_start", {"db_backend": _equal_to("mysql", "sqlite")}),
+        ("server_start", {_equal_to("commit_id", "evil"): "1"}),
+        (_equal_to("server_start", "rm_rf"), None),
+    ],
+    ids=["value", "key", "event"],
+)
+def test_a_str_subclass_is_judged_by_its_text(
+    event: str, properties: dict[str, str] | None, spool_dir: Path
+) -> None:
+    # Its own __eq__/__hash__ passed the catalogue, and JSON wrote its text: a record
+    # the next flush quarantined, where append should have refused it (SPEC 2).
+    with pytest.raises(spool.InvalidEvent):
+        spool.append(event, properties)
+    assert not (spool_dir / "active.jsonl").exists()
