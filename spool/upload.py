@@ -80,7 +80,10 @@ def classify(status: int | None, error: BaseException | None = None) -> Verdict:
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
     """Seconds the server asked us to wait, capped at an hour, e.g. ``"120"`` -> 120.0.
 
-    Accepts delta-seconds and an HTTP date; ``None`` when absent or unreadable.
+    Accepts delta-seconds and an HTTP date; ``None`` when absent or unreadable. A date is
+    measured against the answer's own ``Date`` (the server's clock, RFC 9110) when it has
+    a readable one, so that a client clock hours off neither blocks for the hour's cap nor
+    retries at once; else against this host's clock.
     """
     value = headers.get("Retry-After")
     if value is None:
@@ -89,21 +92,37 @@ def retry_after(headers: Mapping[str, str], now: float | None = None) -> float |
     try:
         seconds = float(value)
     except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
+        when = _http_date(value)
+        if when is None:
             return None
-        if when.tzinfo is None:
-            # asctime ("Sun Nov  6 08:49:37 1994") names no zone: an HTTP date is always
-            # GMT, and a recipient must accept that form too (RFC 9110, 5.6.7). Any other
-            # date without a zone Python knows ("... CET", "-0000") is not an HTTP date.
-            if len(value.split()) != 5:
-                return None
-            when = when.replace(tzinfo=datetime.timezone.utc)
-        seconds = when.timestamp() - (time.time() if now is None else now)
+        served = headers.get("Date")
+        server_now = _http_date(served.strip()) if served is not None else None
+        if server_now is not None:
+            seconds = when - server_now
+        else:
+            seconds = when - (time.time() if now is None else now)
     if math.isnan(seconds):
         return None
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _http_date(value: str) -> float | None:
+    """An HTTP date as a POSIX time, e.g. ``"Sun, 06 Nov 1994 08:49:37 GMT"``; else None."""
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        # asctime ("Sun Nov  6 08:49:37 1994") names no zone: an HTTP date is always
+        # GMT, and a recipient must accept that form too (RFC 9110, 5.6.7). Any other
+        # date without a zone Python knows ("... CET", "-0000") is not an HTTP date.
+        if len(value.split()) != 5:
+            return None
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    try:
+        return when.timestamp()
+    except (OverflowError, ValueError, OSError):
+        return None
 
 
 def body_size(lines: Sequence[bytes]) -> int:

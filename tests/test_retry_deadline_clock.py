@@ -5,6 +5,7 @@ libfaketime) stood a year ahead; a flush under the real clock then sends.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import os
 import subprocess
@@ -82,3 +83,37 @@ def test_a_retry_deadline_from_a_clock_a_year_ahead_is_ignored(
     assert blocked.returncode == 75, blocked.stderr
     assert len(scripted_server.requests) == 3, "a deadline within the cap was not honoured"
     assert "wait until" in json.loads(blocked.stdout)["message"]
+
+
+def test_a_retry_after_date_is_read_against_the_servers_clock(
+    scripted_server: ScriptedServer, cli: Cli
+) -> None:
+    # The server asks for 3 s as an HTTP date; this host's clock runs two hours behind:
+    # read against the local clock, that was "two hours", capped: an hour's block.
+    if not LIBFAKETIME.exists():
+        pytest.skip(f"libfaketime is needed to shift a process's clock ({LIBFAKETIME})")
+    assert spool.Session().append("server_stop")
+    now = time.time()
+    scripted_server.script(
+        Respond(
+            429,
+            headers={
+                "Date": email.utils.formatdate(now, usegmt=True),
+                "Retry-After": email.utils.formatdate(now + 3, usegmt=True),
+            },
+        ),
+        OK,
+    )
+    behind = {
+        "LD_PRELOAD": str(LIBFAKETIME),
+        "FAKETIME": "-2h",
+        "FAKETIME_DONT_FAKE_MONOTONIC": "1",
+    }
+    result = cli(
+        "flush", "--endpoint", scripted_server.url, "--json", "--max-time", "30", env=behind
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["sent"] == 1, report
+    assert report["seconds"] < 15, "it waited as if the server had asked for an hour"
+    assert status()["retry_not_before"] is None
