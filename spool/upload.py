@@ -13,6 +13,7 @@ import enum
 import http.client
 import json
 import math
+import re
 import socket
 import threading
 import time
@@ -65,6 +66,11 @@ def classify(status: int | None, error: BaseException | None = None) -> Verdict:
             return Verdict.MISCONFIGURED  # a certificate problem will not fix itself
         if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
             return Verdict.MISCONFIGURED
+        tunnel = tunnel_refusal(error)
+        if tunnel is not None and tunnel[0] < 500:
+            # The proxy refused the CONNECT itself (407: no credentials, 403: not allowed
+            # there): a setting, which no retry fixes (its 5xx: it could not reach the host).
+            return Verdict.MISCONFIGURED
         return Verdict.RETRY  # refused, reset, DNS failure, timeout, garbage answer
     if 200 <= status < 300:
         return Verdict.ACK
@@ -75,6 +81,22 @@ def classify(status: int | None, error: BaseException | None = None) -> Verdict:
     if status in (408, 429) or (500 <= status < 600 and status not in (501, 505)):
         return Verdict.RETRY
     return Verdict.MISCONFIGURED  # 3xx (redirects are not followed), 404, 405, 501, 505, 4xx
+
+
+_TUNNEL_FAILED = re.compile(r"Tunnel connection failed: (\d{3}) ?([^\r\n]{0,60})")
+
+
+def tunnel_refusal(error: BaseException | None) -> tuple[int, str] | None:
+    """The status and reason a proxy answered our CONNECT with, e.g. ``(407, "Proxy
+    Authentication Required")``; None when the error is not such a refusal. (http.client
+    says it only in its message: ``Tunnel connection failed: 407 ...``.)"""
+    if not isinstance(error, requests.exceptions.ProxyError):
+        return None
+    for cause in _causes(error):
+        found = _TUNNEL_FAILED.search(str(cause))
+        if found:
+            return int(found.group(1)), found.group(2).strip()
+    return None
 
 
 def retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -246,6 +268,17 @@ def transport_problem(error: BaseException | None, where: str) -> str:
             )
         return f"TLS with {where} failed"
     if isinstance(error, requests.exceptions.ProxyError):
+        tunnel = tunnel_refusal(error)
+        if tunnel is not None and tunnel[0] == 407:
+            return (
+                f"the proxy asks for credentials ({tunnel[0]} {tunnel[1]}) to reach {where}: "
+                "put them in the proxy URL, e.g. HTTPS_PROXY=http://user:password@proxy:3128"
+            )
+        if tunnel is not None and tunnel[0] < 500:
+            return (
+                f"the proxy refused to reach {where} ({tunnel[0]} {tunnel[1]}): ask its "
+                "operator to allow it, or check HTTPS_PROXY / NO_PROXY"
+            )
         return f"the proxy failed to reach {where} (check HTTPS_PROXY / NO_PROXY)"
     if any(isinstance(c, (socket.gaierror, urllib3.exceptions.NameResolutionError)) for c in chain):
         return f"could not resolve {host} (DNS)"

@@ -3,13 +3,17 @@ failed on the code before its fix. Real processes, real loopback servers."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -348,3 +352,65 @@ def test_a_full_stderr_does_not_change_the_flush_exit_code(
         )  # fmt: skip
     assert result.returncode == 75
     assert status()["last_flush"]["exit_code"] == 75
+
+
+@contextlib.contextmanager
+def _refusing_proxy(answer: bytes) -> Iterator[int]:
+    """A proxy on loopback that answers every CONNECT with ``answer``; yields its port."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    server.settimeout(0.2)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = server.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    conn.recv(4096)
+                    conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        done.set()
+        thread.join(5)
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("status_line", "code", "says"),
+    [
+        ("407 Proxy Authentication Required", 1, "HTTPS_PROXY=http://user:password@"),
+        ("403 Forbidden", 1, "ask its operator to allow it"),
+        ("502 Bad Gateway", 75, "the proxy failed to reach"),
+    ],
+    ids=["407", "403", "502"],
+)
+def test_a_proxy_refusing_the_tunnel_is_a_setting_not_a_network_outage(
+    cli: Cli, spool_dir: Path, write_key: str, status_line: str, code: int, says: str
+) -> None:
+    # A proxy demanding credentials was retried for the whole --max-time and exited 75 at
+    # every run (the timer's "success") while nothing could ever leave.
+    fill(1)
+    answer = f"HTTP/1.1 {status_line}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    with _refusing_proxy(answer.encode()) as port:
+        started = time.monotonic()
+        result = cli(
+            "flush", "--json", "--endpoint", "https://telemetry.example.invalid",
+            "--max-time", "3", env={"HTTPS_PROXY": f"http://127.0.0.1:{port}", "NO_PROXY": ""},
+        )  # fmt: skip
+        took = time.monotonic() - started
+    assert result.returncode == code, result.stderr
+    report = json.loads(result.stdout)
+    assert says in report["message"], report
+    assert report["left_pending"] == 1, report
+    if code == 1:
+        assert took < 2.5, f"retried for {took:.1f} s"
