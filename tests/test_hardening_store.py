@@ -22,6 +22,7 @@ import pytest
 from kit import assert_accounted
 from scripted_server import ScriptedServer, Stall
 
+import spool
 from spool.locking import held
 from spool.receiver import Receiver
 
@@ -294,3 +295,27 @@ def test_a_host_with_closed_standard_streams_never_gets_a_socket_or_lock_on_them
     assert ours == [], seen
     assert after == []  # and given back closed, as the host left them
     assert len(scripted_server.accepted_events()) == 3
+
+
+def test_a_temp_file_of_a_running_writer_survives_a_flush_whose_clock_runs_ahead(
+    cli: Any, spool_dir: Path, receiver: Receiver, write_key: str
+) -> None:
+    # The sweep removed temp files "an hour old" by the clock alone: a flush under a clock
+    # two hours ahead removed a running import's staged files (its import then failed).
+    assert spool.append("server_start")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    names = {
+        "live-import": f".import-{os.getpid()}-12345-0.tmp",  # this process: alive
+        "live-state": f".state.json.{os.getpid()}.12345.tmp",
+        "dead-import": f".import-{gone}-12345-0.tmp",  # a process that has exited
+        "no-pid": ".left-by-something.tmp",
+    }
+    two_hours_ago = time.time() - 7200
+    for name in names.values():
+        (spool_dir / name).write_bytes(b"x")
+        os.utime(spool_dir / name, (two_hours_ago, two_hours_ago))
+    result = cli("flush", "--endpoint", receiver.url)
+    assert result.returncode == 0, result.stderr
+    left = {key for key, name in names.items() if (spool_dir / name).exists()}
+    assert left == {"live-import", "live-state"}

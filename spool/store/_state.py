@@ -389,11 +389,31 @@ def _discard(path: Path) -> bool:
 
 
 def sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:
-    """Remove temp files of writers killed before their rename (an hour old: never live)."""
+    """Remove temp files of writers killed before their rename: an hour old, and their
+    writer (the pid in the name) gone. The age alone trusted the clock: a flush whose
+    clock ran two hours ahead removed a running import's staged files under it."""
     limit = time.time() - older_than
     with os.scandir(directory) as entries:
         for entry in entries:
             if entry.name.startswith(".") and entry.name.endswith(".tmp"):
                 with suppress_os():
-                    if entry.stat(follow_symlinks=False).st_mtime < limit:
+                    if entry.stat(follow_symlinks=False).st_mtime < limit and not _writer_alive(
+                        entry.name
+                    ):
                         os.unlink(entry.path)
+
+
+def _writer_alive(name: str) -> bool:
+    """Whether the process a temp file's name carries (``.import-PID-...``, ``.NAME.PID.NS.tmp``)
+    still runs; False when it carries none (not one of ours: its age decides, as before)."""
+    parts = name[1:-4].split("-") if name.startswith(".import-") else name.split(".")[-3:-2]
+    digits = parts[1] if name.startswith(".import-") and len(parts) > 1 else (parts or [""])[0]
+    if not digits.isdigit() or not digits.isascii():
+        return False
+    try:
+        os.kill(int(digits), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # alive under another user (or not a pid at all): kept
+    return True
