@@ -308,17 +308,27 @@ def _read_manifest(source: Path, gz: gzip.GzipFile) -> tuple[dict[str, object], 
         manifest = json.loads(line) if newline else None
     except (ValueError, RecursionError):  # RecursionError: nested deeper than Python recurses
         manifest = None
-    count = manifest.get("count") if isinstance(manifest, dict) else None
-    if (
-        not isinstance(manifest, dict)
-        or manifest.get(FORMAT_KEY) != 1
-        or not isinstance(count, int)
-        or isinstance(count, bool)
-        or count < 0
-        or not isinstance(manifest.get("sha256"), str)
-    ):
+    if not isinstance(manifest, dict) or FORMAT_KEY not in manifest:
         raise BundleError(f"{source} has no rs-telemetry manifest; nothing was added")
-    return manifest, count, rest
+    version = manifest[FORMAT_KEY]
+    if type(version) is int and version > 1:
+        raise BundleError(
+            f"{source} was written by a newer rs-telemetry (bundle format {version}; this "
+            "release reads format 1): import it with that release or a later one; "
+            "nothing was added"
+        )
+    count = manifest.get("count")
+    if version != 1 or type(version) is not int:
+        problem = f"its format is {str(version)[:20]!r}, not 1"
+    elif type(count) is not int or count < 0:
+        problem = f"its count is {str(count)[:20]!r}, not a whole number of events"
+    elif not isinstance(manifest.get("sha256"), str):
+        problem = "it has no sha256 checksum"
+    else:
+        return manifest, count, rest
+    raise BundleError(
+        f"{source} has a damaged rs-telemetry manifest ({problem}); nothing was added"
+    )
 
 
 def _stage(source: Path, directory: Path, limit: int) -> _Staged:

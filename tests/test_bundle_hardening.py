@@ -287,3 +287,51 @@ def test_an_import_past_the_cap_says_how_many_the_cap_dropped(cli: Cli, tmp_path
     assert "imported 30 event(s)" in said, said
     assert f"dropped the oldest {dropped}" in said, said
     assert "RS_TELEMETRY_MAX_BYTES" in said, said
+
+
+@pytest.mark.parametrize("where", ["dir", "dot"])
+def test_export_to_a_directory_is_refused_with_a_name_in_it(
+    cli: Cli, tmp_path: Path, where: str
+) -> None:
+    # An existing FILE is refused with exit 1 and how to choose another name (SPEC 10);
+    # a directory got click's "is a directory" (exit 2) with no name offered.
+    append_many(2, "e")
+    target = tmp_path / "media"
+    target.mkdir()
+    arg = str(target) if where == "dir" else "."
+    result = subprocess.run(
+        [sys.executable, "-m", "spool", "export", arg],
+        capture_output=True, text=True, timeout=60, check=False, cwd=target,
+    )  # fmt: skip
+    line = one_line_error(result)
+    assert "it is a directory" in line, line
+    assert "telemetry.rsbundle" in line, line
+    assert "nothing was removed" in line, line
+    assert status(cli)["pending"]["events"] == 2
+
+
+def _bundle_with(path: Path, manifest: dict[str, object]) -> Path:
+    path.write_bytes(gzip.compress(json.dumps(manifest).encode() + b"\n"))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("manifest", "says"),
+    [
+        ({"rs_telemetry_bundle": 2, "count": 0, "sha256": ""}, "written by a newer rs-telemetry"),
+        ({"rs_telemetry_bundle": "1", "count": 0, "sha256": ""}, "its format is '1', not 1"),
+        ({"rs_telemetry_bundle": 1, "count": "5", "sha256": ""}, "its count is '5'"),
+        ({"rs_telemetry_bundle": 1, "count": True, "sha256": ""}, "its count is 'True'"),
+        ({"rs_telemetry_bundle": 1, "count": -1, "sha256": ""}, "its count is '-1'"),
+        ({"rs_telemetry_bundle": 1, "count": 0}, "no sha256 checksum"),
+        ({"something": "else"}, "has no rs-telemetry manifest"),
+    ],
+    ids=["newer", "format-str", "count-str", "count-bool", "count-negative", "no-sum", "other"],
+)
+def test_a_bundle_manifest_is_refused_for_what_it_is(
+    cli: Cli, tmp_path: Path, manifest: dict[str, object], says: str
+) -> None:
+    # Every one was "has no rs-telemetry manifest": a newer release's bundle must say so.
+    line = one_line_error(cli("import", str(_bundle_with(tmp_path / "b.rsbundle", manifest))))
+    assert says in line, line
+    assert "nothing was added" in line, line

@@ -178,7 +178,11 @@ def requeue(ctx: click.Context, yes: bool) -> None:
         store.enforce_cap(directory, settings.max_bytes())
         dropped = sum(store.load_state(directory).dropped.values()) - dropped_before
     stays = (
-        f"; {kept} entr{'y' if kept == 1 else 'ies'} that are not valid records stay"
+        (
+            "; 1 entry that is not a valid record stays"
+            if kept == 1
+            else f"; {kept} entries that are not valid records stay"
+        )
         if kept
         else ""
     )
@@ -205,9 +209,10 @@ def _check_export_path(file: Path) -> None:
             param_hint="FILE",
         )
     if file.is_dir():  # "" is "." too
-        raise click.BadParameter(
-            f"{file} is a directory: name a file in it, e.g. {file / 'telemetry.rsbundle'}",
-            param_hint="FILE",
+        # Exit 1 as for any existing FILE (SPEC 10): the command is right, the name is taken.
+        raise TelemetryError(
+            f"cannot export to {file}: it is a directory; name a file in it, e.g. "
+            f"{file / 'telemetry.rsbundle'}; nothing was removed"
         )
     parent = file.parent
     if not parent.is_dir():
@@ -223,7 +228,7 @@ def _check_export_path(file: Path) -> None:
 @command("export")
 @click.argument(
     "file",
-    type=click.Path(dir_okay=False),  # a str: Path("") is ".", a directory nobody named
+    type=click.Path(),  # a str: Path("") is ".", a directory nobody named
     callback=non_empty_path("name the bundle's file, e.g. telemetry.rsbundle"),
 )
 @click.option("--keep", is_flag=True, help="Keep the exported events in the spool.")
