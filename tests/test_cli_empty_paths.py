@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import spool
+from spool.receiver import Receiver
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 
@@ -55,3 +56,19 @@ def test_export_to_standard_output_is_refused_and_nothing_leaves(
     spool_dir = Path(os.environ["RS_TELEMETRY_DIR"])
     shown = cli("--spool-dir", str(spool_dir), "status", "--json")
     assert '"events": 1' in shown.stdout
+
+
+def test_an_empty_endpoint_is_a_usage_error_not_the_default(
+    cli: Cli, tmp_path: Path, spool_dir: Path
+) -> None:
+    # `--endpoint "$URL"` with URL unset read as "not given": the key and the events went
+    # to api.segment.io, or to RS_SEGMENT_ENDPOINT's endpoint, which the user did not name.
+    assert spool.append("server_start")
+    with Receiver() as elsewhere:
+        done = cli(
+            "flush", "--endpoint", "", "--json",
+            env={"RS_SEGMENT_ENDPOINT": elsewhere.url, "RS_SEGMENT_WRITE_KEY": "k"},
+        )  # fmt: skip
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert "an empty URL names no endpoint" in done.stderr
+        assert elsewhere.events == []

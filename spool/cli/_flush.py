@@ -152,11 +152,28 @@ _TEXTFILE_DIR = non_empty_path(
 )
 
 
+def _given_endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--endpoint ""`` (a script's unset ``$URL``) is a usage error: read as "not given",
+    it sent the key and the events to the default endpoint, or to RS_SEGMENT_ENDPOINT's."""
+    given = param.name is not None and (
+        ctx.get_parameter_source(param.name) is click.core.ParameterSource.COMMANDLINE
+    )
+    if value is not None and not value and given:
+        raise click.BadParameter(
+            "an empty URL names no endpoint: give the base URL, e.g. "
+            "https://api.segment.io, or leave the option out",
+            ctx=ctx,
+            param=param,
+        )
+    return value
+
+
 @click.command(cls=_FlushCommand, epilog=EXIT_CODES_HELP)
 @click.option(
     "--endpoint",
     metavar="URL",
     envvar="RS_SEGMENT_ENDPOINT",
+    callback=_given_endpoint,
     help="Base URL (default https://api.segment.io; env RS_SEGMENT_ENDPOINT).",
 )
 @click.option(
