@@ -220,10 +220,10 @@ def _flush(spool_dir: str | Path | None, call: _Call, started: float, report: Fl
         report.message = f"telemetry is off in this process ({opted} is set): nothing sent"
         report.left_pending = _pending_now(directory)
         return
-    if not store.check_dir(directory, create=False):
-        report.message = "nothing pending"
-        return
-    mode = store.read_mode(directory)
+    # A spool not made yet holds nothing, but the settings are checked all the same: a
+    # cron flush without a key (or with a refused endpoint) exits 1 from its first run.
+    exists = store.check_dir(directory, create=False) is not None
+    mode = store.read_mode(directory) if exists else "on"
     if mode != "on":
         report.message = f"mode is {mode!r}: nothing is sent (rs-telemetry enable turns it on)"
         report.left_pending = _pending_now(directory)
@@ -237,6 +237,9 @@ def _flush(spool_dir: str | Path | None, call: _Call, started: float, report: Fl
             "no Segment write key: set RS_SEGMENT_WRITE_KEY to the write key of your "
             "HTTP Tracking API source (e.g. export RS_SEGMENT_WRITE_KEY=abc123)"
         )
+    if not exists:
+        report.message = "nothing pending"
+        return
     try:
         with flush_lock(directory):
             _locked_flush(directory, conf, batch_url, started, report, call)

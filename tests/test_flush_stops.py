@@ -342,3 +342,36 @@ def test_the_cli_reports_a_failing_disk_as_the_one_object(
     assert len(ours) == 1, proc.stderr
     assert report["message"] in ours[0]
     assert all(line.startswith("rs-telemetry:") for line in proc.stderr.splitlines()), proc.stderr
+
+
+def test_a_flush_of_a_spool_not_made_yet_still_checks_its_settings(
+    cli: Cli, spool_dir: Path
+) -> None:
+    # "Exit 1 even when nothing is pending, so a broken cron job is noticed" held for an
+    # empty spool, not for one that did not exist yet: no key, exit 0 "nothing pending".
+    assert not spool_dir.exists()
+    no_key = cli("flush", "--json")
+    assert no_key.returncode == 1, no_key.stderr
+    assert "no Segment write key" in json.loads(no_key.stdout)["message"]
+    plain = cli("flush", "--endpoint", "http://example.com", env={"RS_SEGMENT_WRITE_KEY": KEY})
+    assert plain.returncode == 1, plain.stderr
+    fine = cli("flush", "--json", env={"RS_SEGMENT_WRITE_KEY": KEY})
+    assert fine.returncode == 0, fine.stderr
+    assert json.loads(fine.stdout)["message"] == "nothing pending"
+    assert not spool_dir.exists(), "a flush never creates the spool"
+
+
+def test_a_spool_path_that_is_a_dangling_link_is_named_with_the_fix(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # Appends failed with a bare "No such file or directory" while the cron flush said
+    # "nothing pending" (exit 0): events were lost and nothing looked wrong.
+    link = tmp_path / "spool-link"
+    link.symlink_to(tmp_path / "gone")
+    env = {"RS_TELEMETRY_DIR": str(link), "RS_SEGMENT_WRITE_KEY": KEY}
+    for args in (("append", "server_start"), ("flush",), ("status",)):
+        done = cli(*args, env=env)
+        assert done.returncode == 1, (args, done.stderr)
+        assert "symbolic link to" in done.stderr, done.stderr
+        assert "create the directory it points to" in done.stderr, done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr

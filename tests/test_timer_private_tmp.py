@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import unitkit
 
+import spool
+
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 USER = "daemon"
 
@@ -95,6 +97,9 @@ def _install(
         result = cli(*args, env=full)
     else:  # the user runs that console script, which the unit must run too
         full["PATH"] = f"{path_first}:{os.environ['PATH']}"
+        # Its interpreter may be the base Python the venv was made from: it finds the
+        # package where this test imported it.
+        full["PYTHONPATH"] = os.path.dirname(os.path.dirname(spool.__file__))
         result = subprocess.run(
             [str(path_first / "rs-telemetry"), *args],
             capture_output=True, text=True, env={**os.environ, **full}, timeout=60, check=False,
