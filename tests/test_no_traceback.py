@@ -13,7 +13,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import pytest
 from click.testing import CliRunner
@@ -165,3 +165,31 @@ def test_dash_h_is_help_everywhere(command: tuple[str, ...]) -> None:
     assert short.stdout == long.stdout
     assert "Usage:" in short.stdout
     assert "-h, --help" in short.stdout
+
+
+@pytest.mark.parametrize("args", [(), ("timer",)], ids=["rs-telemetry", "timer"])
+def test_a_group_without_a_command_prints_its_help(args: tuple[str, ...], cli: Any) -> None:
+    # click 8.2 raises the help as a usage error: it came out as one error line with
+    # "\x0a" for every newline, exit 2.
+    done = cli(*args)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("Usage: "), done.stdout
+    assert "Commands:" in done.stdout
+    assert "\\x0a" not in done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
+@pytest.mark.parametrize(
+    "args", [("--version",), ("--help",), ("flush", "--help"), ()], ids=["version", "help",
+    "flush-help", "bare"]
+)  # fmt: skip
+def test_help_or_version_into_a_full_disk_is_one_line(args: tuple[str, ...]) -> None:
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "spool", *args],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "cannot write to standard output" in done.stderr

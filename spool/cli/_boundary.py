@@ -106,6 +106,16 @@ def _misplaced_global(exc: click.NoSuchOption, root: click.Context) -> str | Non
 
 def _usage_error(exc: click.UsageError, root: click.Context) -> NoReturn:
     """One line instead of click's four: what is wrong, and where the help is."""
+    if isinstance(exc, _NO_ARGS_IS_HELP) and exc.ctx is not None:
+        # A group run with no command (`rs-telemetry`, `rs-telemetry timer`): click 8.2 and
+        # later raise its help as a usage error; it is the help, whole, as click 8.1 gave it.
+        try:
+            click.echo(exc.ctx.get_help())
+        except BrokenPipeError:
+            _reader_left()
+        except OSError as error:
+            _stdout_failed(error)
+        sys.exit(exitcodes.OK)
     where = exc.ctx or root
     path = where.command_path
     if exc.ctx is None and root.invoked_subcommand:  # raised while parsing the command's options
@@ -118,6 +128,22 @@ def _usage_error(exc: click.UsageError, root: click.Context) -> NoReturn:
     message = fix or message.rstrip(".") + f" (see: {path} --help)"
     click.echo(f"rs-telemetry: error: {escape(message)}", err=True)
     sys.exit(exc.exit_code)
+
+
+_NO_ARGS_IS_HELP: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArgsIsHelpError", ())
+"""click 8.2's "a group given no command" error (absent from 8.1, which printed the help)."""
+
+
+def _stdout_failed(exc: OSError) -> NoReturn:
+    """``--help`` or ``--version`` into a full disk (``> /dev/full``): one line naming
+    standard output, not the spool's disk, and not a traceback."""
+    quiet_stdout()
+    click.echo(
+        f"rs-telemetry: error: cannot write to standard output ({exc.strerror or exc}): "
+        "check where it goes (a full disk, a closed file)",
+        err=True,
+    )
+    sys.exit(exitcodes.FAILURE)
 
 
 def _reader_left() -> NoReturn:
@@ -139,6 +165,14 @@ class Command(click.Command):
         if self.name != "append":
             settings.check()
         return super().invoke(ctx)
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except OSError as exc:  # `COMMAND --help` into a full disk (a closed pipe is Group's)
+            if isinstance(exc, BrokenPipeError):
+                raise
+            _stdout_failed(exc)
 
 
 class Group(click.Group):
@@ -180,6 +214,8 @@ class Group(click.Group):
             return super().parse_args(ctx, args)
         except BrokenPipeError:  # --help or --version into a closed pipe
             _reader_left()
+        except OSError as exc:  # ... or into a full disk
+            _stdout_failed(exc)
         except click.UsageError as exc:
             _usage_error(exc, ctx)
 

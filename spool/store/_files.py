@@ -55,8 +55,7 @@ def check_dir(directory: StrPath, create: bool, hot: bool = False) -> os.stat_re
     except FileNotFoundError:
         if os.path.islink(directory):
             raise SpoolUnusable(
-                f"spool path is a symbolic link to {os.readlink(directory)}, which does not "
-                "exist",
+                f"spool path is a symbolic link to {os.readlink(directory)}, which does not exist",
                 str(directory),
                 "create the directory it points to (mkdir -m 700), or use another spool "
                 "directory (--spool-dir or RS_TELEMETRY_DIR)",
