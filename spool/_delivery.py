@@ -153,7 +153,12 @@ def _unquarantined(run: Run, exc: store.QuarantineUnwritable) -> str:
 
 
 def _prepare(run: Run, name: str) -> Prepared | None:
-    claim = store.claim(run.directory, name, deadline=run.deadline)
+    # The active file is taken on by a dry run only (a real run seals it first).
+    claim = (
+        store.peek(run.directory, name)
+        if name == store.ACTIVE
+        else store.claim(run.directory, name, deadline=run.deadline)
+    )
     return None if claim is None else run.checker.prepare(claim, run.conf.gzip, run.gzip_pool)
 
 

@@ -256,7 +256,8 @@ def _locked_flush(
     call: _Call,
 ) -> None:
     lock_deadline = started + conf.max_time  # no lock may hold a flush past --max-time
-    store.seal(directory, deadline=lock_deadline)
+    if not conf.dry_run:  # a dry run reads the active file as it is (store.peek)
+        store.seal(directory, deadline=lock_deadline)
     if conf.dry_run:
         # A dry run changes nothing: not even the cap's drops (it shows what is pending).
         with store.locked_state(directory, deadline=lock_deadline) as state:
@@ -269,7 +270,7 @@ def _locked_flush(
         # What the cap dropped as this run began is this run's doing: the report says so.
         report.dropped += max(0, sum(state.dropped.values()) - dropped_before)
     listed = store.pending_files(directory, state)
-    names = [pf.name for pf in listed if pf.sealed]
+    names = [pf.name for pf in listed if pf.sealed or conf.dry_run]
     # A dry run changes nothing, the cap's drops included: it says what they would be.
     over_cap = sum(pf.size - pf.cursor for pf in listed) - conf.max_bytes if conf.dry_run else 0
     if not names:

@@ -7,9 +7,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import kit
 import pytest
+from scripted_server import ScriptedServer
+
+import spool
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="no /dev/full on this system")
@@ -37,3 +41,26 @@ def test_a_dry_run_into_a_full_output_says_so_and_changes_nothing(
     after = kit.status()
     assert after["pending"] == before["pending"]
     assert after["last_flush"] == before["last_flush"]
+
+
+def test_dry_runs_change_nothing_not_even_by_sealing(
+    spool_dir: Path, scripted_server: ScriptedServer, cli: Any
+) -> None:
+    # Each dry run sealed the active file into a segment of its own, and a segment is a
+    # request: twenty dry runs (a monitoring job) made the next flush twenty requests.
+    for i in range(3):
+        assert spool.append("server_start", {"commit_id": f"c{i}"})
+    before = {p.name: p.read_bytes() for p in spool_dir.iterdir() if not p.name.endswith(".lock")}
+    for _ in range(5):
+        dry = cli("flush", "--dry-run", "--json")
+        assert dry.returncode == 0, dry.stderr
+    after = {p.name: p.read_bytes() for p in spool_dir.iterdir() if not p.name.endswith(".lock")}
+    assert after == before
+    shown = cli("flush", "--dry-run")
+    assert shown.stdout.count("server_start") == 3, "the active file's events are shown"
+    real = cli(
+        "flush", "--endpoint", scripted_server.url, "--json",
+        env={"RS_SEGMENT_WRITE_KEY": "k"},
+    )  # fmt: skip
+    assert real.returncode == 0, real.stderr
+    assert len(scripted_server.requests) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import os
 from pathlib import Path
 from types import TracebackType
 
@@ -110,6 +111,28 @@ def claim(directory: Path, name: str, deadline: float | None = None) -> Claim | 
     except BaseException:
         taken.release()
         raise
+    return taken
+
+
+def peek(directory: Path, name: str) -> Claim | None:
+    """A dry run's look at ``name`` (the active file, which a flush would seal first): its
+    whole lines, read without a lock or a seal, so that a dry run changes nothing (sealing
+    at each one cut the spool into a segment, and later a request, per dry run). A claim
+    with nothing to release; None when it holds no whole line.
+    """
+    try:
+        fd = open_spool_file(directory / name, READ_FLAGS)
+    except FileNotFoundError:
+        return None
+    try:
+        data = read_range(fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    end = data.rfind(b"\n") + 1  # a line being written (or torn) is not one yet
+    if not end:
+        return None
+    taken = Claim(name, end, 0, -1)
+    taken.data = data[:end]
     return taken
 
 
