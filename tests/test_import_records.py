@@ -13,6 +13,9 @@ import gzip
 import hashlib
 import json
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -204,3 +207,44 @@ def test_events_appended_before_an_import_stay_ahead_of_it(cli: Cli, tmp_path: P
     order = [json.loads(line)["properties"]["commit_id"] for line in shown.stdout.splitlines()]
     assert order == ["local0", "local1", "imported0", "imported1", "imported2", "local-after"]
     assert accounted(cli_status(cli)) == 6
+
+
+STRACE = shutil.which("strace")
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed (Debian package strace)")
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5])
+def test_an_import_killed_at_any_rename_is_finished_once_never_twice(
+    cli: Cli, tmp_path: Path, spool_dir: Path, kill_at: int
+) -> None:
+    # Killed between its segments' renames and the state write that recorded the bundle,
+    # an import left the events pending, "imported" 0 and the bundle unrecorded: importing
+    # it again added every event a second time (SPEC 10), and counters never added up.
+    other = tmp_path / "other"
+    shipped = spool.Session(spool_dir=other)
+    for i in range(10):
+        assert shipped.append("server_start", {"commit_id": f"b{i}"})
+    bundle = tmp_path / "b.rsbundle"
+    assert cli("--spool-dir", str(other), "export", str(bundle)).returncode == 0
+    assert spool.append("server_stop")  # one of this spool's own, in the active file
+    killed = subprocess.run(
+        [STRACE, "-f", "-o", "/dev/null", "-e", "trace=rename,renameat,renameat2",
+         "-e", f"inject=rename,renameat,renameat2:signal=SIGKILL:when={kill_at}",
+         sys.executable, "-m", "spool", "import", str(bundle)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert killed.returncode in (0, -9, 137), killed.stderr
+    again = cli("import", str(bundle))
+    assert again.returncode == 0, again.stderr
+    ids = [json.loads(line)["properties"].get("commit_id") for line in shown_lines(cli)]
+    assert sorted(i for i in ids if i) == [f"b{i}" for i in range(10)], ids
+    st = cli_status(cli)
+    assert st["pending"]["events"] == 11
+    assert accounted(st) == 11, st
+    assert not list(spool_dir.glob(".import-*.tmp")), "staged files left behind"
+
+
+def shown_lines(cli: Cli) -> list[str]:
+    result = cli("show", "--json")
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()

@@ -37,7 +37,6 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from spool.store._append import (
         SEGMENT_MAX_BYTES,
-        adopt_segment,
         append_line,
         seal,
         segment_bytes,
@@ -174,7 +173,6 @@ __all__ = [
     "StrPath",
     "Summary",
     "add_to_quarantine",
-    "adopt_segment",
     "append_line",
     "atomic_write",
     "blank_lines",

@@ -434,14 +434,14 @@ def write_first_segment(directory: Path, data: bytes, taken: Collection[str]) ->
     return write_segment(directory, data)
 
 
-def adopt_segment(directory: Path, tmp: Path) -> str:
-    """Rename a complete, fsynced file of whole lines into a new segment; returns its name.
-
-    The caller fsyncs the directory (once for many segments).
-    """
-    name = _segment_name(directory)
-    os.rename(tmp, directory / name)
-    return name
+def new_segment_names(directory: StrPath, count: int) -> list[str]:
+    """``count`` new segment names in order, each after every existing one (see
+    ``_segment_name``), for files renamed into place later (an import's)."""
+    number = max(time.time_ns(), _highest_number(directory) + 1)
+    return [
+        f"{SEGMENT_PREFIX}{number + i:020d}-{os.getpid()}-{next(_seal_counter)}{SEGMENT_SUFFIX}"
+        for i in range(count)
+    ]
 
 
 def _still_at(path: str, st: os.stat_result) -> bool:

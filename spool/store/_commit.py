@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from spool import exitcodes
 from spool.errors import TelemetryError
 from spool.locking import state_lock
-from spool.store._files import suppress_os
+from spool.store._files import fsync_dir, log_warning, suppress_os
 from spool.store._quarantine import add_to_quarantine
 from spool.store._reading import segments, valid_cursor
 from spool.store._state import (
@@ -154,7 +154,32 @@ def locked_state(
     Operation is atomic for every other holder of the lock: read, change, ``commit``.
     """
     with state_lock(directory, wait=wait, deadline=deadline):
-        yield load_state(directory)
+        state = load_state(directory)
+        if state.importing is not None:  # a killed import's: finished first
+            try:
+                finish_import(directory, state)
+            except OSError as exc:  # a full disk: the events are in place; counted later
+                log_warning("could not finish an interrupted import yet: %s", exc)
+        yield state
+
+
+def finish_import(directory: Path, state: State) -> None:
+    """Finish the import ``state.importing`` names (``_purge.import_segments``; a killed
+    one's, found by a later holder of ``state.lock``): rename what is still staged into
+    its segment, record the bundle as imported, clear the record, commit."""
+    job = state.importing
+    if job is None:
+        return
+    for staged, name in job["moves"]:
+        source, target = directory / staged, directory / name
+        if os.path.lexists(source) and not os.path.lexists(target):
+            os.rename(source, target)
+    fsync_dir(directory)  # the segments are durable before the import is recorded
+    if job["id"] not in state.imports:
+        state.imports.append(job["id"])
+        state.imported += job["count"]
+    state.importing = None
+    commit(directory, state)
 
 
 def commit(

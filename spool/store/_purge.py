@@ -14,13 +14,19 @@ from pathlib import Path
 
 from spool.locking import private_open
 from spool.record import canonical_timestamp, check_line, size_problem
-from spool.store._append import adopt_segment, seal, write_first_segment
-from spool.store._commit import RequeueUnwritable, commit, commit_removal, locked_state
+from spool.store._append import new_segment_names, seal, write_first_segment
+from spool.store._commit import (
+    RequeueUnwritable,
+    commit,
+    commit_removal,
+    finish_import,
+    locked_state,
+)
 from spool.store._files import QUARANTINE, atomic_write, fsync_dir, suppress_os
 from spool.store._pending import summary
 from spool.store._quarantine import json_line, quarantine_entry
 from spool.store._reading import quarantine_lines
-from spool.store._state import load_state
+from spool.store._state import sweep_temp_files
 
 
 def purge_pending(directory: Path) -> int:
@@ -175,25 +181,31 @@ def export_pending(
 def import_segments(directory: Path, staged: Sequence[Path], bundle_id: str, count: int) -> bool:
     """Make staged temp files of the spool its newest segments, once per ``bundle_id``.
 
-    False (nothing added) when that bundle was imported already. The segments are
-    durable before the import is recorded: a crash in between imports it twice (the same
-    ``messageId``s), never loses it. Staged files not adopted are removed.
+    False (nothing added) when that bundle was imported already. The import is written
+    into the state (``importing``: which staged file becomes which segment) before the
+    first rename, and recorded as done in the same write that clears it: a kill at any
+    point in between is finished by the next command that takes ``state.lock``
+    (``_commit.finish_import``), never undone, never done twice. Staged files not adopted are
+    removed.
     """
     try:
         # Events appended before the import are older than it: the active file is sealed
         # first, so that the adopted segments sort after them (delivery and cap drops
         # follow the order of appends and imports, SPEC 4).
         seal(directory)
-        with locked_state(directory) as before:
-            if bundle_id in before.imports:
+        with locked_state(directory) as state:
+            sweep_temp_files(directory)  # a killed import's staged files, say
+            if bundle_id in state.imports:
                 return False
-            for path in staged:
-                adopt_segment(directory, path)
-            fsync_dir(directory)  # the segments are durable before the import is recorded
-            state = load_state(directory)
-            state.imports.append(bundle_id)
-            state.imported += count
+            names = new_segment_names(directory, len(staged))
+            state.importing = {
+                "id": bundle_id,
+                "count": count,
+                "moves": [[path.name, name] for path, name in zip(staged, names, strict=True)],
+            }
+            fsync_dir(directory)  # the staged files' names are durable before the state
             commit(directory, state)
+            finish_import(directory, state)
     finally:
         discard_staged(staged)  # left over only when nothing was added
     return True

@@ -117,6 +117,7 @@ def _state_of(raw: bytes, directory: Path | None = None) -> State:
         cursors=dict(known.cursors),
         imports=list(known.imports),
         last_flush=None if known.last_flush is None else dict(known.last_flush),
+        importing=None if known.importing is None else dict(known.importing),
     )
 
 
@@ -274,9 +275,28 @@ def _check_state(state: State) -> None:
         and isinstance(state.imports, list)
         and all(isinstance(i, str) for i in state.imports)
         and (state.generation is None or isinstance(state.generation, str))
+        and (state.importing is None or _is_import(state.importing))
     )
     if not (counts_ok and maps_ok and others_ok):
         raise ValueError("a field has the wrong type")
+
+
+def _is_import(value: object) -> bool:
+    """An ``importing`` record as ``_purge.import_segments`` writes it."""
+    if not isinstance(value, dict):
+        return False
+    moves = value.get("moves")
+    return (
+        isinstance(value.get("id"), str)
+        and _is_count(value.get("count"))
+        and isinstance(moves, list)
+        and all(
+            isinstance(m, list)
+            and len(m) == 2
+            and all(isinstance(n, str) and "/" not in n for n in m)
+            for m in moves
+        )
+    )
 
 
 def save_state(directory: Path, state: State, durable: bool = True, *, prune: bool = True) -> None:
@@ -308,6 +328,8 @@ def save_state(directory: Path, state: State, durable: bool = True, *, prune: bo
 
 def _state_bytes(state: State, generation: str) -> bytes:
     payload = {"version": 1, **state.__dict__, "generation": generation}
+    if payload["importing"] is None:
+        del payload["importing"]  # as every release before it wrote state.json
     return json.dumps(payload, sort_keys=True).encode()
 
 
@@ -389,31 +411,34 @@ def _discard(path: Path) -> bool:
 
 
 def sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:
-    """Remove temp files of writers killed before their rename: an hour old, and their
-    writer (the pid in the name) gone. The age alone trusted the clock: a flush whose
-    clock ran two hours ahead removed a running import's staged files under it."""
+    """Remove temp files of writers killed before their rename: those whose writer (the
+    pid in the name) is gone, at once; those with no pid of ours in the name, an hour old.
+    The age alone trusted the clock (a flush whose clock ran two hours ahead removed a
+    running import's staged files) and kept a killed import's files for an hour (on a
+    nearly full disk, appends failed meanwhile)."""
     limit = time.time() - older_than
     with os.scandir(directory) as entries:
         for entry in entries:
             if entry.name.startswith(".") and entry.name.endswith(".tmp"):
                 with suppress_os():
-                    if entry.stat(follow_symlinks=False).st_mtime < limit and not _writer_alive(
-                        entry.name
+                    alive = _writer_alive(entry.name)
+                    if alive is False or (
+                        alive is None and entry.stat(follow_symlinks=False).st_mtime < limit
                     ):
                         os.unlink(entry.path)
 
 
-def _writer_alive(name: str) -> bool:
+def _writer_alive(name: str) -> bool | None:
     """Whether the process a temp file's name carries (``.import-PID-...``, ``.NAME.PID.NS.tmp``)
-    still runs; False when it carries none (not one of ours: its age decides, as before)."""
+    still runs; None when it carries none (not one of ours: its age decides)."""
     parts = name[1:-4].split("-") if name.startswith(".import-") else name.split(".")[-3:-2]
     digits = parts[1] if name.startswith(".import-") and len(parts) > 1 else (parts or [""])[0]
     if not digits.isdigit() or not digits.isascii():
-        return False
+        return None
     try:
         os.kill(int(digits), 0)
     except ProcessLookupError:
         return False
     except (PermissionError, OverflowError, ValueError):
-        return True  # alive under another user (or not a pid at all): kept
+        return True  # alive under another user (or no pid at all): kept
     return True

@@ -25,6 +25,10 @@ class State:
     # Which write of state.json this is (random, new at each one): a line of
     # state.journal counts only for the state.json of its own generation (see _state).
     generation: str | None = None
+    # An import under way: {"id": bundle id, "count": events, "moves": [[staged, segment]]},
+    # written before its first rename, so that a killed import is finished, never done
+    # twice (_purge.finish_import). Absent from state.json when None.
+    importing: dict[str, Any] | None = None
 
     def drop(self, reason: str, count: int) -> None:
         """Count ``count`` events dropped for ``reason``, e.g. ``drop("spool_full", 3)``."""
