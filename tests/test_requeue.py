@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -234,3 +235,37 @@ def test_an_endpoint_that_starts_refusing_everything_mid_run_stops_the_run(
     s = assert_accounted(3000)
     assert s["dropped"]["events"] == 0, s["dropped"]
     assert s["quarantined"]["events"] == BLANKET_REFUSALS
+
+
+STRACE = shutil.which("strace")
+
+
+@pytest.mark.skipif(STRACE is None, reason="strace is not installed (Debian package strace)")
+@pytest.mark.parametrize("kill_at", [1, 2, 3, 4])
+def test_a_requeue_killed_at_any_rename_puts_each_event_back_once(
+    scripted_server: ScriptedServer, cli: Cli, spool_dir: Path, kill_at: int
+) -> None:
+    # Killed between writing the new segment and rewriting the quarantine, a requeue left
+    # each event both pending and quarantined; the next requeue put them back twice, and
+    # every one was delivered twice.
+    fill(3)
+    scripted_server.default = Respond(400)
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["quarantined"]) == (65, 3), stderr
+    killed = subprocess.run(
+        [STRACE, "-f", "-o", "/dev/null", "-e", "trace=rename,renameat,renameat2",
+         "-e", f"inject=rename,renameat,renameat2:signal=SIGKILL:when={kill_at}",
+         sys.executable, "-m", "spool", "requeue", "--yes"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert killed.returncode in (0, -9, 137), killed.stderr
+    again = cli("requeue", "--yes")
+    assert again.returncode == 0, again.stderr
+    s = assert_accounted(3)
+    assert (s["pending"]["events"], s["quarantined"]["events"]) == (3, 0), s
+    scripted_server.default = OK
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["sent"]) == (0, 3), stderr
+    ids = [e["messageId"] for e in scripted_server.accepted_events()]
+    assert len(ids) == len(set(ids)) == 3
+    assert not list(spool_dir.glob(".*.tmp")), "temp files left behind"

@@ -38,9 +38,9 @@ if TYPE_CHECKING:
     from spool.store._append import (
         SEGMENT_MAX_BYTES,
         append_line,
+        first_segment_name,
         seal,
         segment_bytes,
-        write_first_segment,
         write_segment,
     )
     from spool.store._commit import (
@@ -187,6 +187,7 @@ __all__ = [
     "enforce_cap_locked",
     "export_pending",
     "find_from_end",
+    "first_segment_name",
     "fsync_dir",
     "import_segments",
     "is_claimed",
@@ -225,7 +226,6 @@ __all__ = [
     "sync_state",
     "too_old_limit",
     "valid_cursor",
-    "write_first_segment",
     "write_mode",
     "write_segment",
 ]

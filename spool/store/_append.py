@@ -412,14 +412,14 @@ def write_segment(directory: Path, data: bytes) -> str:
     return name
 
 
-def write_first_segment(directory: Path, data: bytes, taken: Collection[str]) -> str:
-    """Add a sealed segment holding ``data`` that sorts before every other, durably; its name.
+def first_segment_name(directory: Path, taken: Collection[str]) -> str:
+    """A new segment name that sorts before every other, e.g. for ``requeue``.
 
-    For records appended before everything pending (``requeue``): "oldest" is appended
-    first (SPEC 4), so they are delivered, shown and dropped by the cap first. The number
-    is one below the lowest segment's. The caller holds ``flush.lock`` and ``state.lock``:
-    no flush holds a segment, and no cap drop or import runs; an appender only ever names
-    a segment above every existing one. ``taken`` (the state's cursors) may name segments
+    For records appended before everything pending: "oldest" is appended first (SPEC 4),
+    so they are delivered, shown and dropped by the cap first. The number is one below
+    the lowest segment's. The caller holds ``flush.lock`` and ``state.lock``: no flush
+    holds a segment, and no cap drop or import runs; an appender only ever names a
+    segment above every existing one. ``taken`` (the state's cursors) may name segments
     already unlinked: never reused, as a stale cursor would skip the new data. With no
     number left below the lowest (0), the segment goes last, like any other.
     """
@@ -428,10 +428,9 @@ def write_first_segment(directory: Path, data: bytes, taken: Collection[str]) ->
     while number >= 0:
         name = f"{SEGMENT_PREFIX}{number:020d}-{os.getpid()}-{next(_seal_counter)}{SEGMENT_SUFFIX}"
         if name not in taken and not os.path.lexists(directory / name):
-            atomic_write(directory, name, data)
             return name
         number -= 1
-    return write_segment(directory, data)
+    return _segment_name(directory)
 
 
 def new_segment_names(directory: StrPath, count: int) -> list[str]:

@@ -155,30 +155,30 @@ def locked_state(
     """
     with state_lock(directory, wait=wait, deadline=deadline):
         state = load_state(directory)
-        if state.importing is not None:  # a killed import's: finished first
+        if state.moving is not None:  # a killed import's or requeue's: finished first
             try:
-                finish_import(directory, state)
-            except OSError as exc:  # a full disk: the events are in place; counted later
-                log_warning("could not finish an interrupted import yet: %s", exc)
+                finish_moves(directory, state)
+            except OSError as exc:  # a full disk: the data is safe; finished later
+                log_warning("could not finish an interrupted import or requeue yet: %s", exc)
         yield state
 
 
-def finish_import(directory: Path, state: State) -> None:
-    """Finish the import ``state.importing`` names (``_purge.import_segments``; a killed
+def finish_moves(directory: Path, state: State) -> None:
+    """Finish the renames ``state.moving`` names (``_purge``'s import and requeue; a killed
     one's, found by a later holder of ``state.lock``): rename what is still staged into
-    its segment, record the bundle as imported, clear the record, commit."""
-    job = state.importing
+    place, record an import's bundle, clear the record, commit."""
+    job = state.moving
     if job is None:
         return
     for staged, name in job["moves"]:
-        source, target = directory / staged, directory / name
-        if os.path.lexists(source) and not os.path.lexists(target):
-            os.rename(source, target)
-    fsync_dir(directory)  # the segments are durable before the import is recorded
-    if job["id"] not in state.imports:
-        state.imports.append(job["id"])
-        state.imported += job["count"]
-    state.importing = None
+        if os.path.lexists(directory / staged):
+            os.rename(directory / staged, directory / name)
+    fsync_dir(directory)  # in place, durably, before the record is cleared
+    bundle = job.get("id")
+    if bundle is not None and bundle not in state.imports:
+        state.imports.append(bundle)
+        state.imported += job.get("count", 0)
+    state.moving = None
     commit(directory, state)
 
 

@@ -194,6 +194,25 @@ def atomic_write(
                 raise
 
 
+def stage_file(directory: Path, name: str, data: bytes) -> str:
+    """Write ``data`` durably to a temp file beside ``directory/name`` (as ``atomic_write``
+    does), but leave the rename to the caller; the temp file's name, e.g.
+    ``.quarantine.jsonl.4242.123.tmp``. Removed again if the write fails."""
+    tmp = f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    fd = private_open(directory / tmp, os.O_WRONLY | os.O_EXCL, 0o600)
+    try:
+        try:
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        with suppress_os():
+            os.unlink(directory / tmp)
+        raise
+    return tmp
+
+
 def write_all(fd: int, data: bytes) -> None:
     """Write every byte of ``data``, however many ``write()`` calls it takes."""
     view = memoryview(data)

@@ -14,15 +14,15 @@ from pathlib import Path
 
 from spool.locking import private_open
 from spool.record import canonical_timestamp, check_line, size_problem
-from spool.store._append import new_segment_names, seal, write_first_segment
+from spool.store._append import first_segment_name, new_segment_names, seal
 from spool.store._commit import (
     RequeueUnwritable,
     commit,
     commit_removal,
-    finish_import,
+    finish_moves,
     locked_state,
 )
-from spool.store._files import QUARANTINE, atomic_write, fsync_dir, suppress_os
+from spool.store._files import QUARANTINE, fsync_dir, stage_file, suppress_os
 from spool.store._pending import summary
 from spool.store._quarantine import json_line, quarantine_entry
 from spool.store._reading import quarantine_lines
@@ -70,10 +70,11 @@ def requeue(directory: Path) -> tuple[int, int]:
     The caller holds ``flush.lock``; this takes ``state.lock``. The records keep their
     quarantine order (oldest first) in one new sealed segment that sorts before every
     pending one (they were appended before all of it: delivered first, and
-    ``pending.oldest`` is theirs), durable before the quarantine is rewritten without
-    them: a crash in between leaves them both pending and quarantined (sent once more
-    with the same messageId, counted twice until then), never lost. Unreadable bytes and
-    entries that are not valid records stay where they are.
+    ``pending.oldest`` is theirs). The segment and the quarantine without them are written
+    to temp files (durable), the two renames into the state (``moving``), then made: a
+    kill at any point after that write is finished by the next holder of ``state.lock``
+    (``_commit.finish_moves``); before it, nothing changed. Unreadable bytes and entries
+    that are not valid records stay where they are.
     """
     with locked_state(directory) as state:
         back: list[bytes] = []
@@ -86,17 +87,27 @@ def requeue(directory: Path) -> tuple[int, int]:
                 back.append(original + b"\n")
         if not back:
             return 0, len(kept)
+        name = first_segment_name(directory, state.cursors)
+        staged: list[str] = []
         try:
-            name = write_first_segment(directory, b"".join(back), state.cursors)  # durable first
-        except OSError as exc:
-            raise RequeueUnwritable(exc, "a new segment of the spool") from exc
-        try:
-            atomic_write(directory, QUARANTINE, b"".join(kept))
-        except OSError as exc:
-            # Undone (removing needs no room): under both locks nothing has read it yet.
-            with suppress_os():
-                os.unlink(directory / name)
-            raise RequeueUnwritable(exc, "quarantine.jsonl (rewritten without them)") from exc
+            try:
+                staged.append(stage_file(directory, name, b"".join(back)))
+            except OSError as exc:
+                raise RequeueUnwritable(exc, "a new segment of the spool") from exc
+            try:
+                staged.append(stage_file(directory, QUARANTINE, b"".join(kept)))
+                fsync_dir(directory)
+                state.moving = {"moves": [[staged[0], name], [staged[1], QUARANTINE]]}
+                commit(directory, state)
+            except OSError as exc:
+                raise RequeueUnwritable(exc, "quarantine.jsonl (rewritten without them)") from exc
+        except BaseException:
+            state.moving = None
+            for tmp in staged:  # nothing moved: under both locks nothing has read them
+                with suppress_os():
+                    os.unlink(directory / tmp)
+            raise
+        finish_moves(directory, state)
     return len(back), len(kept)
 
 
@@ -182,10 +193,10 @@ def import_segments(directory: Path, staged: Sequence[Path], bundle_id: str, cou
     """Make staged temp files of the spool its newest segments, once per ``bundle_id``.
 
     False (nothing added) when that bundle was imported already. The import is written
-    into the state (``importing``: which staged file becomes which segment) before the
+    into the state (``moving``: which staged file becomes which segment) before the
     first rename, and recorded as done in the same write that clears it: a kill at any
     point in between is finished by the next command that takes ``state.lock``
-    (``_commit.finish_import``), never undone, never done twice. Staged files not adopted are
+    (``_commit.finish_moves``), never undone, never done twice. Staged files not adopted are
     removed.
     """
     try:
@@ -198,14 +209,14 @@ def import_segments(directory: Path, staged: Sequence[Path], bundle_id: str, cou
             if bundle_id in state.imports:
                 return False
             names = new_segment_names(directory, len(staged))
-            state.importing = {
+            state.moving = {
                 "id": bundle_id,
                 "count": count,
                 "moves": [[path.name, name] for path, name in zip(staged, names, strict=True)],
             }
             fsync_dir(directory)  # the staged files' names are durable before the state
             commit(directory, state)
-            finish_import(directory, state)
+            finish_moves(directory, state)
     finally:
         discard_staged(staged)  # left over only when nothing was added
     return True

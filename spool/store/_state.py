@@ -117,7 +117,7 @@ def _state_of(raw: bytes, directory: Path | None = None) -> State:
         cursors=dict(known.cursors),
         imports=list(known.imports),
         last_flush=None if known.last_flush is None else dict(known.last_flush),
-        importing=None if known.importing is None else dict(known.importing),
+        moving=None if known.moving is None else dict(known.moving),
     )
 
 
@@ -275,25 +275,25 @@ def _check_state(state: State) -> None:
         and isinstance(state.imports, list)
         and all(isinstance(i, str) for i in state.imports)
         and (state.generation is None or isinstance(state.generation, str))
-        and (state.importing is None or _is_import(state.importing))
+        and (state.moving is None or _is_moving(state.moving))
     )
     if not (counts_ok and maps_ok and others_ok):
         raise ValueError("a field has the wrong type")
 
 
-def _is_import(value: object) -> bool:
-    """An ``importing`` record as ``_purge.import_segments`` writes it."""
+def _is_moving(value: object) -> bool:
+    """A ``moving`` record as ``_purge`` writes it (see ``State.moving``)."""
     if not isinstance(value, dict):
         return False
     moves = value.get("moves")
     return (
-        isinstance(value.get("id"), str)
-        and _is_count(value.get("count"))
+        (value.get("id") is None or isinstance(value.get("id"), str))
+        and _is_count(value.get("count", 0))
         and isinstance(moves, list)
         and all(
             isinstance(m, list)
             and len(m) == 2
-            and all(isinstance(n, str) and "/" not in n for n in m)
+            and all(isinstance(n, str) and n and "/" not in n for n in m)
             for m in moves
         )
     )
@@ -328,8 +328,8 @@ def save_state(directory: Path, state: State, durable: bool = True, *, prune: bo
 
 def _state_bytes(state: State, generation: str) -> bytes:
     payload = {"version": 1, **state.__dict__, "generation": generation}
-    if payload["importing"] is None:
-        del payload["importing"]  # as every release before it wrote state.json
+    if payload["moving"] is None:
+        del payload["moving"]  # as every release before it wrote state.json
     return json.dumps(payload, sort_keys=True).encode()
 
 

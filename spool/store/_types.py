@@ -25,10 +25,11 @@ class State:
     # Which write of state.json this is (random, new at each one): a line of
     # state.journal counts only for the state.json of its own generation (see _state).
     generation: str | None = None
-    # An import under way: {"id": bundle id, "count": events, "moves": [[staged, segment]]},
-    # written before its first rename, so that a killed import is finished, never done
-    # twice (_purge.finish_import). Absent from state.json when None.
-    importing: dict[str, Any] | None = None
+    # Renames under way (an import's, a requeue's): {"moves": [[staged, name], ...], and for
+    # an import "id" (the bundle's) and "count"}, written before the first rename, so that
+    # a killed command is finished by the next holder of state.lock, never undone nor done
+    # twice (_commit.finish_moves). Absent from state.json when None.
+    moving: dict[str, Any] | None = None
 
     def drop(self, reason: str, count: int) -> None:
         """Count ``count`` events dropped for ``reason``, e.g. ``drop("spool_full", 3)``."""
