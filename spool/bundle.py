@@ -2,10 +2,15 @@
 
 A bundle is a gzip file of JSON lines. The first line is the manifest::
 
-    {"rs_telemetry_bundle": 1, "count": 120, "sha256": "<hex>", "created": "2026-...Z"}
+    {"rs_telemetry_bundle": 1, "count": 120, "sha256": "<hex>", "created": "2026-...Z",
+     "id": "<uuid4>"}
 
 and every following line is a spooled record, byte for byte (so ``messageId`` and
-``timestamp`` travel unchanged). ``sha256`` covers those lines, newlines included.
+``timestamp`` travel unchanged). ``sha256`` covers those lines, newlines included. ``id``
+is new at each export: a spool records what it imported by checksum and ``id`` (a bundle
+of 0.1.0, without ``id``, by checksum alone), so a copy of one bundle imports once, while
+a second export of the same events (exported, imported back, exported again) is a bundle
+of its own, not "imported before".
 """
 
 from __future__ import annotations
@@ -90,6 +95,7 @@ def _write_bundle(target: Path, lines: list[bytes]) -> None:
         "count": len(lines),
         "sha256": digest.hexdigest(),
         "created": record.iso_timestamp(),
+        "id": record.new_uuid4(),
     }
     target = target.absolute()
     _refuse_existing(target)
@@ -384,7 +390,10 @@ def import_(directory: Path, source: Path) -> ImportResult:
     """
     store.check_dir(directory, create=True)
     staged = _stage(source, directory, import_limit(settings.max_bytes()))
-    bundle_id = str(staged.manifest["sha256"])
+    export_id = staged.manifest.get("id")
+    bundle_id = str(staged.manifest["sha256"]) + (
+        f":{export_id}" if isinstance(export_id, str) and export_id else ""
+    )
     before = _full_drops(directory)
     if not store.import_segments(directory, staged.paths, bundle_id, staged.count):
         return ImportResult(0, already=True)

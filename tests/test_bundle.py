@@ -258,3 +258,26 @@ def test_import_collects_nothing_where_telemetry_is_off(
     done = cli(*other, "import", str(target))
     assert done.returncode == 0, done.stderr
     assert status(cli, *other)["pending"]["events"] == 4
+
+
+def test_events_exported_again_after_their_import_are_taken_back(
+    cli: Any, tmp_path: Path, spool_dir: Path
+) -> None:
+    # A bundle was known by its checksum alone: the same events exported a second time
+    # made a bundle "imported before", and the events were left only in that file.
+    assert spool.append("server_start", {"commit_id": "roundtrip"})
+    first, second = tmp_path / "b1.rsbundle", tmp_path / "b2.rsbundle"
+    assert cli("export", str(first)).returncode == 0
+    assert cli("import", str(first)).returncode == 0
+    assert cli("export", str(second)).returncode == 0
+    back = cli("import", str(second))
+    assert back.returncode == 0, back.stderr
+    assert "imported before" not in back.stderr
+    assert cli_status(cli)["pending"]["events"] == 1
+    # A copy of one bundle is still the same bundle: nothing added the second time.
+    copy = tmp_path / "copy.rsbundle"
+    copy.write_bytes(second.read_bytes())
+    again = cli("import", str(copy))
+    assert again.returncode == 0
+    assert "nothing added" in again.stderr
+    assert cli_status(cli)["pending"]["events"] == 1

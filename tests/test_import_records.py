@@ -181,12 +181,12 @@ def test_export_quarantines_an_unreadable_line_so_its_bundle_imports(
     quarantined = cli(*where, "show", "--quarantine", "--json").stdout.splitlines()
     assert json.loads(quarantined[0])["_quarantine"]["reason"] == "not JSON"
 
-    target = ("--spool-dir", str(tmp_path / "target"))
-    for path in (bundle, kept):
+    for n, path in enumerate((bundle, kept)):  # two exports: two bundles, one spool each
+        target = ("--spool-dir", str(tmp_path / f"target{n}"))
         result = cli(*target, "import", str(path))
         assert result.returncode == 0, result
-    shown = [json.loads(line) for line in cli(*target, "show", "--json").stdout.splitlines()]
-    assert [m["properties"]["commit_id"] for m in shown] == ["a", "b"]
+        shown = [json.loads(line) for line in cli(*target, "show", "--json").stdout.splitlines()]
+        assert [m["properties"]["commit_id"] for m in shown] == ["a", "b"]
 
 
 def test_events_appended_before_an_import_stay_ahead_of_it(cli: Cli, tmp_path: Path) -> None:
