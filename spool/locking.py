@@ -330,6 +330,7 @@ def _flush_lock(directory: Path) -> Iterator[None]:
     try:
         lock.acquire()
     except filelock.Timeout:
+        _check_openable(directory / FLUSH_LOCK)  # filelock says Timeout when it cannot open
         raise Busy(
             "a flush, purge or export is running on this spool; try again when it ends"
         ) from None
@@ -341,6 +342,24 @@ def _flush_lock(directory: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _check_openable(path: Path) -> None:
+    """``SpoolUnusable`` when ``path`` cannot be opened at all (an unwritable or unusable
+    spool), which filelock reports as a lock held elsewhere ("another flush is running",
+    exit 75, a retry that never helps)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refused_link(path) from exc
+        raise SpoolUnusable(
+            f"cannot open its lock file ({exc.strerror or exc})",
+            os.fspath(path),
+            "check the owner and mode of the spool directory, or use another "
+            "(--spool-dir or RS_TELEMETRY_DIR)",
+        ) from exc
+    os.close(fd)
 
 
 def held(path: str | os.PathLike[str], shared_ok: bool = False) -> bool:

@@ -227,6 +227,7 @@ def test_an_import_killed_at_any_rename_is_finished_once_never_twice(
     bundle = tmp_path / "b.rsbundle"
     assert cli("--spool-dir", str(other), "export", str(bundle)).returncode == 0
     assert spool.append("server_stop")  # one of this spool's own, in the active file
+    assert STRACE is not None
     killed = subprocess.run(
         [STRACE, "-f", "-o", "/dev/null", "-e", "trace=rename,renameat,renameat2",
          "-e", f"inject=rename,renameat,renameat2:signal=SIGKILL:when={kill_at}",

@@ -252,6 +252,7 @@ def test_a_requeue_killed_at_any_rename_puts_each_event_back_once(
     scripted_server.default = Respond(400)
     code, report, stderr = flush(cli, scripted_server.url)
     assert (code, report["quarantined"]) == (65, 3), stderr
+    assert STRACE is not None
     killed = subprocess.run(
         [STRACE, "-f", "-o", "/dev/null", "-e", "trace=rename,renameat,renameat2",
          "-e", f"inject=rename,renameat,renameat2:signal=SIGKILL:when={kill_at}",
