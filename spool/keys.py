@@ -72,7 +72,8 @@ def _first_line(data: bytes, path: str) -> str:
     data = data.removeprefix(b"\xef\xbb\xbf")
     line = data.split(b"\n", 1)[0].strip()
     if not line:
-        raise ConfigError(f"key file {path} is empty: put the write key on its first line")
+        what = "is empty" if not data.strip() else "has a blank first line"
+        raise ConfigError(f"key file {path} {what}: put the write key on its first line")
     try:
         return line.decode("ascii")
     except UnicodeDecodeError:

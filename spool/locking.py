@@ -334,9 +334,8 @@ def _flush_lock(directory: Path) -> Iterator[None]:
         raise Busy(
             "a flush, purge or export is running on this spool; try again when it ends"
         ) from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _refused_link(directory / FLUSH_LOCK) from exc
+    except OSError:
+        _check_openable(directory / FLUSH_LOCK)  # says why, when opening is what failed
         raise
     try:
         yield
@@ -350,6 +349,8 @@ def _check_openable(path: Path) -> None:
     exit 75, a retry that never helps)."""
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except BlockingIOError:
+        return  # EAGAIN/EWOULDBLOCK: not a reason to refuse the spool
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _refused_link(path) from exc

@@ -488,7 +488,7 @@ def _systemctl(systemctl: str, *args: str, system: bool = False) -> str | None:
         return None
     for line in (*proc.stderr.splitlines(), *proc.stdout.splitlines()):
         if line.strip():
-            return line.strip()
+            return line.strip().rstrip(".")  # quoted mid-sentence: "... operate.." otherwise
     return f"exit status {proc.returncode}"
 
 

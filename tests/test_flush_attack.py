@@ -20,6 +20,7 @@ import pytest
 from kit import Cli, assert_accounted, fill, flock_holder, into_closed_pipe, status
 from scripted_server import OK, Recorded, Respond, ScriptedServer
 
+from spool import store
 from spool.receiver import Receiver
 
 KEY = "wk-attack"
@@ -169,7 +170,7 @@ def test_a_fifo_in_place_of_the_active_file_loses_nothing_and_holds_nothing(
     # A FIFO where active.jsonl belongs: an append wrote into the pipe's buffer and said
     # True (the record gone at the close), and flush and purge blocked forever opening it.
     fill(2)
-    cli("flush", "--dry-run")  # sealed: the two are in a segment
+    store.seal(spool_dir)  # sealed: the two are in a segment
     os.mkfifo(spool_dir / "active.jsonl", 0o600)
     code = "import spool; print(spool.append('server_start'))"
     appended = subprocess.run(

@@ -14,7 +14,7 @@ import kit
 import pytest
 
 import spool
-from spool import _delivery
+from spool import _delivery, store
 from spool.receiver import Receiver
 from spool.store import _commit, _state
 
@@ -53,7 +53,7 @@ def test_a_segment_that_stays_keeps_its_cursor(
     monkeypatch: pytest.MonkeyPatch, spool_dir: Path
 ) -> None:
     kit.fill(2000)
-    spool.flush(dry_run=True)  # seals the active file
+    store.seal(spool_dir)  # as a flush begins
     names = sorted(p.name for p in spool_dir.glob("seg-*.jsonl"))
     assert len(names) >= 2
     monkeypatch.setattr(_state, "DISCARD_WAIT", 0.05)

@@ -375,3 +375,18 @@ def test_a_spool_path_that_is_a_dangling_link_is_named_with_the_fix(
         assert "symbolic link to" in done.stderr, done.stderr
         assert "create the directory it points to" in done.stderr, done.stderr
         assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+@pytest.mark.parametrize("command", [("flush",), ("purge", "--yes")])
+def test_a_lock_file_that_cannot_be_opened_is_no_flush_running(
+    cli: Cli, spool_dir: Path, command: tuple[str, ...]
+) -> None:
+    # filelock reports a lock file it cannot open as a lock held elsewhere: "another flush
+    # is running", exit 75, at every run, which no retry ever fixes.
+    kit_fill(1)
+    (spool_dir / "flush.lock").mkdir()  # something stands where the lock file belongs
+    done = cli(*command, env={"RS_SEGMENT_WRITE_KEY": KEY})
+    assert done.returncode == 1, done.stderr
+    assert "cannot open its lock file" in done.stderr, done.stderr
+    assert "is running" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr

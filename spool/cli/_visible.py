@@ -25,9 +25,12 @@ def _escaped(char: str) -> str:
 def visible(text: str) -> str:
     """``text`` with every control, format or separator character escaped, one line always.
 
-    e.g. ``"ok\\u202egpj.exe"`` -> ``"ok\\\\u202egpj.exe"``; ``"a\\nb"`` -> ``"a\\\\x0ab"``.
-    Other text, spaces and non-ASCII letters included, is unchanged.
+    e.g. ``"ok\\u202egpj.exe"`` -> ``"ok\\\\u202egpj.exe"``; ``"a\\nb"`` -> ``"a\\\\x0ab"``; a
+    backslash is doubled. Other text, spaces and non-ASCII letters included, is unchanged.
     """
+    # A backslash is doubled, so that the text "\x1b" and an escaped ESC never look alike.
+    if "\\" in text:
+        text = text.replace("\\", "\\\\")
     if text.isprintable():  # the common case, answered in C: nothing to escape
         return text
     import unicodedata  # noqa: PLC0415 - only for text that holds something unprintable
