@@ -42,21 +42,3 @@ def test_a_host_handler_is_left_alone() -> None:
     done = _python(HOST_WITH_ITS_OWN_HANDLER)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
-
-
-HOST_COLLECTOR = """
-import gc
-{before}
-import spool.cli
-from click.testing import CliRunner
-CliRunner().invoke(spool.cli.main, ["flush", "--dry-run"], catch_exceptions=False)
-print(gc.isenabled(), gc.get_freeze_count() == 0)
-"""
-
-
-def test_loading_leaves_the_host_garbage_collector_as_it_was() -> None:
-    # Loading pauses the collector (docs/performance.md); a host must get it back as it was.
-    enabled = _python(HOST_COLLECTOR.format(before=""))
-    assert enabled.stdout.split() == ["True", "True"], enabled.stderr
-    disabled = _python(HOST_COLLECTOR.format(before="gc.disable()"))
-    assert disabled.stdout.split() == ["False", "True"], disabled.stderr

@@ -8,12 +8,10 @@ import), ``_system`` (timer, receive).
 
 from __future__ import annotations
 
-from spool.cli import _loading  # first: Ctrl-C while the rest loads
-
-with _loading.collector_paused():
-    from spool.cli._boundary import escape
-    from spool.cli._main import main
-    from spool.cli._records import _size
+from spool.cli import _loading  # noqa: F401 - first: Ctrl-C while the rest loads
+from spool.cli._boundary import escape
+from spool.cli._main import main
+from spool.cli._records import _size
 
 __all__ = ["_size", "escape", "main", "run"]
 

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from spool import exitcodes, settings
-from spool.cli import _boundary, _loading
+from spool.cli import _boundary
 from spool.cli._boundary import (
     EXIT_CODES_HELP,
     Command,
@@ -232,10 +232,9 @@ def flush(
       rs-telemetry flush --endpoint http://127.0.0.1:8787 --json
       17 * * * * rs-telemetry flush --quiet        (a crontab line)
     """
-    with _loading.collector_paused():
-        from spool.flushing import flush as run_flush  # noqa: PLC0415 - loads requests
-        from spool.flushing import stopped_report  # noqa: PLC0415
-        from spool.stopping import StopRequest  # noqa: PLC0415 - flush only
+    from spool.flushing import flush as run_flush  # noqa: PLC0415 - loads requests
+    from spool.flushing import stopped_report  # noqa: PLC0415
+    from spool.stopping import StopRequest  # noqa: PLC0415 - flush only
 
     # In a process of our own, the sender thread wakes from network and disk waits
     # needing the GIL back, and with the default 5 ms switch interval it would wait that

@@ -10,10 +10,8 @@ finish. Only Python's default handler is replaced: a host or a test runner keeps
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import signal
-from collections.abc import Iterator
 
 from spool.exitcodes import INTERRUPTED
 
@@ -27,23 +25,6 @@ def loaded() -> None:
     if signal.getsignal(signal.SIGINT) is _interrupted_while_loading:
         with contextlib.suppress(ValueError):  # ValueError: not the main thread
             signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector paused while modules load, then as it was.
-
-    Loading the command line (and a flush's requests) makes a hundred thousand objects
-    that live as long as the process; the collections their creation sets off find
-    nothing to free and cost ~7% of loading's CPU (docs/performance.md).
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
