@@ -44,6 +44,13 @@ def spool_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     return Path(configured_dir())
 
 
+def _shown(value: str, most: int = 60) -> str:
+    """A setting's value quoted for a one-line message, cut if long: ``'999...' (5000 chars)``."""
+    if len(value) <= most:
+        return repr(value)
+    return f"{value[:most]!r}... ({len(value)} characters)"
+
+
 @dataclass(frozen=True)
 class _Number:
     """A numeric variable and what it accepts, e.g. ``RS_TELEMETRY_MAX_AGE_DAYS`` (days)."""
@@ -72,7 +79,9 @@ class _Number:
                 and exact == exact.to_integral_value()
                 and self.minimum <= exact <= self.maximum
             ):
-                raise ConfigError(f"{self.name}={raw!r} cannot be used: it accepts {self.accepts}")
+                raise ConfigError(
+                    f"{self.name}={_shown(raw)} cannot be used: it accepts {self.accepts}"
+                )
             return int(exact)
         try:
             # float() also reads "1_000" and the digits of other scripts (fullwidth ones):
@@ -85,7 +94,9 @@ class _Number:
         if self.whole:
             ok = ok and value == int(value)
         if not ok:
-            raise ConfigError(f"{self.name}={raw!r} cannot be used: it accepts {self.accepts}")
+            raise ConfigError(
+                f"{self.name}={_shown(raw)} cannot be used: it accepts {self.accepts}"
+            )
         return int(value) if self.whole else value
 
 

@@ -278,3 +278,11 @@ def test_a_state_file_replaced_by_a_directory_is_one_line_with_the_path_and_fix(
     # The fix works.
     (spool_dir / "state.json").rename(spool_dir / "state.json.bad")
     assert _pending(cli) == 1
+
+
+def test_a_very_long_bad_value_is_shown_cut_in_the_one_line(cli: Any) -> None:
+    # A 5,000-digit value was echoed whole: one "line" of 5 KB in a journal.
+    done = cli("status", env={"RS_TELEMETRY_MAX_BYTES": "9" * 5000})
+    assert done.returncode == 1
+    assert "(5000 characters)" in done.stderr
+    assert len(done.stderr) < 400, done.stderr
