@@ -178,12 +178,25 @@ def build(
     try:
         line = text.encode("utf-8")
     except UnicodeEncodeError:
-        raise InvalidEvent("values must be valid Unicode text (no lone surrogates)") from None
+        raise InvalidEvent(_not_unicode(props, anonymous_id, user_id)) from None
     if len(line) > MAX_RECORD_BYTES + 1:  # + 1: the newline ends the line, it is not JSON
         raise InvalidEvent(
             f"record is {len(line) - 1} bytes serialized; the limit is {MAX_RECORD_BYTES}"
         )
     return line
+
+
+def _not_unicode(props: Mapping[str, str], anonymous_id: str, user_id: str | None) -> str:
+    """Which value is not valid Unicode text, e.g. ``property 'commit_id' is not valid ...``
+    (a byte that is not UTF-8, passed through by the shell as a lone surrogate)."""
+    named = [(f"property {k!r}", v) for k, v in props.items()]
+    named += [("the session's anonymousId", anonymous_id), ("userId (RS_API_KEY)", user_id or "")]
+    for what, value in named:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return f"{what} is not valid Unicode text (a byte that is not UTF-8?)"
+    return "values must be valid Unicode text (no lone surrogates)"
 
 
 def _is_str(value: object) -> bool:

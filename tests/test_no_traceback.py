@@ -193,3 +193,15 @@ def test_help_or_version_into_a_full_disk_is_one_line(args: tuple[str, ...]) -> 
     assert "Traceback" not in done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
     assert "cannot write to standard output" in done.stderr
+
+
+def test_a_property_value_that_is_not_utf8_is_named(spool_dir: Path) -> None:
+    # "values must be valid Unicode text" named no value: which of the -p was it?
+    done = subprocess.run(
+        [os.fsencode(sys.executable), b"-m", b"spool", b"append", b"server_start",
+         b"-p", b"server_version=1.0", b"-p", b"commit_id=\xff\xfe"],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert b"property 'commit_id' is not valid Unicode text" in done.stderr
+    assert not (spool_dir / "active.jsonl").exists()
