@@ -163,3 +163,23 @@ def test_a_layout_file_of_an_older_number_is_not_called_newer(cli: Cli, spool_di
     assert result.returncode == 1
     assert "newer" not in result.stderr.split(";")[0], result.stderr
     assert "layout this release does not know (layout 0;" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "moving",
+    ['"garbage"', '{"moves": [["../x", "seg"]]}', '{"moves": 3}', '{"id": 5, "moves": []}'],
+)
+def test_a_damaged_record_of_moves_under_way_is_ignored_not_the_state(
+    cli: Cli, spool_dir: Path, moving: str
+) -> None:
+    # One damaged field of the new "moving" record set the whole state aside (counters and
+    # cursors restarted): only the record is dropped.
+    copy_fixture(spool_dir)
+    text = (spool_dir / "state.json").read_text()
+    (spool_dir / "state.json").write_text(
+        text.replace('"version": 1', f'"moving": {moving}, "version": 1')
+    )
+    os.chmod(spool_dir / "state.json", 0o600)
+    st = json.loads(cli("status", "--json").stdout)
+    assert st["delivered"]["events"] == EXPECTED["delivered"]
+    assert not list(spool_dir.glob("state.json.damaged-*"))

@@ -127,6 +127,11 @@ def _parsed_state(data: object) -> State:
         raise ValueError("unknown state version")
     data.pop("version")
     state = State(**{k: v for k, v in data.items() if k in _STATE_FIELDS})
+    if state.moving is not None and not _is_moving(state.moving):
+        # Damaged from outside: the rest of the state stands (a damaged field of its own
+        # would set the whole state aside); what it named is staged only, swept later.
+        log_warning("state.json's record of an import or requeue under way is damaged: ignored")
+        state.moving = None
     _check_state(state)
     state.retry_not_before = _usable_deadline(state.retry_not_before)
     state.last_flush = _usable_last_flush(state.last_flush)
@@ -275,7 +280,6 @@ def _check_state(state: State) -> None:
         and isinstance(state.imports, list)
         and all(isinstance(i, str) for i in state.imports)
         and (state.generation is None or isinstance(state.generation, str))
-        and (state.moving is None or _is_moving(state.moving))
     )
     if not (counts_ok and maps_ok and others_ok):
         raise ValueError("a field has the wrong type")
