@@ -24,6 +24,7 @@ from scripted_server import ScriptedServer, Stall
 
 import spool
 from spool.locking import held
+from spool.store._state import pid_namespace
 from spool.receiver import Receiver
 
 Cli = Callable[..., Any]
@@ -319,3 +320,21 @@ def test_a_temp_file_of_a_running_writer_survives_a_flush_whose_clock_runs_ahead
     assert result.returncode == 0, result.stderr
     left = {key for key, name in names.items() if (spool_dir / name).exists()}
     assert left == {"live-import", "live-state"}
+
+
+def test_a_staged_import_file_is_swept_at_once_only_for_a_writer_gone_from_this_namespace(
+    cli: Any, spool_dir: Path, receiver: Receiver, write_key: str
+) -> None:
+    # A pid is no proof across pid namespaces: a flush in a container sharing the spool saw
+    # every host writer as gone and removed a running import's staged files.
+    assert spool.append("server_start")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    ours = f".import-{gone}-{pid_namespace()}-12345-0.tmp"
+    theirs = f".import-{gone}-4026500000-12345-0.tmp"  # another namespace's writer
+    for name in (ours, theirs):
+        (spool_dir / name).write_bytes(b"x")  # fresh: written a moment ago
+    result = cli("flush", "--endpoint", receiver.url)
+    assert result.returncode == 0, result.stderr
+    assert not (spool_dir / ours).exists(), "a killed import's file, here: removed at once"
+    assert (spool_dir / theirs).exists(), "maybe a live import elsewhere: its age decides"

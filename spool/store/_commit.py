@@ -26,9 +26,9 @@ from typing import Any, ClassVar
 from spool import exitcodes
 from spool.errors import TelemetryError
 from spool.locking import state_lock
-from spool.store._files import fsync_dir, log_warning, suppress_os
+from spool.store._files import fsync_dir, log_warning, read_file, suppress_os
 from spool.store._quarantine import add_to_quarantine
-from spool.store._reading import segments, valid_cursor
+from spool.store._reading import count_lines, segments, valid_cursor
 from spool.store._state import (
     discard_segments,
     load_state,
@@ -170,14 +170,32 @@ def finish_moves(directory: Path, state: State) -> None:
     job = state.moving
     if job is None:
         return
+    lost = False
     for staged, name in job["moves"]:
         if os.path.lexists(directory / staged):
             os.rename(directory / staged, directory / name)
+        elif not os.path.lexists(directory / name):
+            lost = True  # removed from outside: neither staged nor in place
     fsync_dir(directory)  # in place, durably, before the record is cleared
     bundle = job.get("id")
     if bundle is not None and bundle not in state.imports:
-        state.imports.append(bundle)
-        state.imported += job.get("count", 0)
+        if not lost:
+            state.imports.append(bundle)
+            state.imported += job.get("count", 0)
+        else:
+            # Part of the bundle is gone: what is in place is counted, and the bundle is
+            # not recorded, so that importing it again brings the rest (the part in place
+            # twice, under the same messageIds: harmless).
+            state.imported += sum(
+                count_lines(read_file(directory / name))
+                for _staged, name in job["moves"]
+                if os.path.lexists(directory / name)
+            )
+            log_warning(
+                "an interrupted import of %s lost part of its staged files: import that "
+                "bundle again",
+                directory,
+            )
     state.moving = None
     commit(directory, state)
 

@@ -26,7 +26,7 @@ from spool.store._files import QUARANTINE, fsync_dir, stage_file, suppress_os
 from spool.store._pending import summary
 from spool.store._quarantine import json_line, quarantine_entry
 from spool.store._reading import quarantine_lines
-from spool.store._state import sweep_temp_files
+from spool.store._state import pid_namespace, sweep_temp_files
 
 
 def purge_pending(directory: Path) -> int:
@@ -199,6 +199,7 @@ def import_segments(directory: Path, staged: Sequence[Path], bundle_id: str, cou
     (``_commit.finish_moves``), never undone, never done twice. Staged files not adopted are
     removed.
     """
+    recorded = False
     try:
         # Events appended before the import are older than it: the active file is sealed
         # first, so that the adopted segments sort after them (delivery and cap drops
@@ -216,9 +217,11 @@ def import_segments(directory: Path, staged: Sequence[Path], bundle_id: str, cou
             }
             fsync_dir(directory)  # the staged files' names are durable before the state
             commit(directory, state)
+            recorded = True  # from here the staged files are the record's (finish_moves)
             finish_moves(directory, state)
     finally:
-        discard_staged(staged)  # left over only when nothing was added
+        if not recorded:
+            discard_staged(staged)  # nothing was added
     return True
 
 
@@ -246,7 +249,12 @@ class Staging:
     def write(self, data: bytes) -> None:
         """Append ``data`` to the current file, creating one when none is open."""
         if self._fd < 0:
-            name = f".import-{os.getpid()}-{time.monotonic_ns()}-{len(self.paths)}.tmp"
+            # The pid and its namespace: the sweep removes it at once only when that
+            # process is gone from this namespace (sweep_temp_files).
+            name = (
+                f".import-{os.getpid()}-{pid_namespace()}-{time.monotonic_ns()}-"
+                f"{len(self.paths)}.tmp"
+            )
             path = self.directory / name
             self._fd = private_open(path, os.O_WRONLY | os.O_EXCL)
             self.paths.append(path)

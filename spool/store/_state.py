@@ -415,11 +415,15 @@ def _discard(path: Path) -> bool:
 
 
 def sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:
-    """Remove temp files of writers killed before their rename: those whose writer (the
-    pid in the name) is gone, at once; those with no pid of ours in the name, an hour old.
+    """Remove temp files of writers killed before their rename: an import's staged file at
+    once when its writer (the pid and pid namespace in its name) is gone; any other an
+    hour old, unless its writer (the pid in its name) still runs here.
+
     The age alone trusted the clock (a flush whose clock ran two hours ahead removed a
-    running import's staged files) and kept a killed import's files for an hour (on a
-    nearly full disk, appends failed meanwhile)."""
+    running import's staged files) and kept a killed import's files an hour (on a nearly
+    full disk, appends failed meanwhile); a pid alone is no proof across pid namespaces
+    (a flush in a container sharing the spool would see every host writer as gone).
+    """
     limit = time.time() - older_than
     with os.scandir(directory) as entries:
         for entry in entries:
@@ -432,17 +436,32 @@ def sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:
                         os.unlink(entry.path)
 
 
+def pid_namespace() -> str:
+    """This process's pid namespace, e.g. ``"4026531836"`` (``"0"`` where it cannot be seen)."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
 def _writer_alive(name: str) -> bool | None:
-    """Whether the process a temp file's name carries (``.import-PID-...``, ``.NAME.PID.NS.tmp``)
-    still runs; None when it carries none (not one of ours: its age decides)."""
-    parts = name[1:-4].split("-") if name.startswith(".import-") else name.split(".")[-3:-2]
-    digits = parts[1] if name.startswith(".import-") and len(parts) > 1 else (parts or [""])[0]
+    """Whether the writer a temp file's name carries still runs: False only for an
+    import's staged file (``.import-PID-PIDNS-...``) of this pid namespace whose process is
+    gone; True when a process of that pid runs here; else None (its age decides)."""
+    if name.startswith(".import-"):
+        parts = name[1:-4].split("-")
+        digits = parts[1] if len(parts) > 1 else ""
+        namespace = parts[2] if len(parts) == 5 else None  # older names carry none
+    else:
+        parts = name.split(".")[-3:-2]  # .NAME.PID.NS.tmp (store.atomic_write)
+        digits, namespace = (parts or [""])[0], None
     if not digits.isdigit() or not digits.isascii():
         return None
     try:
         os.kill(int(digits), 0)
     except ProcessLookupError:
-        return False
+        same = namespace is not None and namespace != "0" and namespace == pid_namespace()
+        return False if same else None
     except (PermissionError, OverflowError, ValueError):
         return True  # alive under another user (or no pid at all): kept
     return True
