@@ -24,8 +24,8 @@ from scripted_server import ScriptedServer, Stall
 
 import spool
 from spool.locking import held
-from spool.store._state import pid_namespace
 from spool.receiver import Receiver
+from spool.store._state import pid_namespace
 
 Cli = Callable[..., Any]
 WRITE_KEY = "test-write-key"
