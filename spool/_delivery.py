@@ -251,9 +251,16 @@ def _sleep(run: Run, seconds: float) -> None:
 def _probe(run: Run, following: list[Item]) -> None:
     """After ``BLANKET_REFUSALS`` lone refusals in a row: send one event from further on in
     the batch (after ``following``, the range about to be sent) alone. Acknowledged, the
-    endpoint works: the split goes on. Refused, or no such event: ``EndpointRefuses``."""
-    after = run.probe_pool.index(following[-1]) + 1
-    candidates = [it for it in run.probe_pool[after:] if it.valid and not it.probed]
+    endpoint works: the split goes on. Refused: ``EndpointRefuses``. No such event (the
+    refused ones end the batch): the range is sent as it is, which tells as much, up to
+    twice ``BLANKET_REFUSALS`` lone refusals in a row."""
+    pool = run.probe_pool if following else []  # a whole segment next: no pool to probe in
+    after = pool.index(following[-1]) + 1 if following and following[-1] in pool else 0
+    candidates = [it for it in pool[after:] if it.valid and not it.probed]
+    if not candidates and run.lone_refusals < 2 * BLANKET_REFUSALS:
+        # The refused ones end their batch: what comes next (this range, the next
+        # segment) is itself the probe; ten lone refusals in a row with none possible stop.
+        return
     answer = _send(run, candidates[-1:], probing=True) if candidates else None
     if answer is not None and answer.verdict is Verdict.ACK:
         candidates[-1].probed = True
@@ -276,7 +283,7 @@ def _send(
     Returns an ACK or SPLIT answer; raises ``FlushStopped`` for the rest.
     """
     check_stop(run)
-    if run.lone_refusals >= BLANKET_REFUSALS and valid and not probing:
+    if run.lone_refusals >= BLANKET_REFUSALS and not probing:
         # Checked before the next request, so that a run whose every event was refused
         # ends as 65 (all quarantined) when nothing more is left to send. (A whole next
         # segment, ``valid`` empty, is itself the probe: split, it comes back here.)

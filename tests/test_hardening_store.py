@@ -25,7 +25,7 @@ from scripted_server import ScriptedServer, Stall
 import spool
 from spool.locking import held
 from spool.receiver import Receiver
-from spool.store._state import pid_namespace
+from spool.store._files import pid_namespace
 
 Cli = Callable[..., Any]
 WRITE_KEY = "test-write-key"

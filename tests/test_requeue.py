@@ -20,6 +20,7 @@ from kit import assert_accounted, shown
 from scripted_server import OK, Action, Recorded, Respond, ScriptedServer
 
 import spool
+from spool import store
 from spool.flushing import BLANKET_REFUSALS
 
 Cli = Callable[..., subprocess.CompletedProcess[str]]
@@ -270,3 +271,36 @@ def test_a_requeue_killed_at_any_rename_puts_each_event_back_once(
     ids = [e["messageId"] for e in scripted_server.accepted_events()]
     assert len(ids) == len(set(ids)) == 3
     assert not list(spool_dir.glob(".*.tmp")), "temp files left behind"
+
+
+def test_refused_events_that_end_their_batch_do_not_stop_a_working_endpoint(
+    scripted_server: ScriptedServer, cli: Cli, spool_dir: Path
+) -> None:
+    # The probe looked only after the range about to be sent: 5 refused events followed
+    # by the batch's last 5 good ones gave "refuses everything" (exit 1), the 5 unsent.
+    before = fill(10)
+    bad = {e["messageId"] for e in before[:5]}
+
+    def refuse_first(request: Recorded) -> Action:
+        return Respond(400, json={"error": "bad"}) if bad & set(request.message_ids) else OK
+
+    scripted_server.handler = refuse_first
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["quarantined"], report["sent"]) == (65, 5, 5), stderr
+    ids = [e["messageId"] for e in scripted_server.accepted_events()]
+    assert sorted(ids) == sorted({e["messageId"] for e in before} - bad)
+
+
+def test_one_event_segments_refused_one_after_another_stop_after_ten(
+    scripted_server: ScriptedServer, cli: Cli, spool_dir: Path
+) -> None:
+    # No probe is possible inside a one-event segment: ten lone refusals in a row stop.
+    for i in range(15):
+        assert spool.append("deployment_finished", {"commit_id": f"c{i:05d}"})
+        store.seal(spool_dir)
+    scripted_server.default = Respond(400, json={"error": "proxy says no"})
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert code == 1, stderr
+    assert "refuses everything" in report["message"]
+    assert report["quarantined"] == 10
+    assert report["left_pending"] == 5

@@ -167,12 +167,12 @@ def atomic_write(
     Operation is atomic: a reader sees the old file or the new one, never a mix. With
     ``durable=False`` the two fsyncs are left out: the new file survives the death of
     any process at once, a power loss only once a later durable write replaced it. The file
-    is ``mode`` whatever the umask; the temp file is ``.NAME.<pid>.<ns>.tmp`` beside it.
+    is ``mode`` whatever the umask; the temp file is ``.NAME.<pid>-<pidns>.<ns>.tmp`` beside it.
     ``strict=False``: a directory that cannot be fsynced (some file systems refuse) is
     not an error, the file being complete either way. The one atomic write of
     rs-telemetry: the spool's state and mode, the metrics textfile, the systemd units.
     """
-    tmp = directory / f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    tmp = directory / f".{name}.{_writer_tag()}.{time.monotonic_ns()}.tmp"
     fd = private_open(tmp, os.O_WRONLY | os.O_EXCL, mode)
     try:
         try:
@@ -194,11 +194,31 @@ def atomic_write(
                 raise
 
 
+_pid_namespace = ""
+
+
+def pid_namespace() -> str:
+    """This process's pid namespace, e.g. ``"4026531836"`` (``"0"`` where it cannot be seen)."""
+    global _pid_namespace  # noqa: PLW0603 - a process keeps its namespace
+    if not _pid_namespace:
+        try:
+            _pid_namespace = str(os.stat("/proc/self/ns/pid").st_ino)
+        except OSError:
+            _pid_namespace = "0"
+    return _pid_namespace
+
+
+def _writer_tag() -> str:
+    """``PID-PIDNS`` for a temp file's name, e.g. ``"4242-4026531836"``: whose it is, for
+    the sweep of a killed writer's temp files (``_state.sweep_temp_files``)."""
+    return f"{os.getpid()}-{pid_namespace()}"
+
+
 def stage_file(directory: Path, name: str, data: bytes) -> str:
     """Write ``data`` durably to a temp file beside ``directory/name`` (as ``atomic_write``
     does), but leave the rename to the caller; the temp file's name, e.g.
     ``.quarantine.jsonl.4242.123.tmp``. Removed again if the write fails."""
-    tmp = f".{name}.{os.getpid()}.{time.monotonic_ns()}.tmp"
+    tmp = f".{name}.{_writer_tag()}.{time.monotonic_ns()}.tmp"
     fd = private_open(directory / tmp, os.O_WRONLY | os.O_EXCL, 0o600)
     try:
         try:

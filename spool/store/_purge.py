@@ -22,11 +22,11 @@ from spool.store._commit import (
     finish_moves,
     locked_state,
 )
-from spool.store._files import QUARANTINE, fsync_dir, stage_file, suppress_os
+from spool.store._files import QUARANTINE, fsync_dir, pid_namespace, stage_file, suppress_os
 from spool.store._pending import summary
 from spool.store._quarantine import json_line, quarantine_entry
 from spool.store._reading import quarantine_lines
-from spool.store._state import pid_namespace, sweep_temp_files
+from spool.store._state import sweep_temp_files
 
 
 def purge_pending(directory: Path) -> int:

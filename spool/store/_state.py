@@ -32,6 +32,7 @@ from spool.store._files import (
     fsync_dir,
     log_warning,
     open_spool_file,
+    pid_namespace,
     read_file,
     read_range,
     suppress_os,
@@ -436,25 +437,19 @@ def sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:
                         os.unlink(entry.path)
 
 
-def pid_namespace() -> str:
-    """This process's pid namespace, e.g. ``"4026531836"`` (``"0"`` where it cannot be seen)."""
-    try:
-        return str(os.stat("/proc/self/ns/pid").st_ino)
-    except OSError:
-        return "0"
-
-
 def _writer_alive(name: str) -> bool | None:
-    """Whether the writer a temp file's name carries still runs: False only for an
-    import's staged file (``.import-PID-PIDNS-...``) of this pid namespace whose process is
-    gone; True when a process of that pid runs here; else None (its age decides)."""
+    """Whether the writer a temp file's name carries still runs: False only for a process
+    of this pid namespace that is gone (names ``.import-PID-PIDNS-...`` and
+    ``.NAME.PID-PIDNS.NS.tmp``); True when a process of that pid runs here; else None (an
+    older name without a namespace, or another namespace's: its age decides)."""
     if name.startswith(".import-"):
         parts = name[1:-4].split("-")
         digits = parts[1] if len(parts) > 1 else ""
         namespace = parts[2] if len(parts) == 5 else None  # older names carry none
     else:
-        parts = name.split(".")[-3:-2]  # .NAME.PID.NS.tmp (store.atomic_write)
-        digits, namespace = (parts or [""])[0], None
+        tag = (name.split(".")[-3:-2] or [""])[0]  # .NAME.PID-PIDNS.NS.tmp
+        digits, _dash, rest = tag.partition("-")
+        namespace = rest or None
     if not digits.isdigit() or not digits.isascii():
         return None
     try:
