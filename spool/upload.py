@@ -67,9 +67,9 @@ def classify(status: int | None, error: BaseException | None = None) -> Verdict:
         if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
             return Verdict.MISCONFIGURED
         tunnel = tunnel_refusal(error)
-        if tunnel is not None and tunnel[0] < 500:
+        if tunnel is not None and tunnel[0] < 500 and tunnel[0] not in (408, 429):
             # The proxy refused the CONNECT itself (407: no credentials, 403: not allowed
-            # there): a setting, which no retry fixes (its 5xx: it could not reach the host).
+            # there): a setting, which no retry fixes (its 408, 429 and 5xx: retried).
             return Verdict.MISCONFIGURED
         return Verdict.RETRY  # refused, reset, DNS failure, timeout, garbage answer
     if 200 <= status < 300:
@@ -83,7 +83,7 @@ def classify(status: int | None, error: BaseException | None = None) -> Verdict:
     return Verdict.MISCONFIGURED  # 3xx (redirects are not followed), 404, 405, 501, 505, 4xx
 
 
-_TUNNEL_FAILED = re.compile(r"Tunnel connection failed: (\d{3}) ?([^\r\n]{0,60})")
+_TUNNEL_FAILED = re.compile(r"Tunnel connection failed: (\d{3}) ?([A-Za-z][A-Za-z -]{0,59})?")
 
 
 def tunnel_refusal(error: BaseException | None) -> tuple[int, str] | None:
@@ -95,7 +95,7 @@ def tunnel_refusal(error: BaseException | None) -> tuple[int, str] | None:
     for cause in _causes(error):
         found = _TUNNEL_FAILED.search(str(cause))
         if found:
-            return int(found.group(1)), found.group(2).strip()
+            return int(found.group(1)), (found.group(2) or "").strip()
     return None
 
 
@@ -274,7 +274,7 @@ def transport_problem(error: BaseException | None, where: str) -> str:
                 f"the proxy asks for credentials ({tunnel[0]} {tunnel[1]}) to reach {where}: "
                 "put them in the proxy URL, e.g. HTTPS_PROXY=http://user:password@proxy:3128"
             )
-        if tunnel is not None and tunnel[0] < 500:
+        if tunnel is not None and tunnel[0] < 500 and tunnel[0] not in (408, 429):
             return (
                 f"the proxy refused to reach {where} ({tunnel[0]} {tunnel[1]}): ask its "
                 "operator to allow it, or check HTTPS_PROXY / NO_PROXY"

@@ -392,8 +392,9 @@ def _refusing_proxy(answer: bytes) -> Iterator[int]:
         ("407 Proxy Authentication Required", 1, "HTTPS_PROXY=http://user:password@"),
         ("403 Forbidden", 1, "ask its operator to allow it"),
         ("502 Bad Gateway", 75, "the proxy failed to reach"),
+        ("429 Too Many Requests", 75, "the proxy failed to reach"),
     ],
-    ids=["407", "403", "502"],
+    ids=["407", "403", "502", "429"],
 )
 def test_a_proxy_refusing_the_tunnel_is_a_setting_not_a_network_outage(
     cli: Cli, spool_dir: Path, write_key: str, status_line: str, code: int, says: str
@@ -412,6 +413,7 @@ def test_a_proxy_refusing_the_tunnel_is_a_setting_not_a_network_outage(
     assert result.returncode == code, result.stderr
     report = json.loads(result.stdout)
     assert says in report["message"], report
+    assert "')" not in report["message"], "repr debris of the exception in the message"
     assert report["left_pending"] == 1, report
     if code == 1:
         assert took < 2.5, f"retried for {took:.1f} s"
