@@ -258,6 +258,8 @@ def _locked_flush(
     lock_deadline = started + conf.max_time  # no lock may hold a flush past --max-time
     if not conf.dry_run:  # a dry run reads the active file as it is (store.peek)
         store.seal(directory, deadline=lock_deadline)
+    else:
+        store.check_file(directory, store.ACTIVE)  # what the seal would refuse, said alike
     if conf.dry_run:
         # A dry run changes nothing: not even the cap's drops (it shows what is pending).
         with store.locked_state(directory, deadline=lock_deadline) as state:

@@ -3,6 +3,7 @@ names the output, not the spool's disk, exit 1, and nothing sent or changed."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,3 +65,21 @@ def test_dry_runs_change_nothing_not_even_by_sealing(
     )  # fmt: skip
     assert real.returncode == 0, real.stderr
     assert len(scripted_server.requests) == 1
+
+
+def test_a_dry_run_counts_a_torn_tail_and_refuses_a_non_file_as_a_flush_would(
+    spool_dir: Path, cli: Any
+) -> None:
+    # Reading the active file up to its last newline hid a torn tail (a flush quarantines
+    # it), and a FIFO there was "1 event would be sent" while every real flush failed.
+    assert spool.append("server_start")
+    with (spool_dir / "active.jsonl").open("ab") as active:
+        active.write(b'{"type":"track","event":"serv')  # a writer killed mid-write
+    dry = cli("flush", "--dry-run", "--json")
+    assert dry.returncode == 0, dry.stderr
+    assert "1 quarantined" in json.loads(dry.stdout)["message"], dry.stdout
+    (spool_dir / "active.jsonl").unlink()
+    os.mkfifo(spool_dir / "active.jsonl", 0o600)
+    refused = cli("flush", "--dry-run")
+    assert refused.returncode == 1, refused.stderr
+    assert "not a regular file" in refused.stderr or "where a spool file belongs" in refused.stderr

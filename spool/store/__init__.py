@@ -75,6 +75,7 @@ if TYPE_CHECKING:
     from spool.store._limits import (
         UNSET_CLOCK_BEFORE,
         Claim,
+        check_file,
         claim,
         enforce_cap,
         enforce_cap_locked,
@@ -177,6 +178,7 @@ __all__ = [
     "atomic_write",
     "blank_lines",
     "check_dir",
+    "check_file",
     "claim",
     "commit",
     "commit_removal",

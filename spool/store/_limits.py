@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -115,25 +117,49 @@ def claim(directory: Path, name: str, deadline: float | None = None) -> Claim | 
 
 
 def peek(directory: Path, name: str) -> Claim | None:
-    """A dry run's look at ``name`` (the active file, which a flush would seal first): its
-    whole lines, read without a lock or a seal, so that a dry run changes nothing (sealing
-    at each one cut the spool into a segment, and later a request, per dry run). A claim
-    with nothing to release; None when it holds no whole line.
+    """A dry run's look at ``name`` (the active file, which a flush would seal first), read
+    without a seal, so that a dry run changes nothing (sealing at each one cut the spool
+    into a segment, and later a request, per dry run). Read under a shared ``flock`` when
+    one comes within a moment (an appender holds it for one write): then a line without
+    its newline is a torn tail, which a flush would quarantine, and is shown as one;
+    without it, such a line may be one being written, and is left out. A claim with
+    nothing to release; None when it holds nothing. ``SpoolUnusable`` for a non-file.
     """
     try:
         fd = open_spool_file(directory / name, READ_FLAGS)
     except FileNotFoundError:
         return None
+    register_lock_fd(fd)  # a child forked meanwhile must not keep the lock (locking)
     try:
+        locked = _flock_shared_soon(fd)
         data = read_range(fd, 0, os.fstat(fd).st_size)
     finally:
-        os.close(fd)
-    end = data.rfind(b"\n") + 1  # a line being written (or torn) is not one yet
+        close_lock_fd(fd)
+    end = len(data) if locked else data.rfind(b"\n") + 1
     if not end:
         return None
     taken = Claim(name, end, 0, -1)
     taken.data = data[:end]
     return taken
+
+
+def _flock_shared_soon(fd: int, tries: int = 50) -> bool:
+    """A shared ``flock`` on ``fd`` within about 50 ms, without ever blocking."""
+    for _ in range(tries):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            time.sleep(0.001)
+        else:
+            return True
+    return False
+
+
+def check_file(directory: Path, name: str) -> None:
+    """``SpoolUnusable`` (with the fix) when something other than a regular file stands at
+    ``name``, as a flush's seal would find it; nothing when it is a file or absent."""
+    with contextlib.suppress(FileNotFoundError):
+        os.close(open_spool_file(directory / name, READ_FLAGS))
 
 
 def is_claimed(path: Path) -> bool:

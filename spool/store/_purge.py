@@ -96,11 +96,14 @@ def requeue(directory: Path) -> tuple[int, int]:
                 raise RequeueUnwritable(exc, "a new segment of the spool") from exc
             try:
                 staged.append(stage_file(directory, QUARANTINE, b"".join(kept)))
+            except OSError as exc:
+                raise RequeueUnwritable(exc, "quarantine.jsonl (rewritten without them)") from exc
+            try:
                 fsync_dir(directory)
                 state.moving = {"moves": [[staged[0], name], [staged[1], QUARANTINE]]}
                 commit(directory, state)
             except OSError as exc:
-                raise RequeueUnwritable(exc, "quarantine.jsonl (rewritten without them)") from exc
+                raise RequeueUnwritable(exc, "state.json (the record of the requeue)") from exc
         except BaseException:
             state.moving = None
             for tmp in staged:  # nothing moved: under both locks nothing has read them
