@@ -354,11 +354,15 @@ def _check_openable(path: Path) -> None:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _refused_link(path) from exc
+        fix = (
+            "its file system is read-only: make it writable, or use a spool directory on a "
+            "writable one (--spool-dir or RS_TELEMETRY_DIR)"
+            if exc.errno == errno.EROFS
+            else "check the owner and mode of the spool directory, or use another "
+            "(--spool-dir or RS_TELEMETRY_DIR)"
+        )
         raise SpoolUnusable(
-            f"cannot open its lock file ({exc.strerror or exc})",
-            os.fspath(path),
-            "check the owner and mode of the spool directory, or use another "
-            "(--spool-dir or RS_TELEMETRY_DIR)",
+            f"cannot open its lock file ({exc.strerror or exc})", os.fspath(path), fix
         ) from exc
     os.close(fd)
 
