@@ -254,8 +254,8 @@ def _probe(run: Run, following: list[Item]) -> None:
     endpoint works: the split goes on. Refused: ``EndpointRefuses``. No such event (the
     refused ones end the batch): the range is sent as it is, which tells as much, up to
     twice ``BLANKET_REFUSALS`` lone refusals in a row."""
-    pool = run.probe_pool if following else []  # a whole segment next: no pool to probe in
-    after = pool.index(following[-1]) + 1 if following and following[-1] in pool else 0
+    pool = run.probe_pool  # a whole segment next (``following`` empty): nothing after it
+    after = pool.index(following[-1]) + 1 if following and following[-1] in pool else len(pool)
     candidates = [it for it in pool[after:] if it.valid and not it.probed]
     if not candidates and run.lone_refusals < 2 * BLANKET_REFUSALS:
         # The refused ones end their batch: what comes next (this range, the next
