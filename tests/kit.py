@@ -12,7 +12,7 @@ import random
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -241,3 +241,23 @@ def flock_holder(path: Path, seconds: float = 120) -> Iterator[subprocess.Popen[
         holder.wait()
         if holder.stdout is not None:
             holder.stdout.close()
+
+
+STRACE = shutil.which("strace")
+needs_strace = pytest.mark.skipif(
+    STRACE is None, reason="strace is not installed (Debian package strace)"
+)
+
+
+def killed_at_rename(args: Sequence[str], when: int, signal_name: str = "SIGKILL") -> None:
+    """Run ``python -m spool ARGS`` and send it ``signal_name`` at its ``when``-th rename
+    (strace's fault injection), e.g. between an import's segment renames."""
+    assert STRACE is not None
+    calls = "rename,renameat,renameat2"
+    done = subprocess.run(
+        [STRACE, "-f", "-o", "/dev/null", "-e", f"trace={calls}",
+         "-e", f"inject={calls}:signal={signal_name}:when={when}",
+         sys.executable, "-m", "spool", *args],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode in (0, 130, -9, 137), done.stderr  # finished, or stopped there

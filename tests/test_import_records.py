@@ -13,14 +13,11 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import Cli, accounted, cli_status
+from kit import Cli, accounted, cli_status, killed_at_rename, needs_strace
 
 import spool
 
@@ -209,10 +206,7 @@ def test_events_appended_before_an_import_stay_ahead_of_it(cli: Cli, tmp_path: P
     assert accounted(cli_status(cli)) == 6
 
 
-STRACE = shutil.which("strace")
-
-
-@pytest.mark.skipif(STRACE is None, reason="strace is not installed (Debian package strace)")
+@needs_strace
 @pytest.mark.parametrize("signal_name", ["SIGKILL", "SIGINT"])
 @pytest.mark.parametrize("kill_at", [1, 2, 3, 4, 5])
 def test_an_import_killed_at_any_rename_is_finished_once_never_twice(
@@ -231,14 +225,7 @@ def test_an_import_killed_at_any_rename_is_finished_once_never_twice(
     bundle = tmp_path / "b.rsbundle"
     assert cli("--spool-dir", str(other), "export", str(bundle)).returncode == 0
     assert spool.append("server_stop")  # one of this spool's own, in the active file
-    assert STRACE is not None
-    killed = subprocess.run(
-        [STRACE, "-f", "-o", "/dev/null", "-e", "trace=rename,renameat,renameat2",
-         "-e", f"inject=rename,renameat,renameat2:signal={signal_name}:when={kill_at}",
-         sys.executable, "-m", "spool", "import", str(bundle)],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert killed.returncode in (0, 130, -9, 137), killed.stderr
+    killed_at_rename(["import", str(bundle)], kill_at, signal_name)
     again = cli("import", str(bundle))
     assert again.returncode == 0, again.stderr
     ids = [json.loads(line)["properties"].get("commit_id") for line in shown_lines(cli)]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kit import assert_accounted, shown
+from kit import assert_accounted, killed_at_rename, needs_strace, shown
 from scripted_server import OK, Action, Recorded, Respond, ScriptedServer
 
 import spool
@@ -238,10 +237,7 @@ def test_an_endpoint_that_starts_refusing_everything_mid_run_stops_the_run(
     assert s["quarantined"]["events"] == BLANKET_REFUSALS
 
 
-STRACE = shutil.which("strace")
-
-
-@pytest.mark.skipif(STRACE is None, reason="strace is not installed (Debian package strace)")
+@needs_strace
 @pytest.mark.parametrize("kill_at", [1, 2, 3, 4])
 def test_a_requeue_killed_at_any_rename_puts_each_event_back_once(
     scripted_server: ScriptedServer, cli: Cli, spool_dir: Path, kill_at: int
@@ -253,14 +249,7 @@ def test_a_requeue_killed_at_any_rename_puts_each_event_back_once(
     scripted_server.default = Respond(400)
     code, report, stderr = flush(cli, scripted_server.url)
     assert (code, report["quarantined"]) == (65, 3), stderr
-    assert STRACE is not None
-    killed = subprocess.run(
-        [STRACE, "-f", "-o", "/dev/null", "-e", "trace=rename,renameat,renameat2",
-         "-e", f"inject=rename,renameat,renameat2:signal=SIGKILL:when={kill_at}",
-         sys.executable, "-m", "spool", "requeue", "--yes"],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert killed.returncode in (0, -9, 137), killed.stderr
+    killed_at_rename(["requeue", "--yes"], kill_at)
     again = cli("requeue", "--yes")
     assert again.returncode == 0, again.stderr
     s = assert_accounted(3)

@@ -460,19 +460,18 @@ def test_a_command_the_user_cannot_reach_is_a_warning(
     script.parent.mkdir()
     script.write_text(f"#!{sys.executable}\nfrom spool.cli import main\nmain()\n")
     script.chmod(0o755)
-    result = subprocess.run(
-        [str(script), "timer", "install", "--system", "--user", USER, "--no-enable",
-         "--unit-dir", str(tmp_path / "units")],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+
+    def install() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(script), "timer", "install", "--system", "--user", USER, "--no-enable",
+             "--unit-dir", str(tmp_path / "units")],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    result = install()
     assert result.returncode == 0, result.stderr
     (warning,) = [line for line in result.stderr.splitlines() if "cannot reach" in line]
     assert f"{USER} cannot reach {script}" in warning
     assert f"{private} is drwx------" in warning
     private.chmod(0o755)
-    again = subprocess.run(
-        [str(script), "timer", "install", "--system", "--user", USER, "--no-enable",
-         "--unit-dir", str(tmp_path / "units")],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert f"cannot reach {script}" not in again.stderr
+    assert f"cannot reach {script}" not in install().stderr
