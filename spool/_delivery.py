@@ -251,12 +251,15 @@ def _sleep(run: Run, seconds: float) -> None:
 def _probe(run: Run, following: list[Item]) -> None:
     """After ``BLANKET_REFUSALS`` lone refusals in a row: send one event from further on in
     the batch (after ``following``, the range about to be sent) alone. Acknowledged, the
-    endpoint works: the split goes on. Refused: ``EndpointRefuses``. No such event (the
-    refused ones end the batch): the range is sent as it is, which tells as much, up to
-    twice ``BLANKET_REFUSALS`` lone refusals in a row."""
+    endpoint works: the split goes on, with no more probes in this batch. Refused:
+    ``EndpointRefuses``. No such event (the refused ones end the batch): the range is
+    sent as it is, which tells as much, up to twice ``BLANKET_REFUSALS`` lone refusals in
+    a row."""
     pool = run.probe_pool  # a whole segment next (``following`` empty): nothing after it
+    if any(it.probed for it in pool):
+        return  # a probe of this batch was acknowledged: the endpoint works, go on
     after = pool.index(following[-1]) + 1 if following and following[-1] in pool else len(pool)
-    candidates = [it for it in pool[after:] if it.valid and not it.probed]
+    candidates = [it for it in pool[after:] if it.valid]
     if not candidates and run.lone_refusals < 2 * BLANKET_REFUSALS:
         # The refused ones end their batch: what comes next (this range, the next
         # segment) is itself the probe; ten lone refusals in a row with none possible stop.

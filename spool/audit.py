@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from spool import record, settings, store
+from spool.errors import Busy, TelemetryError
 
 
 @dataclass(frozen=True)
@@ -30,11 +31,25 @@ def decode(raw: bytes) -> tuple[dict[str, Any] | None, str | None]:
     return message, problem or None
 
 
+def _finished(directory: Path) -> store.State:
+    """The state, after finishing an import or requeue a kill left half done (its files
+    would be counted twice, or not yet, until then) when ``state.lock`` is free at once;
+    a reader never waits for it."""
+    state = store.load_state(directory)
+    if state.moving is None:
+        return state
+    try:
+        with store.locked_state(directory, wait=False) as finished:  # finishes the moves
+            return finished
+    except (Busy, TelemetryError, OSError):
+        return state  # held by a running command, which finishes them itself
+
+
 def pending(directory: Path) -> Iterator[Pending]:
     """Every pending line, oldest first, decoded."""
     if not store.check_dir(directory, create=False):
         return
-    state = store.load_state(directory)
+    state = _finished(directory)
     for _pf, line in store.iter_pending(directory, state):
         message, problem = decode(line.raw)
         yield Pending(line.raw, message, problem)
@@ -44,6 +59,7 @@ def quarantined(directory: Path) -> Iterator[dict[str, Any]]:
     """Quarantine entries as objects carrying ``_quarantine`` (damaged lines shown raw)."""
     if not store.check_dir(directory, create=False):
         return
+    _finished(directory)  # a requeue a kill left half done: its events shown once
     written: str | None = None  # when the quarantine file was last written, if needed
     for line in store.quarantine_lines(directory):
         try:
@@ -105,7 +121,7 @@ def last_flush_endpoint(directory: Path) -> str | None:
 def status(directory: Path) -> dict[str, Any]:
     """The stable ``status --json`` object (``version`` 1)."""
     exists = store.check_dir(directory, create=False)
-    state = store.load_state(directory) if exists else store.State()
+    state = _finished(directory) if exists else store.State()
     pending = (
         store.summary(directory, state, first=_timestamp_of)
         if exists

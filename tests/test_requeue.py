@@ -250,6 +250,9 @@ def test_a_requeue_killed_at_any_rename_puts_each_event_back_once(
     code, report, stderr = flush(cli, scripted_server.url)
     assert (code, report["quarantined"]) == (65, 3), stderr
     killed_at_rename(["requeue", "--yes"], kill_at)
+    # Read at once, before any command finished it: each event counted once.
+    s = assert_accounted(3)
+    assert s["pending"]["events"] + s["quarantined"]["events"] == 3, s
     again = cli("requeue", "--yes")
     assert again.returncode == 0, again.stderr
     s = assert_accounted(3)
@@ -293,3 +296,23 @@ def test_one_event_segments_refused_one_after_another_stop_after_ten(
     assert "refuses everything" in report["message"]
     assert report["quarantined"] == 10
     assert report["left_pending"] == 5
+
+
+@pytest.mark.parametrize(("events", "refused"), [(20, 10), (60, 30), (60, 55), (100, 51)])
+def test_a_working_endpoint_refusing_most_of_a_batch_is_never_called_broken(
+    scripted_server: ScriptedServer, cli: Cli, events: int, refused: int
+) -> None:
+    # Once every later event had been a probe (acknowledged), the next refusals found no
+    # probe left and stopped the run: exit 1, "refuses everything", for a working endpoint.
+    before = fill(events)
+    bad = {e["messageId"] for e in before[:refused]}
+
+    def refuse_oldest(request: Recorded) -> Action:
+        return Respond(400, json={"error": "bad"}) if bad & set(request.message_ids) else OK
+
+    scripted_server.handler = refuse_oldest
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["quarantined"], report["sent"]) == (65, refused, events - refused), stderr
+    delivered = [e["messageId"] for e in scripted_server.accepted_events()]
+    assert sorted(delivered) == sorted({e["messageId"] for e in before} - bad)
+    assert len(delivered) == len(set(delivered))

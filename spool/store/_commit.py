@@ -33,6 +33,7 @@ from spool.store._state import (
     discard_segments,
     load_state,
     save_state,
+    staged_names,
     sweep_temp_files,
     sync_in_place,
     sync_state,
@@ -276,7 +277,7 @@ def remove_consumed(directory: Path, state: State) -> None:
 
     The caller holds ``state.lock``.
     """
-    sweep_temp_files(directory)
+    sweep_temp_files(directory, keep=staged_names(state))
     done = []
     for name in segments(directory):
         size = os.stat(directory / name, follow_symlinks=False).st_size

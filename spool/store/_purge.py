@@ -26,7 +26,7 @@ from spool.store._files import QUARANTINE, fsync_dir, pid_namespace, stage_file,
 from spool.store._pending import summary
 from spool.store._quarantine import json_line, quarantine_entry
 from spool.store._reading import quarantine_lines
-from spool.store._state import sweep_temp_files
+from spool.store._state import staged_names, sweep_temp_files
 
 
 def purge_pending(directory: Path) -> int:
@@ -209,7 +209,7 @@ def import_segments(directory: Path, staged: Sequence[Path], bundle_id: str, cou
         # follow the order of appends and imports, SPEC 4).
         seal(directory)
         with locked_state(directory) as state:
-            sweep_temp_files(directory)  # a killed import's staged files, say
+            sweep_temp_files(directory, keep=staged_names(state))  # a killed import's, say
             if bundle_id in state.imports:
                 return False
             names = new_segment_names(directory, len(staged))

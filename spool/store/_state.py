@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 
@@ -415,7 +416,9 @@ def _discard(path: Path) -> bool:
     return True
 
 
-def sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:
+def sweep_temp_files(
+    directory: Path, older_than: float = 3600.0, keep: Collection[str] = ()
+) -> None:
     """Remove temp files of writers killed before their rename: an import's staged file at
     once when its writer (the pid and pid namespace in its name) is gone; any other an
     hour old, unless its writer (the pid in its name) still runs here.
@@ -424,17 +427,25 @@ def sweep_temp_files(directory: Path, older_than: float = 3600.0) -> None:
     running import's staged files) and kept a killed import's files an hour (on a nearly
     full disk, appends failed meanwhile); a pid alone is no proof across pid namespaces
     (a flush in a container sharing the spool would see every host writer as gone).
+    ``keep``: names never removed (the staged files of moves not finished yet).
     """
     limit = time.time() - older_than
     with os.scandir(directory) as entries:
         for entry in entries:
             if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                if entry.name in keep:
+                    continue  # named by a record of moves under way (State.moving)
                 with suppress_os():
                     alive = _writer_alive(entry.name)
                     if alive is False or (
                         alive is None and entry.stat(follow_symlinks=False).st_mtime < limit
                     ):
                         os.unlink(entry.path)
+
+
+def staged_names(state: State) -> set[str]:
+    """The temp files ``state.moving`` still names, e.g. ``{".import-...tmp"}``."""
+    return {staged for staged, _name in state.moving["moves"]} if state.moving else set()
 
 
 def _writer_alive(name: str) -> bool | None:
