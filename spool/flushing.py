@@ -256,15 +256,14 @@ def _locked_flush(
     call: _Call,
 ) -> None:
     lock_deadline = started + conf.max_time  # no lock may hold a flush past --max-time
-    if not conf.dry_run:  # a dry run reads the active file as it is (store.peek)
-        store.seal(directory, deadline=lock_deadline)
-    else:
-        store.check_file(directory, store.ACTIVE)  # what the seal would refuse, said alike
     if conf.dry_run:
-        # A dry run changes nothing: not even the cap's drops (it shows what is pending).
+        # A dry run changes nothing: no seal (it reads the active file as it is, store.peek;
+        # what the seal would refuse, it refuses alike), not even the cap's drops.
+        store.check_file(directory, store.ACTIVE)
         with store.locked_state(directory, deadline=lock_deadline) as state:
             pass
     else:
+        store.seal(directory, deadline=lock_deadline)
         dropped_before = sum(store.load_state(directory).dropped.values())
         store.enforce_cap(directory, conf.max_bytes, deadline=lock_deadline)
         with store.locked_state(directory, deadline=lock_deadline) as state:
