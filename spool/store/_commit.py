@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 from spool import exitcodes
 from spool.errors import TelemetryError
 from spool.locking import state_lock
-from spool.store._files import fsync_dir, log_warning, read_file, suppress_os
+from spool.store._files import fsync_dir, log_warning, read_file, suppress_os, warn_once
 from spool.store._quarantine import add_to_quarantine
 from spool.store._reading import count_lines, segments, valid_cursor
 from spool.store._state import (
@@ -160,7 +160,11 @@ def locked_state(
             try:
                 finish_moves(directory, state)
             except OSError as exc:  # a full disk: the data is safe; finished later
-                log_warning("could not finish an interrupted import or requeue yet: %s", exc)
+                warn_once(
+                    ("moves", str(directory)),
+                    "could not finish an interrupted import or requeue yet: %s",
+                    exc,
+                )
         yield state
 
 
