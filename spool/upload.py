@@ -66,11 +66,8 @@ def classify(status: int | None, error: BaseException | None = None) -> Verdict:
             return Verdict.MISCONFIGURED  # a certificate problem will not fix itself
         if isinstance(error, (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema)):
             return Verdict.MISCONFIGURED
-        tunnel = tunnel_refusal(error)
-        if tunnel is not None and tunnel[0] < 500 and tunnel[0] not in (408, 429):
-            # The proxy refused the CONNECT itself (407: no credentials, 403: not allowed
-            # there): a setting, which no retry fixes (its 408, 429 and 5xx: retried).
-            return Verdict.MISCONFIGURED
+        if tunnel_refusal(error) is not None:
+            return Verdict.MISCONFIGURED  # a proxy's refusal: a setting, no retry fixes it
         return Verdict.RETRY  # refused, reset, DNS failure, timeout, garbage answer
     if 200 <= status < 300:
         return Verdict.ACK
@@ -87,15 +84,19 @@ _TUNNEL_FAILED = re.compile(r"Tunnel connection failed: (\d{3}) ?([A-Za-z][A-Za-
 
 
 def tunnel_refusal(error: BaseException | None) -> tuple[int, str] | None:
-    """The status and reason a proxy answered our CONNECT with, e.g. ``(407, "Proxy
-    Authentication Required")``; None when the error is not such a refusal. (http.client
-    says it only in its message: ``Tunnel connection failed: 407 ...``.)"""
+    """The status and reason a proxy refused our CONNECT with, as a setting would (407: no
+    credentials, 403: not allowed there, another 4xx), e.g. ``(407, "Proxy Authentication
+    Required")``; None for any other error, and for its 408, 429 and 5xx, which are
+    retried. (http.client says it only in its message: ``Tunnel connection failed: 407``.)"""
     if not isinstance(error, requests.exceptions.ProxyError):
         return None
     for cause in _causes(error):
         found = _TUNNEL_FAILED.search(str(cause))
         if found:
-            return int(found.group(1)), (found.group(2) or "").strip()
+            status = int(found.group(1))
+            if status >= 500 or status in (408, 429):
+                return None
+            return status, (found.group(2) or "").strip()
     return None
 
 
@@ -274,7 +275,7 @@ def transport_problem(error: BaseException | None, where: str) -> str:
                 f"the proxy asks for credentials ({tunnel[0]} {tunnel[1]}) to reach {where}: "
                 "put them in the proxy URL, e.g. HTTPS_PROXY=http://user:password@proxy:3128"
             )
-        if tunnel is not None and tunnel[0] < 500 and tunnel[0] not in (408, 429):
+        if tunnel is not None:
             return (
                 f"the proxy refused to reach {where} ({tunnel[0]} {tunnel[1]}): ask its "
                 "operator to allow it, or check HTTPS_PROXY / NO_PROXY"
