@@ -298,14 +298,21 @@ def test_a_host_with_closed_standard_streams_never_gets_a_socket_or_lock_on_them
     assert len(scripted_server.accepted_events()) == 3
 
 
+def _pid_of_a_process_gone() -> str:
+    """The pid of a process that has exited (its temp files are a killed writer's)."""
+    return subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+
+
 def test_a_temp_file_of_a_running_writer_survives_a_flush_whose_clock_runs_ahead(
     cli: Any, spool_dir: Path, receiver: Receiver, write_key: str
 ) -> None:
     # The sweep removed temp files "an hour old" by the clock alone: a flush under a clock
     # two hours ahead removed a running import's staged files (its import then failed).
     assert spool.append("server_start")
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    gone = _pid_of_a_process_gone()
     names = {
         "live-import": f".import-{os.getpid()}-12345-0.tmp",  # this process: alive
         "live-state": f".state.json.{os.getpid()}.12345.tmp",
@@ -328,8 +335,7 @@ def test_a_staged_import_file_is_swept_at_once_only_for_a_writer_gone_from_this_
     # A pid is no proof across pid namespaces: a flush in a container sharing the spool saw
     # every host writer as gone and removed a running import's staged files.
     assert spool.append("server_start")
-    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                          capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    gone = _pid_of_a_process_gone()
     ours = f".import-{gone}-{pid_namespace()}-12345-0.tmp"
     theirs = f".import-{gone}-4026500000-12345-0.tmp"  # another namespace's writer
     for name in (ours, theirs):

@@ -37,6 +37,15 @@ def fill(n: int) -> list[dict[str, Any]]:
     return shown()
 
 
+def refusing(message_ids: set[str]) -> Callable[[Recorded], Action]:
+    """A server's handler: 400 to any batch holding one of ``message_ids``, else 200."""
+
+    def handle(request: Recorded) -> Action:
+        return Respond(400, json={"error": "bad"}) if message_ids & set(request.message_ids) else OK
+
+    return handle
+
+
 def flush(cli: Cli, url: str) -> tuple[int, dict[str, Any], str]:
     result = cli("flush", "--endpoint", url, "--json", "--max-time", "20")
     return result.returncode, json.loads(result.stdout), result.stderr
@@ -80,10 +89,7 @@ def test_a_blanket_refusal_stops_early_and_requeue_puts_it_back(
     # 2xx, every refused event is isolated and quarantined, and the run goes on.
     poison = {before[i]["messageId"] for i in (40, 90, 130, 170, 210, 250, 280, 299)}
 
-    def refuse_poison(request: Recorded) -> Action:
-        return Respond(400, json={"error": "bad"}) if poison & set(request.message_ids) else OK
-
-    scripted_server.handler = refuse_poison
+    scripted_server.handler = refusing(poison)
     code, report, stderr = flush(cli, scripted_server.url)
     assert (code, report["quarantined"], report["sent"]) == (65, 8, 292), stderr
     delivered = [e["messageId"] for e in scripted_server.accepted_events()]
@@ -200,10 +206,7 @@ def test_a_working_endpoint_refusing_the_oldest_events_is_no_blanket_refusal(
     before = fill(300)
     bad = {e["messageId"] for e in before[:20]}
 
-    def refuse_oldest(request: Recorded) -> Action:
-        return Respond(400, json={"error": "bad"}) if bad & set(request.message_ids) else OK
-
-    scripted_server.handler = refuse_oldest
+    scripted_server.handler = refusing(bad)
     code, report, stderr = flush(cli, scripted_server.url)
     assert (code, report["quarantined"], report["sent"]) == (65, 20, 280), stderr
     assert report["message"] is None, report
@@ -273,10 +276,7 @@ def test_refused_events_that_end_their_batch_do_not_stop_a_working_endpoint(
     before = fill(10)
     bad = {e["messageId"] for e in before[:5]}
 
-    def refuse_first(request: Recorded) -> Action:
-        return Respond(400, json={"error": "bad"}) if bad & set(request.message_ids) else OK
-
-    scripted_server.handler = refuse_first
+    scripted_server.handler = refusing(bad)
     code, report, stderr = flush(cli, scripted_server.url)
     assert (code, report["quarantined"], report["sent"]) == (65, 5, 5), stderr
     ids = [e["messageId"] for e in scripted_server.accepted_events()]
@@ -307,10 +307,7 @@ def test_a_working_endpoint_refusing_most_of_a_batch_is_never_called_broken(
     before = fill(events)
     bad = {e["messageId"] for e in before[:refused]}
 
-    def refuse_oldest(request: Recorded) -> Action:
-        return Respond(400, json={"error": "bad"}) if bad & set(request.message_ids) else OK
-
-    scripted_server.handler = refuse_oldest
+    scripted_server.handler = refusing(bad)
     code, report, stderr = flush(cli, scripted_server.url)
     assert (code, report["quarantined"], report["sent"]) == (65, refused, events - refused), stderr
     delivered = [e["messageId"] for e in scripted_server.accepted_events()]
