@@ -166,7 +166,9 @@ def _debug(line: bytes) -> None:
 _default: Session | None = None
 
 
-_default_lock = _thread.allocate_lock()  # _thread: no import cost, unlike threading
+# Re-entrant: a signal handler (or a __del__) that appends may run while this thread
+# publishes the default session, and must not wait for itself. _thread: no import cost.
+_default_lock = _thread.RLock()
 
 
 def default_session() -> Session:
@@ -179,11 +181,14 @@ def default_session() -> Session:
     global _default  # noqa: PLW0603 - one default session per process, reset in forked children
     session = _default
     if session is None:
+        # Made outside the lock, published under it: an append re-entered from a signal
+        # handler while this one is made publishes its own, and this one then uses it.
+        anonymous_id, problem = _env.session_id()
+        made = Session(anonymous_id=anonymous_id)
+        made._env_problem = problem  # said at an append, not here
         with _default_lock:
             if _default is None:
-                anonymous_id, problem = _env.session_id()
-                _default = Session(anonymous_id=anonymous_id)
-                _default._env_problem = problem  # said at an append, not here
+                _default = made
             session = _default
     return session
 
@@ -191,7 +196,7 @@ def default_session() -> Session:
 def _forget_default_session() -> None:
     global _default, _default_lock  # noqa: PLW0603
     _default = None
-    _default_lock = _thread.allocate_lock()  # another thread may have held it at fork time
+    _default_lock = _thread.RLock()  # another thread may have held it at fork time
 
 
 # A forked child is a new process: it gets its own anonymousId (unless the variable names

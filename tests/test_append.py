@@ -792,3 +792,37 @@ def test_fork_after_append_child_appends_land_correctly(spool_dir: Path) -> None
     assert len(child_ids) == 1
     assert len(parent_ids) == 1
     assert child_ids != parent_ids
+
+
+DEFAULT_SESSION_REENTERED = """
+import json, os, signal, spool
+from spool import _env, session
+real = _env.session_id
+sent = []
+def handler(*_):
+    print(json.dumps(spool.append("server_stop")))
+def interrupted():  # a signal arrives while the default session is being made (once)
+    if not sent:
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGUSR1)
+    return real()
+signal.signal(signal.SIGUSR1, handler)
+_env.session_id = interrupted
+print(json.dumps(spool.append("server_start")))
+"""
+
+
+def test_an_append_from_a_signal_handler_while_the_default_session_is_made(
+    spool_dir: Path,
+) -> None:
+    # The default session was made under a plain lock: a handler appending in that moment
+    # (a timer signal at a host's first append) waited for its own thread, for ever.
+    result = subprocess.run(
+        [sys.executable, "-c", DEFAULT_SESSION_REENTERED],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["true", "true"]
+    lines = (spool_dir / "active.jsonl").read_text().splitlines()
+    ids = {json.loads(line)["anonymousId"] for line in lines}
+    assert len(ids) == 1, "one default session for the process"
