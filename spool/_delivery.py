@@ -89,6 +89,7 @@ class Run:
     acknowledged: bool = False
     lone_refusals: int = 0  # lone events refused in a row, since the last 2xx
     probe_pool: list[Item] = field(default_factory=list)  # the batch being resolved
+    known_good: Item | None = None  # the event of the run's last acknowledged probe
     unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
     cap_checked: float = 0.0
     consumed: list[str] = field(default_factory=list)  # committed, unlinked at the settle
@@ -249,27 +250,38 @@ def _sleep(run: Run, seconds: float) -> None:
 
 
 def _probe(run: Run, following: list[Item]) -> None:
-    """After ``BLANKET_REFUSALS`` lone refusals in a row: send one event from further on in
-    the batch (after ``following``, the range about to be sent) alone. Acknowledged, the
-    endpoint works: the split goes on, with no more probes in this batch. Refused:
-    ``EndpointRefuses``. No such event (the refused ones end the batch): the range is
-    sent as it is, which tells as much, up to twice ``BLANKET_REFUSALS`` lone refusals in
-    a row."""
+    """After ``BLANKET_REFUSALS`` lone refusals in a row: send an event from further on in
+    the batch (after ``following``, the range about to be sent) alone, the batch's last one
+    not probed yet. Refused (it may be a bad event too), a second opinion: the event of
+    the run's last acknowledged probe again (the endpoint took it once: refused now, the
+    endpoint changed; the same messageId, which Segment deduplicates), or else one from
+    the middle of the rest. Acknowledged, the endpoint works: the split goes on, and the
+    count of refusals starts again (a probe comes again after as many more, so an endpoint
+    that breaks later in the batch is still caught). Refused twice: ``EndpointRefuses``.
+    No event to probe (the refused ones end the batch): the range is sent as it is, which
+    tells as much, up to twice ``BLANKET_REFUSALS`` lone refusals in a row, unless a probe
+    of this batch was acknowledged (what is left of it is then bad events, at most)."""
     pool = run.probe_pool  # a whole segment next (``following`` empty): nothing after it
-    if any(it.probed for it in pool):
-        return  # a probe of this batch was acknowledged: the endpoint works, go on
     after = pool.index(following[-1]) + 1 if following and following[-1] in pool else len(pool)
-    candidates = [it for it in pool[after:] if it.valid]
-    if not candidates and run.lone_refusals < 2 * BLANKET_REFUSALS:
+    candidates = [it for it in pool[after:] if it.valid and not it.probed]
+    if not candidates and (
+        run.lone_refusals < 2 * BLANKET_REFUSALS or any(it.probed for it in pool)
+    ):
         # The refused ones end their batch: what comes next (this range, the next
         # segment) is itself the probe; ten lone refusals in a row with none possible stop.
         return
-    answer = _send(run, candidates[-1:], probing=True) if candidates else None
-    if answer is not None and answer.verdict is Verdict.ACK:
-        candidates[-1].probed = True
-        return
+    second = run.known_good or (candidates[len(candidates) // 2] if candidates else None)
+    probes = list(dict.fromkeys([*candidates[-1:], *([second] if second else [])]))
+    for probe in probes:  # one or two
+        answer = _send(run, [probe], probing=True)
+        if answer is not None and answer.verdict is Verdict.ACK:
+            probe.probed = True  # and ``_send`` started the count of refusals again
+            run.known_good = probe
+            return
     since = " since its last 2xx" if run.acknowledged else ""
-    later = ", and a later one alone too," if candidates else ""
+    later = {0: "", 1: ", and a later one alone too,"}.get(
+        len(probes), f", and {len(probes)} other ones alone too,"
+    )
     raise EndpointRefuses(
         f"the endpoint refuses everything: {run.uploader.url if run.uploader else ''} "
         f"refused {run.lone_refusals} events sent one by one{later} and accepted none{since} "

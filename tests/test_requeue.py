@@ -240,6 +240,52 @@ def test_an_endpoint_that_starts_refusing_everything_mid_run_stops_the_run(
     assert s["quarantined"]["events"] == BLANKET_REFUSALS
 
 
+@pytest.mark.parametrize("events", [400, 1500])
+def test_an_endpoint_breaking_after_an_acknowledged_probe_still_stops_the_run(
+    scripted_server: ScriptedServer, cli: Cli, events: int
+) -> None:
+    # The 5 oldest refused (bad events), the probe acknowledged, then 400 to everything (a
+    # proxy put in front): no more probes were sent in that batch, and the whole rest of
+    # it was quarantined one event at a time (exit 65, no message; past the quarantine's
+    # cap, valid events dropped).
+    before = fill(events)
+    bad = {e["messageId"] for e in before[:5]}
+    broken = []
+
+    def refuse_after_one_ack(request: Recorded) -> Action:
+        if broken or bad & set(request.message_ids):
+            return Respond(400, json={"error": "no"})
+        broken.append(True)
+        return OK
+
+    scripted_server.handler = refuse_after_one_ack
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["exit_code"]) == (1, 1), stderr
+    assert "refuses everything" in report["message"]
+    assert report["quarantined"] <= 2 * BLANKET_REFUSALS, report
+    s = assert_accounted(events)
+    assert s["dropped"]["events"] == 0, s["dropped"]
+    # The acknowledged probe stays pending with the rest (committed with its range only):
+    # the next run sends it again, under the same messageId.
+    assert s["pending"]["events"] == events - report["quarantined"]
+
+
+@pytest.mark.parametrize("events", [12, 100, 1000])
+def test_a_working_endpoint_refusing_the_probe_too_is_not_called_broken(
+    scripted_server: ScriptedServer, cli: Cli, events: int
+) -> None:
+    # The probe is the batch's last event: refused as well (a bad event, like the 5
+    # oldest), a working endpoint was called broken, exit 1 at every run.
+    before = fill(events)
+    bad = {e["messageId"] for e in before[:5]} | {before[-1]["messageId"]}
+    scripted_server.handler = refusing(bad)
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["quarantined"], report["sent"]) == (65, 6, events - 6), stderr
+    delivered = [e["messageId"] for e in scripted_server.accepted_events()]
+    assert sorted(delivered) == sorted({e["messageId"] for e in before} - bad)
+    assert len(delivered) == len(set(delivered))
+
+
 @needs_strace
 @pytest.mark.parametrize("kill_at", [1, 2, 3, 4])
 def test_a_requeue_killed_at_any_rename_puts_each_event_back_once(
@@ -311,5 +357,7 @@ def test_a_working_endpoint_refusing_most_of_a_batch_is_never_called_broken(
     code, report, stderr = flush(cli, scripted_server.url)
     assert (code, report["quarantined"], report["sent"]) == (65, refused, events - refused), stderr
     delivered = [e["messageId"] for e in scripted_server.accepted_events()]
-    assert sorted(delivered) == sorted({e["messageId"] for e in before} - bad)
-    assert len(delivered) == len(set(delivered))
+    assert set(delivered) == {e["messageId"] for e in before} - bad
+    # Once every later event was a probe, a refused probe is checked against an event the
+    # endpoint acknowledged before, sent again (same messageId): one per five refusals.
+    assert len(delivered) - len(set(delivered)) <= refused // BLANKET_REFUSALS
