@@ -254,6 +254,25 @@ def check_proxy(proxy: str) -> None:
         )
 
 
+def check_ca_bundle(path: str) -> None:
+    """Refuse a CA bundle that requests could not load, e.g. ``/etc/ssl/missing.pem``.
+
+    requests reads it from ``REQUESTS_CA_BUNDLE`` (or ``CURL_CA_BUNDLE``) and raises a bare
+    ``OSError`` at the first https request when it is not there, which read as the spool's
+    own disk failing.
+    """
+    if os.path.exists(path):
+        return
+    named = next(
+        (name for name in ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE") if os.environ.get(name)),
+        "REQUESTS_CA_BUNDLE",
+    )
+    raise ConfigError(
+        f"the CA bundle {path!r} ({named}) does not exist: point {named} at a PEM "
+        "file (or directory) of CA certificates, or unset it to use the bundled ones"
+    )
+
+
 def _host_name_ok(host: str) -> bool:
     """True when a URL's host can be connected to by name, e.g. not ``a..b``."""
     if ":" in host:

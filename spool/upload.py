@@ -31,7 +31,7 @@ import urllib3
 from spool._version import __version__
 from spool.exchange import Exchange, Interrupted, RequestDeadline
 from spool.record import iso_timestamp
-from spool.settings import check_proxy, is_loopback_host
+from spool.settings import check_ca_bundle, check_proxy, is_loopback_host
 from spool.store._state import RETRY_WAIT_CAP
 
 MAX_BODY_BYTES = 475_000
@@ -356,6 +356,8 @@ class Uploader:
         if proxy:
             check_proxy(proxy)  # a proxy that cannot work is a setting, named as such
         self._verify: bool | str = settings["verify"] or True  # True or a CA bundle path
+        if isinstance(self._verify, str) and urlsplit(batch_url).scheme.lower() == "https":
+            check_ca_bundle(self._verify)  # else requests' bare OSError at the first request
         token = base64.b64encode(f"{write_key}:".encode()).decode("ascii")
         # Some endpoints echo request headers in an error body, which we keep in the
         # quarantine; the key must never reach the disk that way.

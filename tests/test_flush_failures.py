@@ -282,6 +282,32 @@ def test_requests_ca_bundle_makes_a_certificate_trusted(
     assert assert_accounted(3)["delivered"]["events"] == 3
 
 
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE"])
+def test_a_ca_bundle_that_does_not_exist_is_named_as_the_setting_it_is(
+    tls_server: tuple[TLSServer, Path], cli: Cli, tmp_path: Path, variable: str
+) -> None:
+    # requests raised a bare OSError at the first request: "the spool's disk failed (...):
+    # check the disk", the wrong fix for an inherited CA path that is not in the container.
+    server, _cert = tls_server
+    fill(3)
+    before = shown()
+    missing = tmp_path / "no-such-ca.pem"
+    code, report, stderr, elapsed = flush_cli(
+        cli,
+        f"https://127.0.0.1:{server.server_port}",
+        "--max-time",
+        "10",
+        # Empty: requests reads REQUESTS_CA_BUNDLE first (this machine may set it).
+        env={"REQUESTS_CA_BUNDLE": "", variable: str(missing)},
+    )
+    assert (code, report["exit_code"]) == (1, 1), stderr
+    assert variable in report["message"] and str(missing) in report["message"]
+    assert "disk" not in report["message"]
+    assert elapsed < 5
+    assert server.bodies == []
+    assert_all_kept(before)
+
+
 # --- answers that are retried ------------------------------------------------------------
 
 

@@ -31,7 +31,8 @@ EXIT_CODES_HELP = """\b
 Exit codes:
   0   success (flush: nothing is left pending, or telemetry is off/local)
   1   could not do it: unwritable or refused spool, no write key, key refused
-      (401/403), misconfigured endpoint (404, other 4xx, TLS, plain-http remote)
+      (401/403), misconfigured endpoint (404, other 4xx, TLS, plain-http remote),
+      an endpoint refusing every event (rest kept pending), a bad setting
   2   usage error or invalid event
   65  flush: something was quarantined in this run and nothing else is left
   75  flush: something is left pending for a later run (network, 5xx, 429,
