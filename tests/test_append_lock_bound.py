@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -89,3 +90,69 @@ def test_a_claimed_segment_the_appender_once_wrote_to_is_not_waited_for(stopped:
         assert spool.append("server_stop") is True
         assert time.monotonic() - started < _HOLDER_LOOK
     kit.assert_accounted(2)
+
+
+_INTERRUPTED_APPENDS = r"""
+import os, signal, sys, threading, time
+import spool
+
+class Timeout(Exception):
+    pass
+
+package = os.path.dirname(spool.__file__)
+
+def guard(signum, frame):
+    # A host's timeout guard: it raises wherever the thread stands, here only while inside
+    # the spool package (where the locks are taken and released).
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(package):
+            raise Timeout()
+        frame = frame.f_back
+
+signal.signal(signal.SIGALRM, guard)
+signal.setitimer(signal.ITIMER_REAL, 0.0001, 0.0001)
+interrupted = 0
+until = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < until:
+    try:
+        spool.append("server_start")
+    except Timeout:
+        interrupted += 1
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+signal.signal(signal.SIGALRM, signal.SIG_IGN)
+same = spool.append("server_stop")
+result = {}
+def other():
+    started = time.monotonic()
+    result["ok"] = spool.append("adapter_stop")
+    result["took"] = time.monotonic() - started
+thread = threading.Thread(target=other)
+thread.start()
+thread.join(40)
+print(interrupted, same, result.get("ok"), round(result.get("took", 99), 2), flush=True)
+os._exit(0)
+"""
+
+
+def test_an_exception_raised_into_appends_never_leaves_their_locks_held(tmp_path: Path) -> None:
+    # A signal handler raising inside append (a host's timeout guard) could land between
+    # taking a lock and the ``try`` that releases it: the thread could never append again
+    # ("called from a signal handler") and every other thread waited 30 s for nothing.
+    env = {**os.environ, "RS_TELEMETRY_DIR": str(tmp_path / "spool")}
+    result = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_APPENDS, "3"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    interrupted, same, other, took = result.stdout.split()
+    assert int(interrupted) > 100, "the guard never fired inside an append"
+    assert (same, other) == ("True", "True"), result.stdout
+    assert float(took) < 5, result.stdout
+    # And every line in the spool is whole: an interrupted append loses its event at most.
+    for segment in (tmp_path / "spool").glob("*.jsonl"):
+        for line in segment.read_bytes().splitlines():
+            assert line.startswith(b"{") and line.endswith(b"}}}"), line[:80]

@@ -7,6 +7,7 @@ import errno
 import fcntl
 import itertools
 import os
+import sys
 import time
 
 from spool._sleep import sleep  # loaded with spool.locking already (select only on a wait)
@@ -29,6 +30,7 @@ TYPE_CHECKING = False  # mypy sets this True
 if TYPE_CHECKING:
     from collections.abc import Collection
     from pathlib import Path
+    from types import FrameType
 
 SEGMENT_MAX_BYTES = 440_000
 """Size at which a segment is sealed (it may pass it by one record): one upload batch,
@@ -55,9 +57,10 @@ _active_dir: tuple[int, int] | None = None
 """(st_dev, st_ino) of the spool directory the held active file was opened in: a spool
 moved away (``mv spool spool.old``) keeps our file's links, so only the directory that the
 path names now, another one, tells that appends would go on into the moved copy."""
-_active_lock = _thread.allocate_lock()  # threads share the descriptor, and flock does not
-# exclude two users of one open file description
-_appending: set[int] = set()  # the threads inside ``append_line`` (their idents)
+_active_lock = _thread.RLock()  # threads share the descriptor, and flock does not exclude
+# two users of one open file description. Re-entrant for what it tells (``_is_owned``), not
+# to be taken twice: whether this thread holds it, atomically with taking it, so that an
+# exception raised into an append (a signal handler's) can never leave it held.
 _our_end = -1
 """The size of the held active file right after our last whole write into it, else -1.
 
@@ -95,8 +98,7 @@ def _forget_active_in_child() -> None:
         with suppress_os():  # close, never unlock: unlocking would free the parent's lock
             os.close(_active[1])
     _active = None
-    _active_lock = _thread.allocate_lock()  # another thread may have held it at fork time
-    _appending.clear()  # only the forking thread lives on in the child
+    _active_lock = _thread.RLock()  # another thread may have held it at fork time
 
 
 os.register_at_fork(after_in_child=_forget_active_in_child)
@@ -125,28 +127,77 @@ def append_line(
     else:
         path = os.path.join(directory, ACTIVE)
         _last_dir = (directory, path)
-    me = _thread.get_ident()
-    if me in _appending:
-        # This thread's own append was interrupted (a signal handler, a __del__ run by the
-        # garbage collector) by one that appends too: waiting for the lock would wait for
-        # ourselves (30 s, then nothing). Refused at once; the interrupted append goes on.
-        raise OSError(
-            errno.EDEADLK,
-            "an append was called from a signal handler or __del__ while this thread was "
-            "appending: that event is not spooled (append outside such hooks)",
-        )
-    _appending.add(me)  # before the lock and until after it: no window for a handler
+    if _active_lock._is_owned():  # type: ignore[attr-defined]  # C RLock has it; typeshed not
+        if _inside_append(_thread.get_ident()):
+            # This thread's own append was interrupted (a signal handler, a __del__ run by
+            # the garbage collector) by one that appends too: waiting for the lock would
+            # wait for ourselves. Refused at once; the interrupted append goes on.
+            raise OSError(
+                errno.EDEADLK,
+                "an append was called from a signal handler or __del__ while this thread "
+                "was appending: that event is not spooled (append outside such hooks)",
+            )
+        _renew_active_lock()  # left held by an append that an exception ended
+    lock = _take_active_lock()
     try:
-        # Bounded too: another thread of this process may be the one waiting on a stopped
-        # holder.
-        if not _active_lock.acquire(timeout=APPEND_LOCK_WAIT):
-            raise _StillLocked(errno.EAGAIN, "another thread of this process kept the spool busy")
-        try:
-            _append_locked(directory, path, line, fsync, cap, dir_id)
-        finally:
-            _active_lock.release()
+        _append_locked(directory, path, line, fsync, cap, dir_id)
     finally:
-        _appending.discard(me)
+        if lock._is_owned():  # type: ignore[attr-defined]
+            lock.release()
+
+
+def _take_active_lock() -> _thread.RLock:
+    """Take the in-process lock on the shared descriptor: the lock, or ``_StillLocked``.
+
+    Bounded: another thread of this process may be the one waiting on a stopped holder.
+    An exception raised into a thread (a host's signal handler, a timeout guard) between
+    taking the lock and the ``try`` that releases it, or inside that ``finally``, can leave
+    it held for good; a thread that waits past ``_HOLDER_LOOK`` while no other thread is
+    inside an append takes a fresh lock instead (as the thread that left it does, at its
+    next append).
+    """
+    waited = 0.0
+    while True:
+        lock = _active_lock
+        try:
+            if lock.acquire(timeout=_HOLDER_LOOK):
+                if lock is _active_lock:
+                    return lock
+                lock.release()  # renewed meanwhile: take the new one
+                continue
+        except BaseException:
+            if lock._is_owned():  # type: ignore[attr-defined]
+                lock.release()  # taken as the exception came in
+            raise
+        waited += _HOLDER_LOOK
+        if waited >= APPEND_LOCK_WAIT:
+            raise _StillLocked(errno.EAGAIN, "another thread of this process kept the spool busy")
+        if lock is _active_lock and not _inside_append(None):
+            _renew_active_lock()
+
+
+def _renew_active_lock() -> None:
+    """Replace a lock that an exception left held; a waiter on the old one moves over."""
+    global _active_lock
+    old, _active_lock = _active_lock, _thread.RLock()
+    while old._is_owned():  # type: ignore[attr-defined]
+        old.release()
+
+
+def _inside_append(ident: int | None) -> bool:
+    """True when thread ``ident`` (None: any other thread than this one) is inside
+    ``append_line``, per its frames (looked at only when the lock seems left held)."""
+    me = _thread.get_ident()
+    code = append_line.__code__
+    for thread, frame in sys._current_frames().items():
+        if (thread != ident) if ident is not None else (thread == me):
+            continue
+        walk: FrameType | None = frame if thread != me else sys._getframe(2)  # above this call
+        while walk is not None:
+            if walk.f_code is code:
+                return True
+            walk = walk.f_back
+    return False
 
 
 def _open_active(path: str, dir_id: tuple[int, int] | None) -> tuple[str, int, int, int]:
@@ -182,15 +233,18 @@ def _append_locked(
         active = _active if held and _active is not None else _open_active(path, dir_id)
         fd = active[1]
         try:
-            if not _lock_active(fd, path):
-                _forget_active()  # sealed away meanwhile: the path names a new active file
+            # Inside the ``try`` whose ``finally`` unlocks: an exception raised into this
+            # thread right after the flock is taken must not leave it held (every other
+            # process's appends would wait for it).
+            try:
+                if not _lock_active(fd, path):
+                    _forget_active()  # sealed away meanwhile: the path names a new active file
+                    continue
+            except _StillLocked:
+                raise
+            except OSError:
+                _forget_active(close=False)  # the host closed our descriptor: not ours
                 continue
-        except _StillLocked:
-            raise
-        except OSError:
-            _forget_active(close=False)  # the host closed our descriptor: not ours to close
-            continue
-        try:
             st = os.fstat(fd)
             if (st.st_dev, st.st_ino) != active[2:]:
                 # The host closed our descriptor and its number now names one of its files.
