@@ -17,23 +17,29 @@ from spool import settings, store
 from spool._launch import import_root
 from spool.locking import flush_running
 
-_registered = False
+_registered_in: int | None = None
+"""The pid that registered the hook: a forked child inherits ``atexit``'s hooks too."""
 HARD_LIMIT_MARGIN = 15
 
 
 def flush_on_exit(max_time: float = 30.0, spool_dir: str | os.PathLike[str] | None = None) -> None:
     """Register the exit hook once per process, e.g. ``spool.flush_on_exit(max_time=20)``."""
-    global _registered  # noqa: PLW0603 - one hook per process, however often it is asked for
-    if _registered:
+    global _registered_in  # noqa: PLW0603 - one hook per process, however often it is asked for
+    if _registered_in == os.getpid():
         return
-    _registered = True
+    _registered_in = os.getpid()
     # A relative directory means the working directory of the start, not of the exit, and
     # the child runs in /: resolve a given one now; RS_TELEMETRY_DIR was resolved at import.
     given = None if spool_dir is None else settings.spool_dir(spool_dir)
-    atexit.register(_at_exit, max_time, given)
+    atexit.register(_at_exit, max_time, given, _registered_in)
 
 
-def _at_exit(max_time: float, spool_dir: Path | None) -> None:
+def _at_exit(max_time: float, spool_dir: Path | None, registered_in: int) -> None:
+    if os.getpid() != registered_in:
+        # A forked child (a pre-fork server's worker ending with sys.exit) inherits the
+        # hook: one registration must not start a flush at every worker's exit. A child
+        # that wants one registers its own.
+        return
     try:
         start_detached_flush(max_time, spool_dir)
     except Exception as exc:  # noqa: BLE001 - telemetry must never break the host's exit

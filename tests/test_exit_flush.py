@@ -8,6 +8,7 @@ flush is already running.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -97,12 +98,17 @@ class Watcher:
     def __init__(self, spool_dir: Path) -> None:
         self.spool_dir = spool_dir
         self.seen: set[int] = set()
+        self.flushes: set[int] = set()  # those running the exit flush's code
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.seen.update(spool_processes(self.spool_dir, set()))
+            for pid in spool_processes(self.spool_dir, self.flushes):
+                self.seen.add(pid)
+                with contextlib.suppress(OSError):
+                    if b"from spool.cli import run" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        self.flushes.add(pid)
             time.sleep(0.003)
 
     def __enter__(self) -> Watcher:
@@ -359,3 +365,36 @@ def test_the_exit_flush_takes_no_blocked_or_ignored_signal_from_the_host(
     assert _status_mask(child, "SigIgn") & bit[signal.SIGALRM] == 0
     os.kill(child, signal.SIGTERM)  # systemd's stop, or an operator's
     assert wait_until(lambda: not spool_processes(spool_dir, set()), 10), "SIGTERM not heard"
+
+
+_PRE_FORK_HOST = """
+import os, sys, time
+import spool
+assert spool.append("server_start")
+spool.flush_on_exit()
+for i in range(4):  # a pre-fork server's workers, each ending with sys.exit
+    pid = os.fork()
+    if pid == 0:
+        spool.append("adapter_start", {"commit_id": f"worker-{i}"})
+        sys.exit(0)
+    os.waitpid(pid, 0)
+    time.sleep(0.3)
+"""
+
+
+def test_forked_workers_do_not_each_start_the_exit_flush(
+    tmp_path: Path, spool_dir: Path, scripted_server: ScriptedServer, cli: Cli
+) -> None:
+    # atexit's hooks are inherited by a forked child: one registration in a pre-fork
+    # server's master started a detached flush at every worker's exit.
+    scripted_server.default = OK
+    script = tmp_path / "host" / "prefork.py"
+    script.parent.mkdir(exist_ok=True)
+    script.write_text(_PRE_FORK_HOST)
+    env = dict(os.environ, **endpoint_env(scripted_server))
+    with Watcher(spool_dir) as watcher:
+        subprocess.run([sys.executable, str(script)], env=env, check=True, timeout=60)
+        assert wait_until(lambda: len(scripted_server.accepted_events()) >= 5, 20)
+        time.sleep(0.5)
+    assert len(watcher.flushes) == 1, f"{len(watcher.flushes)} exit flushes were started"
+    assert status(cli)["pending"]["events"] == 0
