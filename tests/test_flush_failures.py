@@ -386,7 +386,10 @@ def test_max_time_bounds_the_whole_run(scripted_server: ScriptedServer, cli: Cli
     code, report, _, elapsed = flush_cli(cli, scripted_server.url, "--max-time", "2")
     assert (code, report["exit_code"]) == (75, 75)
     assert (report["sent"], report["left_pending"]) == (0, 30)
-    assert elapsed < 4
+    # The run's own clock, and the whole process's with room for a loaded 2-CPU machine's
+    # interpreter start (4 s was seen at a load of 4).
+    assert report["seconds"] < 2.5, report
+    assert elapsed < 10
     assert len(scripted_server.requests) >= 2, "a 503 was not retried"
     # Exponential backoff from 0.5 s: a handful of attempts in 2 s, not a hammering loop.
     assert len(scripted_server.requests) <= 12, "no backoff between attempts"
@@ -402,7 +405,8 @@ def test_closed_port_is_left_for_later(cli: Cli) -> None:
     before = shown()
     code, report, _, elapsed = flush_cli(cli, closed_port_url(), "--max-time", "1")
     assert (code, report["exit_code"], report["left_pending"]) == (75, 75, 5)
-    assert elapsed < 3.5
+    assert report["seconds"] < 1.5, report
+    assert elapsed < 10
     assert_all_kept(before)
 
 

@@ -26,7 +26,9 @@ _SPOOL_DIR = non_empty_path("give the spool's directory, or leave the option out
 )
 @click.option(
     "--spool-dir",
-    type=click.Path(),  # checked by the store, which says what is wrong and the fix
+    # Checked by the store, which says what is wrong and the fix; not by click, whose "not
+    # readable" is a usage error (exit 2) blaming --spool-dir for RS_TELEMETRY_DIR.
+    type=click.Path(readable=False),
     callback=_SPOOL_DIR,
     envvar="RS_TELEMETRY_DIR",  # click takes an empty variable for an unset one
     help="Spool directory (default: ~/.local/state/rs-telemetry on Linux).",
