@@ -301,7 +301,8 @@ def test_a_ca_bundle_that_does_not_exist_is_named_as_the_setting_it_is(
         env={"REQUESTS_CA_BUNDLE": "", variable: str(missing)},
     )
     assert (code, report["exit_code"]) == (1, 1), stderr
-    assert variable in report["message"] and str(missing) in report["message"]
+    assert variable in report["message"]
+    assert str(missing) in report["message"]
     assert "disk" not in report["message"]
     assert elapsed < 5
     assert server.bodies == []

@@ -255,3 +255,30 @@ def test_threads_never_get_the_same_message_id(python: str, tmp_path: Path) -> N
     )  # fmt: skip
     assert made.returncode == 0, made.stderr
     assert made.stdout.split() == ["320000", "320000"]
+
+
+def _older_python() -> str | None:
+    """A Python older than 3.10 on this machine (an air-gapped host's 3.9 or 3.8), or None."""
+    for pattern in ("/root/.pyenv/versions/3.[6-9]*/bin/python3.[6-9]", "/usr/bin/python3.[6-9]"):
+        for candidate in sorted(glob.glob(pattern)):
+            if subprocess.run([candidate, "-c", "pass"], check=False).returncode == 0:
+                return candidate
+    return None
+
+
+@pytest.mark.skipif(_older_python() is None, reason="no Python older than 3.10 on this machine")
+def test_an_older_python_is_told_in_one_line_what_it_needs(spool_dir: Path, tmp_path: Path) -> None:
+    # The archive's __main__ imported the CLI at once: Python 3.9 printed a 30-line
+    # traceback (a `type | GenericAlias` annotation), 3.6 a SyntaxError.
+    older = _older_python()
+    assert older is not None
+    result = pyz(older, "append", "server_start", spool_dir=spool_dir, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert "needs Python 3.10 or newer" in result.stderr
+    assert not spool_dir.exists()
+
+
+def test_the_archive_names_no_build_machine_path() -> None:
+    with zipfile.ZipFile(PYZ) as archive:
+        assert not [n for n in archive.namelist() if n.endswith("direct_url.json")]

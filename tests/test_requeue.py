@@ -250,7 +250,7 @@ def test_an_endpoint_breaking_after_an_acknowledged_probe_still_stops_the_run(
     # cap, valid events dropped).
     before = fill(events)
     bad = {e["messageId"] for e in before[:5]}
-    broken = []
+    broken: list[bool] = []
 
     def refuse_after_one_ack(request: Recorded) -> Action:
         if broken or bad & set(request.message_ids):
