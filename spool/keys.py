@@ -111,8 +111,9 @@ def read_key_file(path: str, *, trusted: bool = False) -> str:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(
-                f"key file {path} is not a regular file: put the write key in a file there "
-                f"(chmod 600 {path})"
+                f"key file {path} is not a regular file: name a regular file holding the "
+                "write key on its first line (mode 600), e.g. RS_SEGMENT_WRITE_KEY_FILE="
+                "/etc/rs-telemetry/write-key"
             )
         if not trusted:
             euid = os.geteuid()

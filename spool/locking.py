@@ -354,13 +354,23 @@ def _check_openable(path: Path) -> None:
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _refused_link(path) from exc
-        fix = (
-            "its file system is read-only: make it writable, or use a spool directory on a "
-            "writable one (--spool-dir or RS_TELEMETRY_DIR)"
-            if exc.errno == errno.EROFS
-            else "check the owner and mode of the spool directory, or use another "
-            "(--spool-dir or RS_TELEMETRY_DIR)"
-        )
+        if exc.errno == errno.EROFS:
+            fix = (
+                "its file system is read-only: make it writable, or use a spool directory on "
+                "a writable one (--spool-dir or RS_TELEMETRY_DIR)"
+            )
+        elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # A spool filled by appenders only has no lock files yet, and making one needs
+            # a free inode: nothing of the spool is lost, the command works once there is.
+            fix = (
+                "its file system has no free inode or space left to make the lock file: "
+                "free some (df -i, df), then run it again; nothing was lost"
+            )
+        else:
+            fix = (
+                "check the owner and mode of the spool directory, or use another "
+                "(--spool-dir or RS_TELEMETRY_DIR)"
+            )
         raise SpoolUnusable(
             f"cannot open its lock file ({exc.strerror or exc})", os.fspath(path), fix
         ) from exc

@@ -253,3 +253,34 @@ def test_a_read_only_spool_is_named_as_such_and_import_does_not_blame_the_bundle
     finally:
         os.system(f"mount -o remount,rw {mount_point}")  # noqa: S605
     assert receiver.events == []
+
+
+def test_no_free_inode_for_the_lock_file_is_named_with_its_fix(
+    cli: Cli, small_disk: Path, receiver: Receiver
+) -> None:
+    # A spool filled by appenders only has no lock files yet: with every inode of its file
+    # system taken, flush and purge said "check the owner and mode of the spool directory".
+    for i in range(3):
+        assert cli("append", "server_start", "-p", f"commit_id=i{i}").returncode == 0
+    assert not (small_disk / "flush.lock").exists()
+    taken = []
+    while True:  # every inode left (tmpfs: one per file)
+        try:
+            path = small_disk.parent / f"inode-{len(taken)}"
+            path.touch()
+        except OSError:
+            break
+        taken.append(path)
+    for command in (["flush", "--endpoint", receiver.url], ["purge", "--yes"]):
+        result = cli(*command, env={"RS_SEGMENT_WRITE_KEY": "k"})
+        assert result.returncode == 1, result.stderr
+        said = result.stderr.strip()
+        assert "\n" not in said, said
+        assert "no free inode or space" in said, said
+        assert "owner and mode" not in said, said
+    for path in taken:
+        path.unlink()
+    assert status(cli)["pending"]["events"] == 3
+    flushed = cli("flush", "--endpoint", receiver.url, env={"RS_SEGMENT_WRITE_KEY": "k"})
+    assert flushed.returncode == 0, flushed.stderr
+    assert len(receiver.events) == 3

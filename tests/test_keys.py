@@ -326,8 +326,10 @@ REFUSALS = {
     "mode-0640": (_mode(0o640), "mode 0640", "chmod 600"),
     "mode-0604": (_mode(0o604), "mode 0604", "chmod 600"),
     "mode-0620": (_mode(0o620), "mode 0620", "chmod 600"),
-    "directory": (_directory, "not a regular file", "chmod 600"),
-    "fifo": (_fifo, "not a regular file", "chmod 600"),
+    # Never "chmod 600 PATH" for what is not a file: run as root on /dev/zero, that
+    # advice breaks the device for every other user.
+    "directory": (_directory, "not a regular file", "name a regular file"),
+    "fifo": (_fifo, "not a regular file", "name a regular file"),
     "empty": (_empty, "is empty", "first line"),
     "symlink-to-loose-file": (_loose_link_target, "mode 0644", "chmod 600"),
 }

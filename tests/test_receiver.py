@@ -93,6 +93,19 @@ def test_out_file_is_appended_to_not_truncated(tmp_path: Path) -> None:
     assert out.read_bytes() == b'{"earlier":true}\n' + compact(message(1)) + b"\n"
 
 
+def test_a_new_out_file_is_private(tmp_path: Path) -> None:
+    # Created 0644 under umask 022: every record received, userId (the sender's
+    # RS_API_KEY) included, readable by every user of the host.
+    out = tmp_path / "new.jsonl"
+    old = os.umask(0o022)
+    try:
+        with Receiver(out=out) as started:
+            post(started.url, json={"batch": [message(1)]}).raise_for_status()
+    finally:
+        os.umask(old)
+    assert out.stat().st_mode & 0o777 == 0o600
+
+
 def test_keep_alive_connection_survives_a_refusal(receiver: Receiver) -> None:
     host, port = receiver.url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=5)
