@@ -263,7 +263,7 @@ def test_no_free_inode_for_the_lock_file_is_named_with_its_fix(
     for i in range(3):
         assert cli("append", "server_start", "-p", f"commit_id=i{i}").returncode == 0
     assert not (small_disk / "flush.lock").exists()
-    taken = []
+    taken: list[Path] = []
     while True:  # every inode left (tmpfs: one per file)
         try:
             path = small_disk.parent / f"inode-{len(taken)}"

@@ -75,6 +75,26 @@ def quiet_stdout() -> None:
         pass  # not a real descriptor (CliRunner): nothing will flush into a closed pipe
 
 
+def say_if_possible(message: str) -> None:
+    """``say``, for a line that must not change what the command did: a stderr that cannot
+    be written (its reader gone, a full disk) is let go, quietly, for the rest of the run.
+
+    E.g. ``append``'s warnings: the event is spooled whatever becomes of them, and its exit
+    code says so (an exit of 1 would have a script append it again, under a new messageId).
+    """
+    try:
+        say(message)
+    except (OSError, ValueError):
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stderr.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass  # not a real descriptor (CliRunner)
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()  # what is left in its buffer goes to /dev/null now
+
+
 _ARGV = "rs_telemetry.argv"
 _GLOBAL_VALUE_OPTIONS = ("--spool-dir",)
 """The group's options that take a value; ``--version`` and ``--help`` take none."""

@@ -14,6 +14,7 @@ from spool.cli._boundary import (
     command,
     opted_out,
     say,
+    say_if_possible,
     spool_dir_of,
 )
 from spool.cli._visible import visible
@@ -111,18 +112,21 @@ def append(ctx: click.Context, event: str, pairs: tuple[str, ...]) -> None:
     from spool import _env  # noqa: PLC0415
     from spool.session import OFF, SPOOLED, Session, default_session, told  # noqa: PLC0415
 
-    for problem in settings.warn_and_continue():
-        say(f"warning: {problem}; using the default")
+    # Said after the event is spooled, and let go if stderr cannot take them: a warning
+    # that cannot be written (`2>&1 | head`, a full disk) must not cost the event, nor
+    # turn "spooled" into an exit of 1.
+    warnings = [f"warning: {bad}; using the default" for bad in settings.warn_and_continue()]
     # An opted-out process does not judge the ids (SPEC 6); an invalid event is told alone.
     unusable = _env.id_problems() if _env.opted_out_by() is None else []
     told(name for name, _problem in unusable)  # said here: the library logs nothing more
     base = default_session()
     session = Session(base.anonymous_id, spool_dir=ctx.obj)
     outcome, detail = session.spool(event, _parse_properties(pairs))
-    for _name, problem in unusable:
-        say(f"warning: {problem}")
+    warnings += [f"warning: {problem}" for _name, problem in unusable]
+    for warning in warnings:
+        say_if_possible(warning)
     if outcome == OFF:
-        say(f"not spooled: {detail}")
+        say_if_possible(f"not spooled: {detail}")
     elif outcome != SPOOLED:
         raise TelemetryError(detail)
 
