@@ -95,7 +95,9 @@ def wait_for(fd: int, text: bytes, timeout: float = 30) -> bytes:
     return seen
 
 
-def at_prompt(*args: str) -> tuple[subprocess.Popen[bytes], int, int]:
+def at_prompt(
+    *args: str, question: bytes = b"Delete all"
+) -> tuple[subprocess.Popen[bytes], int, int]:
     """Start a command on a pseudo-terminal (a prompt needs one); wait for its question."""
     controller, terminal = pty.openpty()
     child = subprocess.Popen(
@@ -106,7 +108,7 @@ def at_prompt(*args: str) -> tuple[subprocess.Popen[bytes], int, int]:
         close_fds=True,
     )
     os.close(terminal)
-    wait_for(controller, b"Delete all")
+    wait_for(controller, question)
     return child, controller, child.pid
 
 
@@ -159,6 +161,23 @@ def test_answering_no_at_the_purge_prompt_keeps_everything(spool_dir: Path) -> N
     assert code == 1, output
     assert "nothing deleted" in output
     assert "Aborted" not in output
+    assert status()["pending"]["events"] == 2
+
+
+@pytest.mark.parametrize("answer", [b"n\n", b"\n"])
+def test_answering_no_at_the_requeue_prompt_is_no_interruption(
+    spool_dir: Path, answer: bytes
+) -> None:
+    # click's abort made "no" (and Enter, the default) look like Ctrl-C: exit 130,
+    # "interrupted". As at purge's prompt: exit 1, nothing changed.
+    fill(2)
+    child, controller, _pid = at_prompt("requeue", question=b"Put the quarantined")
+    os.write(controller, answer)
+    code = child.wait(timeout=30)
+    output = rest(controller)
+    assert code == 1, output
+    assert "nothing requeued" in output
+    assert "interrupted" not in output
     assert status()["pending"]["events"] == 2
 
 

@@ -151,7 +151,7 @@ def purge(ctx: click.Context, quarantine: bool, yes: bool) -> int | None:
 @command()
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @click.pass_context
-def requeue(ctx: click.Context, yes: bool) -> None:
+def requeue(ctx: click.Context, yes: bool) -> int | None:
     """Put quarantined events that are valid records back into pending, oldest first.
 
     For events an endpoint refused by mistake (a proxy answering 400 to everything):
@@ -165,11 +165,14 @@ def requeue(ctx: click.Context, yes: bool) -> None:
     if not yes:
         if sys.stdin is None or not sys.stdin.isatty():  # None: the caller closed it
             raise click.UsageError("refusing to requeue quarantined events without --yes")
-        click.confirm("Put the quarantined events back into pending?", abort=True, err=True)
+        # "no" is an answer, not an interruption (click's abort is Ctrl-C's 130): as purge.
+        if not click.confirm("Put the quarantined events back into pending?", err=True):
+            say("nothing requeued: quarantined entries kept")
+            return exitcodes.FAILURE
     directory = spool_dir_of(ctx)
     if not store.check_dir(directory, create=False):
         say("nothing is quarantined")
-        return
+        return None
     with flush_lock(directory):
         back, kept = store.requeue(directory)
         # What comes back is pending data like any other, under the cap (SPEC 8): over it,
@@ -193,6 +196,7 @@ def requeue(ctx: click.Context, yes: bool) -> None:
         else ""
     )
     say(f"requeued {back} event(s) into pending{stays}{over}")
+    return None
 
 
 # --- export / import --------------------------------------------------------------------
