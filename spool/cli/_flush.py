@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import signal
 import sys
@@ -266,6 +267,8 @@ def flush(
     previous = {}
     if threading.current_thread() is threading.main_thread():  # only it may set handlers
         previous = {signum: signal.signal(signum, stop.handle) for signum in STOP_SIGNALS}
+    if dry_run and not as_json:
+        utf8_stdout()  # the bodies it would send
     try:
         report = run_flush(
             spool_dir=ctx.obj,
@@ -355,8 +358,19 @@ def _metrics_after(ctx: click.Context, value: Path) -> None:
     ctx.call_on_close(write)
 
 
+def utf8_stdout() -> None:
+    """Write stdout as UTF-8 whatever the locale says: JSON and Prometheus's text format are
+    UTF-8 by definition (as click.echo writes them for ``show``), and an ASCII locale made
+    a non-ASCII property or spool path a ``UnicodeEncodeError`` traceback."""
+    stream = sys.stdout
+    if isinstance(stream, io.TextIOWrapper):
+        with contextlib.suppress(OSError, ValueError):
+            stream.reconfigure(encoding="utf-8")
+
+
 def _write_stdout(text: str) -> None:
     """Write data to stdout; a reader that has gone (``| head -1``) ends it quietly."""
+    utf8_stdout()
     try:
         sys.stdout.write(text)
         sys.stdout.flush()
