@@ -57,3 +57,28 @@ def test_non_ascii_output_under_an_ascii_locale(
     assert "é" in text or "\\u00e9" in text  # literal, or JSON's escape of it
     if args[-1] == "--json" or args[:2] == ("flush", "--dry-run"):
         json.loads(text.splitlines()[0])
+
+
+@pytest.mark.parametrize(
+    "args", [("status",), ("status", "--json"), ("show",), ("events",), ("metrics",), ("mode",)]
+)
+def test_a_full_standard_output_is_named_as_such(
+    accented_spool: Path, args: tuple[str, ...]
+) -> None:
+    # "No space left on device; free space on that disk and run it again": the operator
+    # went to free space on the spool's disk, for a `> /dev/full` of theirs.
+    env = {**os.environ, "RS_TELEMETRY_DIR": str(accented_spool)}
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "spool", *args],
+            env=env,
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=60,
+            check=False,
+        )
+    said = result.stderr.decode()
+    assert result.returncode == 1, said
+    assert said.count("\n") == 1, said
+    assert "cannot write to standard output" in said
+    assert "that disk" not in said

@@ -155,6 +155,20 @@ _NO_ARGS_IS_HELP: type[Exception] | tuple[()] = getattr(click.exceptions, "NoArg
 """click 8.2's "a group given no command" error (absent from 8.1, which printed the help)."""
 
 
+def _from_stdout(exc: BaseException) -> bool:
+    """True when ``exc`` came from writing standard output (``status > /dev/full``): the
+    innermost frame is ``click.echo`` writing to stdout, or our own ``_write_stdout``."""
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    if code.co_name == "echo" and "click" in code.co_filename:
+        return not tb.tb_frame.f_locals.get("err")
+    return code.co_name == "_write_stdout"
+
+
 def _stdout_failed(exc: OSError) -> NoReturn:
     """``--help`` or ``--version`` into a full disk (``> /dev/full``): one line naming
     standard output, not the spool's disk, and not a traceback."""
@@ -266,6 +280,8 @@ class Group(click.Group):
         except TelemetryError as exc:  # Busy, LockTimeout, ConfigError, SpoolUnusable, ...
             fail(exc)
         except OSError as exc:
+            if _from_stdout(exc):  # `status > /dev/full`: not the spool's disk
+                _stdout_failed(exc)
             # Not expected (the store turns the trouble it knows into typed errors), but an
             # operator deserves one line with the path, not a traceback.
             where = f"{exc.filename}: " if exc.filename else ""
