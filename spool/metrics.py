@@ -161,7 +161,8 @@ def render(status: Mapping[str, Any]) -> str:
         "rs_telemetry_last_flush_exit_code",
         "gauge",
         "Exit code of the last flush that ran: 0 all sent, 65 something quarantined, "
-        "75 something left pending, 1 a stop (status: last_flush.exit_code).",
+        "75 something left pending, 1 a stop, 130/143 stopped by SIGINT/SIGTERM "
+        "(status: last_flush.exit_code).",
         ("", last.get("exit_code")),
     )
     family(

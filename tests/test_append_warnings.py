@@ -54,3 +54,19 @@ def test_a_warning_that_cannot_be_written_costs_no_event(
             os.close(write_end)
     assert code == 0
     assert pending(spool_dir) == 1
+
+
+@pytest.mark.parametrize(
+    "args", [("append", "no_such_event"), ("status", "--bogus"), ("append", "server_start", "-p")]
+)
+def test_a_usage_error_is_exit_2_whether_or_not_stderr_takes_its_line(
+    tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    # With stderr on a full disk, the failed error line turned 2 (invalid, nothing written)
+    # into 1 ("could not write"), which a script may retry.
+    env = {**os.environ, "RS_TELEMETRY_DIR": str(tmp_path / "spool")}
+    with open("/dev/full", "w") as full:
+        code = subprocess.run(
+            [sys.executable, "-m", "spool", *args], env=env, stderr=full, timeout=60, check=False
+        ).returncode
+    assert code == 2

@@ -54,7 +54,9 @@ def say(message: str) -> None:
 
 
 def fail(error: TelemetryError) -> NoReturn:
-    click.echo(f"rs-telemetry: error: {escape(str(error))}", err=True)
+    # The exit code is the answer; a line that stderr cannot take (a full disk, a reader
+    # gone) must not turn an invalid event's 2 into 1.
+    say_if_possible(f"error: {error}")
     sys.exit(error.exit_code)
 
 
@@ -147,7 +149,7 @@ def _usage_error(exc: click.UsageError, root: click.Context) -> NoReturn:
         fix = _misplaced_global(exc, root)
     # click's own text names the thing; the fix is where the help is, or the moved option.
     message = fix or message.rstrip(".") + f" (see: {path} --help)"
-    click.echo(f"rs-telemetry: error: {escape(message)}", err=True)
+    say_if_possible(f"error: {message}")  # exit 2 whether or not stderr can take the line
     sys.exit(exc.exit_code)
 
 
