@@ -65,6 +65,10 @@ class Session:
                 raise TypeError(f"Session({name}=...) takes a str, not {type(value).__name__}")
         if spool_dir is not None and not isinstance(os.fspath(spool_dir), str):
             raise TypeError("Session(spool_dir=...) takes a str or a path, not bytes")
+        if spool_dir is not None and "\x00" in os.fspath(spool_dir):
+            # Said here, not as a ValueError from inside every append (an InvalidEvent is a
+            # ValueError too: a host would take it for a bad event).
+            raise ValueError("Session(spool_dir=...) holds a NUL byte, which no path can")
         # A str subclass is kept as its text (its own __eq__ or __hash__ play no part).
         if anonymous_id is not None and type(anonymous_id) is not str:
             anonymous_id = str.__str__(anonymous_id)

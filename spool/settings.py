@@ -40,6 +40,8 @@ opted_out_by = _env.opted_out_by
 def spool_dir(explicit: str | os.PathLike[str] | None = None) -> Path:
     """The spool directory, absolute: the argument, else ``RS_TELEMETRY_DIR``, else the default."""
     if explicit:
+        if "\x00" in os.fspath(explicit):  # a library caller's (a command line has none)
+            raise ConfigError(f"the spool directory {os.fspath(explicit)!r} holds a NUL byte")
         return Path(absolute_dir(explicit))
     return Path(configured_dir())
 

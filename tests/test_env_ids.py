@@ -167,8 +167,10 @@ def test_usable_values_are_used_as_they_are_up_to_1000_bytes(name: str, spool_di
         ({"user_id": 5}, TypeError, "Session(user_id=...) takes a str, not int"),
         ({"anonymous_id": uuid.uuid4()}, TypeError, "takes a str, not UUID"),
         ({"spool_dir": b"/tmp/x"}, TypeError, "takes a str or a path, not bytes"),
+        # A NUL made every append raise "embedded null byte", a ValueError (as InvalidEvent).
+        ({"spool_dir": "/tmp/x/a\x00b"}, ValueError, "holds a NUL byte"),
     ],
-    ids=["anon-int", "user-int", "anon-uuid", "dir-bytes"],
+    ids=["anon-int", "user-int", "anon-uuid", "dir-bytes", "dir-nul"],
 )
 def test_a_session_of_the_wrong_type_is_refused_where_it_is_made(
     kwargs: dict[str, object], error: type[Exception], says: str, spool_dir: Path
@@ -179,6 +181,13 @@ def test_a_session_of_the_wrong_type_is_refused_where_it_is_made(
         spool.Session(**kwargs)  # type: ignore[arg-type]
     assert not spool_dir.exists() or not any(spool_dir.iterdir())
     assert spool.Session(anonymous_id="", user_id="ok").append("server_start") is True
+
+
+def test_flush_of_a_spool_dir_holding_a_nul_byte_reports_it(spool_dir: Path) -> None:
+    report = spool.flush(spool_dir="/tmp/x/a\x00b")
+    assert report.exit_code == 1
+    assert report.message is not None
+    assert "NUL byte" in report.message
 
 
 @pytest.mark.parametrize("session", ["abc", 42, object()], ids=["str", "int", "object"])
