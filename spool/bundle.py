@@ -105,6 +105,7 @@ def _write_bundle(target: Path, lines: list[bytes]) -> None:
             "was removed from the spool (create it, or choose another FILE)"
         )
     head = json.dumps(manifest).encode() + b"\n"
+    _sweep_killed_exports(target)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.{time.monotonic_ns()}.tmp")
     try:
         _write_new(tmp, head, lines)
@@ -134,6 +135,27 @@ def _write_bundle(target: Path, lines: list[bytes]) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
     store.fsync_dir(target.parent)  # the new name is durable only once its directory is
+
+
+def _sweep_killed_exports(target: Path) -> None:
+    """Remove what an export to the same FILE killed mid-write left beside it (SIGTERM,
+    SIGKILL: ``.FILE.PID.N.tmp``, part of the events, on a USB stick for good), when its
+    process is gone; a running one's is never touched."""
+    prefix = f".{target.name}."
+    with contextlib.suppress(OSError):
+        for name in os.listdir(target.parent):
+            if not (name.startswith(prefix) and name.endswith(".tmp")):
+                continue
+            pid, _, stamp = name[len(prefix) : -len(".tmp")].partition(".")
+            if not (pid.isdigit() and stamp.isdigit()) or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                with contextlib.suppress(OSError):
+                    os.unlink(target.parent / name)
+            except OSError:
+                pass  # alive (another user's): not ours to judge
 
 
 def _write_new(path: Path, head: bytes, lines: list[bytes]) -> None:

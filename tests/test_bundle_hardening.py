@@ -335,3 +335,31 @@ def test_a_bundle_manifest_is_refused_for_what_it_is(
     line = one_line_error(cli("import", str(_bundle_with(tmp_path / "b.rsbundle", manifest))))
     assert says in line, line
     assert "nothing was added" in line, line
+
+
+def test_what_a_killed_export_left_beside_file_is_removed_by_the_next(
+    cli: Cli, tmp_path: Path
+) -> None:
+    # An export killed by SIGTERM or SIGKILL mid-write left .FILE.PID.N.tmp (part of the
+    # events) beside FILE for good: neither a later export nor an import removed it.
+    append_many(3, "k")
+    target = tmp_path / "out.rsbundle"
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = int(gone.stdout)  # a process that has ended (its pid not reused this soon)
+    killed = tmp_path / f".out.rsbundle.{dead_pid}.123456789.tmp"
+    killed.write_bytes(b"\x1f\x8b partial")
+    alive = tmp_path / f".out.rsbundle.{os.getppid()}.987654321.tmp"  # a running export's
+    alive.write_bytes(b"\x1f\x8b running")
+    other = tmp_path / f".other.rsbundle.{dead_pid}.1.tmp"  # another FILE's: not this one's
+    other.write_bytes(b"x")
+    result = cli("export", str(target))
+    assert result.returncode == 0, result.stderr
+    assert not killed.exists()
+    assert alive.exists()
+    assert other.exists()
+    assert sorted(p.name for p in tmp_path.glob(".out.rsbundle.*")) == [alive.name]
