@@ -75,12 +75,18 @@ def _first_line(data: bytes, path: str) -> str:
         what = "is empty" if not data.strip() else "has a blank first line"
         raise ConfigError(f"key file {path} {what}: put the write key on its first line")
     try:
-        return line.decode("ascii")
+        key = line.decode("ascii")
     except UnicodeDecodeError:
         raise ConfigError(
             f"key file {path} does not hold a write key (not ASCII text): put the key on its "
             "first line"
         ) from None
+    if not key.isprintable():  # a NUL, a tab, an escape: no write key has one
+        raise ConfigError(
+            f"key file {path} does not hold a write key (a control character on its first "
+            "line): put the key alone on its first line"
+        )
+    return key
 
 
 def read_key_file(path: str, *, trusted: bool = False) -> str:
@@ -163,6 +169,12 @@ def find(built_in: str = "", environ: Mapping[str, str] | None = None) -> WriteK
                 "env",
                 problem="RS_SEGMENT_WRITE_KEY cannot be used (its value, not shown, holds "
                 "bytes that are not UTF-8 text): set it to the write key of your source",
+            )
+        if not value.isprintable():  # as a key file's: a NUL or an escape is no key's
+            return WriteKey(
+                "env",
+                problem="RS_SEGMENT_WRITE_KEY cannot be used (its value, not shown, holds a "
+                "control character): set it to the write key of your source",
             )
         return WriteKey("env", value)
     credentials = environ.get("CREDENTIALS_DIRECTORY")

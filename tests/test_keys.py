@@ -331,6 +331,12 @@ REFUSALS = {
     "directory": (_directory, "not a regular file", "name a regular file"),
     "fifo": (_fifo, "not a regular file", "name a regular file"),
     "empty": (_empty, "is empty", "first line"),
+    # A NUL was accepted and sent as part of the key.
+    "control-character": (
+        lambda path: path.write_bytes(b"named\x00key-333\n"),
+        "control character",
+        "first line",
+    ),
     "symlink-to-loose-file": (_loose_link_target, "mode 0644", "chmod 600"),
 }
 
@@ -446,3 +452,13 @@ def test_a_key_of_bytes_that_are_not_utf8_is_one_line_and_one_object(
     status = json.loads(cli("status", "--json", env=env).stdout)
     assert status["last_flush"]["exit_code"] == 1
     assert status["pending"]["events"] == 1
+
+
+def test_a_write_key_variable_holding_a_control_character_is_refused(
+    cli: Cli, scripted_server: ScriptedServer
+) -> None:
+    # As a key file's first line: a NUL or an escape is part of no write key.
+    result = _flush(cli, scripted_server, {"RS_SEGMENT_WRITE_KEY": "named\x1bkey-333"})
+    assert result.returncode == 1, result.stderr
+    assert "control character" in result.stderr
+    assert scripted_server.requests == []
