@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kit import Cli, assert_accounted, fill, flock_holder, into_closed_pipe, status
+from kit import Cli, assert_accounted, fill, flock_holder, into_closed_pipe, shown, status
 from scripted_server import OK, Recorded, Respond, ScriptedServer
 
 from spool import store
@@ -63,8 +63,9 @@ def test_requeue_keeps_the_pending_cap(
     scripted_server: ScriptedServer, cli: Cli, spool_dir: Path, write_key: str
 ) -> None:
     # 30 events, every second one refused alone: 15 quarantined (~4 KB of records). Under
-    # a 1,500-byte cap, putting them back must not hold more than 1.5 x the cap pending:
-    # the oldest go first, counted as spool_full (SPEC 8), and nothing is lost silently.
+    # a 1,500-byte cap, putting them all back dropped the oldest pending (the requeued
+    # ones) as spool_full: events a requeue meant to recover, lost for good. Only what fits
+    # comes back; the rest stays quarantined, said, for a requeue after the next flush.
     fill(30)
     answered = [0]
 
@@ -75,12 +76,19 @@ def test_requeue_keeps_the_pending_cap(
     scripted_server.handler = refuse_every_second
     assert cli("flush", "--endpoint", scripted_server.url).returncode == 65
     assert status()["quarantined"]["events"] == 15
+    quarantined = [e["messageId"] for e in shown("--quarantine")]
     result = cli("requeue", "--yes", env={"RS_TELEMETRY_MAX_BYTES": "1500"})
     assert result.returncode == 0, result.stderr
     st = assert_accounted(30)
-    assert st["pending"]["bytes"] <= 1500 * 3 // 2, st
-    assert st["dropped"]["by_reason"]["spool_full"] > 0, st
-    assert "spool_full" in result.stderr
+    assert 0 < st["pending"]["bytes"] <= 1500, st
+    assert st["dropped"]["events"] == 0, st
+    assert 0 < st["quarantined"]["events"] < 15, st
+    assert "stay quarantined" in result.stderr
+    assert "no room" in result.stderr
+    # Oldest first: what came back is the start of the quarantine, the rest its end.
+    back = [e["messageId"] for e in shown()]
+    assert back == quarantined[: len(back)]
+    assert [e["messageId"] for e in shown("--quarantine")] == quarantined[len(back) :]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

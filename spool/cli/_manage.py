@@ -174,21 +174,30 @@ def requeue(ctx: click.Context, yes: bool) -> int | None:
         say("nothing is quarantined")
         return None
     with flush_lock(directory):
-        back, kept = store.requeue(directory)
-        # What comes back is pending data like any other, under the cap (SPEC 8): over it,
-        # the oldest go first (the requeued ones, oldest of all), counted as spool_full.
+        cap = settings.max_bytes()
+        # Only what fits under the cap beside what is pending comes back; the rest stays
+        # quarantined (put back past the cap, the requeued ones, oldest of all, would be the
+        # first the cap drops: lost, where the quarantine keeps them).
+        back, kept, no_room = store.requeue(directory, cap)
+        # Appenders may have added meanwhile: the cap holds as for any pending data.
         dropped_before = sum(store.load_state(directory).dropped.values())
-        store.enforce_cap(directory, settings.max_bytes())
+        store.enforce_cap(directory, cap)
         dropped = sum(store.load_state(directory).dropped.values()) - dropped_before
+    invalid = kept - no_room
     stays = (
         (
             "; 1 entry that is not a valid record stays"
-            if kept == 1
-            else f"; {kept} entries that are not valid records stay"
+            if invalid == 1
+            else f"; {invalid} entries that are not valid records stay"
         )
-        if kept
+        if invalid
         else ""
     )
+    if no_room:
+        stays += (
+            f"; {no_room} valid event(s) stay quarantined: no room for them under the cap "
+            "(RS_TELEMETRY_MAX_BYTES) beside what is pending: flush, then requeue again"
+        )
     over = (
         f"; the spool is over its cap (RS_TELEMETRY_MAX_BYTES): the oldest {dropped} "
         "pending event(s) were dropped (counted as spool_full)"

@@ -25,7 +25,7 @@ from spool.store._commit import (
 from spool.store._files import QUARANTINE, fsync_dir, pid_namespace, stage_file, suppress_os
 from spool.store._pending import summary
 from spool.store._quarantine import json_line, quarantine_entry
-from spool.store._reading import quarantine_lines
+from spool.store._reading import pending_files, quarantine_lines
 from spool.store._state import staged_names, sweep_temp_files
 
 
@@ -63,9 +63,14 @@ def purge_quarantine(directory: Path) -> int:
     return removed
 
 
-def requeue(directory: Path) -> tuple[int, int]:
+def requeue(directory: Path, cap: int | None = None) -> tuple[int, int, int]:
     """Put quarantined entries that are valid records back into pending; return (put back,
-    left in the quarantine), e.g. ``(3, 1)``.
+    left in the quarantine, of those valid records kept for want of room), e.g. ``(3, 1, 0)``.
+
+    ``cap``: the spool's cap; only what fits under it beside what is pending comes back, in
+    quarantine order, and the rest stays quarantined (put back past the cap, the requeued
+    events, the oldest of all, were the first the cap dropped: events a requeue meant to
+    recover were lost for good, where the quarantine had kept them).
 
     The caller holds ``flush.lock``; this takes ``state.lock``. The records keep their
     quarantine order (oldest first) in one new sealed segment that sorts before every
@@ -79,14 +84,25 @@ def requeue(directory: Path) -> tuple[int, int]:
     with locked_state(directory) as state:
         back: list[bytes] = []
         kept: list[bytes] = []
+        no_room = 0
+        room = (
+            None
+            if cap is None
+            else cap - sum(pf.size - pf.cursor for pf in pending_files(directory, state))
+        )
         for line in quarantine_lines(directory):
             original = _record_of(line.raw)
             if original is None:
                 kept.append(line.raw + b"\n")
+            elif room is not None and (no_room or len(original) + 1 > room):
+                kept.append(line.raw + b"\n")  # later ones too: the order stays the spool's
+                no_room += 1
             else:
                 back.append(original + b"\n")
+                if room is not None:
+                    room -= len(original) + 1
         if not back:
-            return 0, len(kept)
+            return 0, len(kept), no_room
         name = first_segment_name(directory, state.cursors)
         staged: list[str] = []
         try:
@@ -111,7 +127,7 @@ def requeue(directory: Path) -> tuple[int, int]:
                     os.unlink(directory / tmp)
             raise
         finish_moves(directory, state)
-    return len(back), len(kept)
+    return len(back), len(kept), no_room
 
 
 def _record_of(entry_line: bytes) -> bytes | None:
