@@ -70,8 +70,14 @@ def stop_it(proc: subprocess.Popen[str], signum: int) -> tuple[str, str, float]:
 
 @pytest.mark.parametrize(
     ("signum", "returncode", "recorded_code"),
-    [(signal.SIGINT, 130, 130), (signal.SIGTERM, -signal.SIGTERM, 128 + signal.SIGTERM)],
-    ids=["SIGINT", "SIGTERM"],
+    [
+        (signal.SIGINT, 130, 130),
+        (signal.SIGTERM, -signal.SIGTERM, 128 + signal.SIGTERM),
+        # A terminal closed under the flush: killed by the default action, no summary, no
+        # last_flush. Now a stop at the next safe point, exit 129.
+        (signal.SIGHUP, 128 + signal.SIGHUP, 128 + signal.SIGHUP),
+    ],
+    ids=["SIGINT", "SIGTERM", "SIGHUP"],
 )
 def test_a_signal_during_a_request_commits_what_was_acknowledged(
     scripted_server: ScriptedServer, signum: int, returncode: int, recorded_code: int
@@ -137,3 +143,30 @@ def test_sigint_with_json_prints_one_object(scripted_server: ScriptedServer) -> 
     assert report["sent"] == len(scripted_server.accepted_events())
     assert report["sent"] + report["left_pending"] == EVENTS
     assert_accounted(EVENTS)
+
+
+def test_an_ignored_sighup_stays_ignored(scripted_server: ScriptedServer) -> None:
+    # `nohup rs-telemetry flush &`: the hangup must not stop it.
+    fill(10)
+    scripted_server.default = Stall(60)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, runpy, sys; signal.signal(signal.SIGHUP, "
+            "signal.SIG_IGN); sys.argv[1:1] = []; runpy.run_module('spool', run_name='__main__')",
+            "flush",
+            "--endpoint",
+            scripted_server.url,
+            "--max-time",
+            "4",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert scripted_server.wait_for(1, timeout=20)
+    proc.send_signal(signal.SIGHUP)
+    _stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 75, stderr  # ran to its --max-time, as nohup asked
+    assert "SIGHUP" not in stderr

@@ -90,7 +90,10 @@ class _Progress:
 PROGRESS_AFTER = 2.0
 """Seconds a flush runs before its progress bar shows (on a terminal only)."""
 PROGRESS_REDRAW = 0.5
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+"""SIGHUP too: a terminal closed under a flush (an ssh session dropped) stopped it by the
+default action, with no summary and no ``last_flush``; it now stops at the next safe point
+(exit 129). Unless the caller ignores it (``nohup``): an ignored signal stays ignored."""
 
 
 MAX_RUN_SECONDS = settings.MAX_RUN_SECONDS
@@ -266,7 +269,11 @@ def flush(
     stop = StopRequest()
     previous = {}
     if threading.current_thread() is threading.main_thread():  # only it may set handlers
-        previous = {signum: signal.signal(signum, stop.handle) for signum in STOP_SIGNALS}
+        previous = {
+            signum: signal.signal(signum, stop.handle)
+            for signum in STOP_SIGNALS
+            if signal.getsignal(signum) is not signal.SIG_IGN or signum != signal.SIGHUP
+        }
     if dry_run and not as_json:
         utf8_stdout()  # the bodies it would send
     try:
