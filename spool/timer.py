@@ -578,6 +578,39 @@ def key_warnings(environment: Mapping[str, str], system: bool) -> list[str]:
     return [f"the unit will not be able to use its key: {found.problem}"]
 
 
+def setting_warnings(environment: Mapping[str, str], system: SystemUnit | None) -> list[str]:
+    """What the unit's flush would refuse at every run though the install went through, e.g.
+    an endpoint of plain http to another host, or a spool its user does not own."""
+    warnings = []
+    endpoint = environment.get("RS_SEGMENT_ENDPOINT")
+    if endpoint:
+        try:
+            settings.check_endpoint(settings.endpoint(endpoint))
+        except ConfigError as exc:
+            warnings.append(f"every flush of the unit will exit 1: {exc}")
+    if system is not None and system.spool_dir:
+        try:
+            owner = os.stat(system.spool_dir).st_uid
+        except FileNotFoundError:
+            warnings.append(
+                f"the spool {system.spool_dir} does not exist, and the service (ProtectSystem="
+                f"strict) cannot make it: create it, run: install -d -m 0700 -o {system.user} "
+                f"{system.spool_dir}"
+            )
+        except OSError:
+            pass
+        else:
+            with contextlib.suppress(KeyError):
+                uid = pwd.getpwnam(system.user).pw_uid
+                if owner != uid:
+                    warnings.append(
+                        f"the spool {system.spool_dir} is owned by uid {owner}, not by "
+                        f"{system.user}: every flush of the service will refuse it; run: "
+                        f"chown -R {system.user} {system.spool_dir}"
+                    )
+    return warnings
+
+
 def user_warnings(user: str | None) -> list[str]:
     """What to say about the user a system unit runs as, e.g. about ``nobody``."""
     if user == "nobody":

@@ -113,7 +113,10 @@ def _tmp_warning(stderr: str) -> list[str]:
     return [
         line
         for line in stderr.splitlines()
-        if "warning:" in line and "/tmp" in line and "cannot reach" not in line
+        if "warning:" in line
+        and "/tmp" in line
+        and "cannot reach" not in line
+        and "does not exist, and the service" not in line
     ]
 
 

@@ -235,3 +235,14 @@ def test_a_loose_key_with_enable_failing_still_warns(cli: Cli, tmp_path: Path, h
     assert result.returncode == 1
     assert re.search(r"warning: .*only in this shell", result.stderr)
     assert "could not enable" in result.stderr
+
+
+def test_an_endpoint_every_flush_would_refuse_is_a_warning(
+    cli: Cli, tmp_path: Path, home: Path
+) -> None:
+    # Written into the unit without a word: every hourly flush then exited 1 with
+    # "refusing plain http to example.com".
+    result = _install(cli, tmp_path / "units", {"RS_SEGMENT_ENDPOINT": "http://example.com"})
+    [warning] = [w for w in _warnings(result) if "every flush of the unit" in w]
+    assert "every flush of the unit will exit 1" in warning
+    assert "refusing plain http to example.com" in warning

@@ -475,3 +475,26 @@ def test_a_command_the_user_cannot_reach_is_a_warning(
     assert f"{private} is drwx------" in warning
     private.chmod(0o755)
     assert f"cannot reach {script}" not in install().stderr
+
+
+@needs_user
+def test_a_spool_the_user_does_not_own_or_that_is_missing_is_a_warning(
+    cli: Cli, tmp_path: Path, open_tmp: Path
+) -> None:
+    # ReadWritePaths= and RS_TELEMETRY_DIR were written for a root-owned spool (or one that
+    # does not exist, which ProtectSystem=strict keeps the service from making): every
+    # flush as USER refused it, and install said nothing.
+    owned_by_root = open_tmp / "spool-of-root"
+    owned_by_root.mkdir(mode=0o700)
+    missing = open_tmp / "no-such-spool"
+    for spool, says in (
+        (owned_by_root, f"is owned by uid 0, not by {USER}"),
+        (missing, "does not exist, and the service"),
+    ):
+        result = cli(
+            "--spool-dir", str(spool), "timer", "install", "--system", "--user", USER,
+            "--no-enable", "--unit-dir", str(tmp_path / "units"),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        [warning] = [line for line in result.stderr.splitlines() if says in line]
+        assert str(spool) in warning

@@ -82,6 +82,7 @@ def timer_install(
         units.check_user(run_as)
         service = units.SystemUnit(run_as, environment.get("RS_TELEMETRY_DIR"))
     warnings = units.key_warnings(environment, system) + units.user_warnings(run_as)
+    warnings += units.setting_warnings(environment, service)
     result = units.install(unit_dir, enable=False, environment=environment, system=service)
     warnings += units.tmp_warnings(result.executable, service)
     warnings += units.access_warnings(result.executable, service)
