@@ -425,3 +425,17 @@ def test_a_proxy_refusing_the_tunnel_is_a_setting_not_a_network_outage(
     assert report["left_pending"] == 1, report
     if code == 1:
         assert took < 2.5, f"retried for {took:.1f} s"
+
+
+def test_the_human_quarantine_view_escapes_raw_text_once(cli: Cli, spool_dir: Path) -> None:
+    # repr() and then the view's own escaping doubled the raw text's backslashes twice
+    # (raw='garbage\\\\\\\\xff'), and an unreadable line showed Python's status=None.
+    fill(1)
+    entry = '{"_quarantine":{"reason":"not UTF-8","at":"2026-12-07T10:00:00.000Z","status":null},'
+    (spool_dir / "quarantine.jsonl").write_text(entry + '"raw":"garbage\\\\xff"}\n')
+    result = cli("show", "--quarantine")
+    assert result.returncode == 0, result.stderr
+    [line] = result.stdout.splitlines()
+    assert "raw='garbage\\\\xff'" in line, line  # the escape's backslash, shown escaped once
+    assert "\\\\\\\\" not in line, line
+    assert "status=-" in line

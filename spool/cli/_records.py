@@ -135,7 +135,7 @@ def append(ctx: click.Context, event: str, pairs: tuple[str, ...]) -> None:
 
 
 def _human_quarantined(entry: dict[str, Any], info: dict[str, Any]) -> str:
-    """One quarantine entry for a human, e.g. ``... not JSON  status=None  raw='garbage'``.
+    """One quarantine entry for a human, e.g. ``... not JSON  status=-  raw='garbage'``.
 
     A quarantined line that is a JSON object but no record (``{"raw": 5}``, ``{"type":
     "track"}``) is shown as the object it was: its keys may be anything, of any type.
@@ -147,8 +147,12 @@ def _human_quarantined(entry: dict[str, Any], info: dict[str, Any]) -> str:
         raw = entry.get("raw")
         if not (isinstance(raw, str) and set(entry) == {"_quarantine", "raw"}):
             raw = store.json_line({k: v for k, v in entry.items() if k != "_quarantine"})
-        what = f"raw={raw[:120]!r}"
-    return f"{info.get('at')}  {info.get('reason')}  status={info.get('status')}  {what}"
+        # Not repr(): the caller's ``visible`` escapes it once (repr doubled every backslash
+        # of the raw text's own escapes a second time: ``garbage\\\\xff``).
+        what = f"raw='{raw[:120]}'"
+    status = info.get("status")
+    shown_status = "-" if status is None else status  # an unreadable line has none
+    return f"{info.get('at')}  {info.get('reason')}  status={shown_status}  {what}"
 
 
 def _human_record(message: dict[str, Any]) -> str:
