@@ -155,15 +155,22 @@ def command_paths() -> list[tuple[str, ...]]:
 
 
 @contextlib.contextmanager
-def tmpfs_spool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: str) -> Iterator[Path]:
-    """A spool directory on a tmpfs of ``size`` (e.g. ``"256k"``), ``RS_TELEMETRY_DIR``
-    pointing there; the test is skipped, with the reason, where mounting is not allowed."""
+def tmpfs_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: str, inodes: int | None = None
+) -> Iterator[Path]:
+    """A spool directory on a tmpfs of ``size`` (e.g. ``"256k"``) and at most ``inodes``
+    files, ``RS_TELEMETRY_DIR`` pointing there; the test is skipped, with the reason, where
+    mounting is not allowed."""
     mount_point = tmp_path / "disk"
     mount_point.mkdir()
     if shutil.which("mount") is None:
         pytest.skip("cannot mount tmpfs: no mount command")
     result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(mount_point)],
+        [
+            *("mount", "-t", "tmpfs", "-o"),
+            f"size={size},mode=0700" + (f",nr_inodes={inodes}" if inodes else ""),
+            *("tmpfs", str(mount_point)),
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -255,11 +255,19 @@ def test_a_read_only_spool_is_named_as_such_and_import_does_not_blame_the_bundle
     assert receiver.events == []
 
 
+@pytest.fixture
+def few_inodes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """A 1 MiB tmpfs of at most 32 files holding this test's spool directory."""
+    with kit.tmpfs_spool(tmp_path, monkeypatch, DISK_SIZE, inodes=32) as directory:
+        yield directory
+
+
 def test_no_free_inode_for_the_lock_file_is_named_with_its_fix(
-    cli: Cli, small_disk: Path, receiver: Receiver
+    cli: Cli, few_inodes: Path, receiver: Receiver
 ) -> None:
     # A spool filled by appenders only has no lock files yet: with every inode of its file
     # system taken, flush and purge said "check the owner and mode of the spool directory".
+    small_disk = few_inodes
     for i in range(3):
         assert cli("append", "server_start", "-p", f"commit_id=i{i}").returncode == 0
     assert not (small_disk / "flush.lock").exists()
