@@ -7,7 +7,6 @@ import errno
 import fcntl
 import itertools
 import os
-import sys
 import time
 
 from spool._sleep import sleep  # loaded with spool.locking already (select only on a wait)
@@ -30,7 +29,6 @@ TYPE_CHECKING = False  # mypy sets this True
 if TYPE_CHECKING:
     from collections.abc import Collection
     from pathlib import Path
-    from types import FrameType
 
 SEGMENT_MAX_BYTES = 440_000
 """Size at which a segment is sealed (it may pass it by one record): one upload batch,
@@ -127,77 +125,32 @@ def append_line(
     else:
         path = os.path.join(directory, ACTIVE)
         _last_dir = (directory, path)
-    if _active_lock._is_owned():  # type: ignore[attr-defined]  # C RLock has it; typeshed not
-        if _inside_append(_thread.get_ident()):
-            # This thread's own append was interrupted (a signal handler, a __del__ run by
-            # the garbage collector) by one that appends too: waiting for the lock would
-            # wait for ourselves. Refused at once; the interrupted append goes on.
-            raise OSError(
-                errno.EDEADLK,
-                "an append was called from a signal handler or __del__ while this thread "
-                "was appending: that event is not spooled (append outside such hooks)",
-            )
-        _renew_active_lock()  # left held by an append that an exception ended
-    lock = _take_active_lock()
+    lock = _active_lock
+    if lock._is_owned():  # type: ignore[attr-defined]  # C RLock has it; typeshed does not
+        # This thread's own append was interrupted (a signal handler, a __del__ run by the
+        # garbage collector) by one that appends too: waiting for the lock would wait for
+        # ourselves. Refused at once; the interrupted append goes on.
+        raise OSError(
+            errno.EDEADLK,
+            "an append was called from a signal handler or __del__ while this thread was "
+            "appending: that event is not spooled (append outside such hooks)",
+        )
+    # An exception raised into this thread (a host's signal handler, a timeout guard) must
+    # never leave the lock held: Python (3.10+) runs signal handlers only after a call
+    # returns or on a backward jump, so the lock is taken by a call inside the ``try`` and
+    # released by the first call of the ``finally``, with no call in between that a
+    # handler could follow while the lock is held and the ``finally`` not yet entered.
     try:
+        # Bounded too: another thread of this process may be the one waiting on a stopped
+        # holder.
+        if not lock.acquire(timeout=APPEND_LOCK_WAIT):
+            raise _StillLocked(errno.EAGAIN, "another thread of this process kept the spool busy")
         _append_locked(directory, path, line, fsync, cap, dir_id)
     finally:
-        if lock._is_owned():  # type: ignore[attr-defined]
-            lock.release()
-
-
-def _take_active_lock() -> _thread.RLock:
-    """Take the in-process lock on the shared descriptor: the lock, or ``_StillLocked``.
-
-    Bounded: another thread of this process may be the one waiting on a stopped holder.
-    An exception raised into a thread (a host's signal handler, a timeout guard) between
-    taking the lock and the ``try`` that releases it, or inside that ``finally``, can leave
-    it held for good; a thread that waits past ``_HOLDER_LOOK`` while no other thread is
-    inside an append takes a fresh lock instead (as the thread that left it does, at its
-    next append).
-    """
-    waited = 0.0
-    while True:
-        lock = _active_lock
-        try:
-            if lock.acquire(timeout=_HOLDER_LOOK):
-                if lock is _active_lock:
-                    return lock
-                lock.release()  # renewed meanwhile: take the new one
-                continue
-        except BaseException:
-            if lock._is_owned():  # type: ignore[attr-defined]
-                lock.release()  # taken as the exception came in
-            raise
-        waited += _HOLDER_LOOK
-        if waited >= APPEND_LOCK_WAIT:
-            raise _StillLocked(errno.EAGAIN, "another thread of this process kept the spool busy")
-        if lock is _active_lock and not _inside_append(None):
-            _renew_active_lock()
-
-
-def _renew_active_lock() -> None:
-    """Replace a lock that an exception left held; a waiter on the old one moves over."""
-    global _active_lock
-    old, _active_lock = _active_lock, _thread.RLock()
-    while old._is_owned():  # type: ignore[attr-defined]
-        old.release()
-
-
-def _inside_append(ident: int | None) -> bool:
-    """True when thread ``ident`` (None: any other thread than this one) is inside
-    ``append_line``, per its frames (looked at only when the lock seems left held)."""
-    me = _thread.get_ident()
-    code = append_line.__code__
-    for thread, frame in sys._current_frames().items():
-        if (thread != ident) if ident is not None else (thread == me):
-            continue
-        walk: FrameType | None = frame if thread != me else sys._getframe(2)  # above this call
-        while walk is not None:
-            if walk.f_code is code:
-                return True
-            walk = walk.f_back
-    return False
+        try:  # noqa: SIM105 - suppress() would be a call before the release (and an import)
+            lock.release()  # an RLock: only its owner can release it
+        except RuntimeError:
+            pass  # not ours: the acquire timed out, or an exception came in before it
 
 
 def _open_active(path: str, dir_id: tuple[int, int] | None) -> tuple[str, int, int, int]:
