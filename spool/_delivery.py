@@ -89,7 +89,14 @@ class Run:
     acknowledged: bool = False
     lone_refusals: int = 0  # lone events refused in a row, since the last 2xx
     probe_pool: list[Item] = field(default_factory=list)  # the batch being resolved
-    known_good: Item | None = None  # the event of the run's last acknowledged probe
+    known_good: Item | None = None  # an event this run had acknowledged (any 2xx)
+    names: list[str] = field(default_factory=list)  # the segments this run delivers
+    newest: Item | None = None  # the spool's newest pending event, once looked for
+    newest_looked: bool = False
+    # Lone refusals in a row that bring a probe: BLANKET_REFUSALS, doubled (to 8 times that
+    # at most) each time only a second opinion (an event sent before) was acknowledged, so
+    # that a long run of bad events costs a few re-sent probes, not one per five refusals.
+    probe_after: int = BLANKET_REFUSALS
     unsaved: store.State = field(default_factory=store.State)  # counts a full disk kept back
     cap_checked: float = 0.0
     consumed: list[str] = field(default_factory=list)  # committed, unlinked at the settle
@@ -117,6 +124,7 @@ def deliver(run: Run, names: list[str]) -> None:
         ThreadPoolExecutor(max_workers=1, thread_name_prefix="rs-telemetry-gzip") as gzip,
     ):
         run.gzip_pool = gzip
+        run.names = names
         ahead: list[Future[Prepared | None]] = []
         try:
             for name in names:
@@ -176,6 +184,8 @@ def _send_prepared(run: Run, prepared: Prepared | None) -> None:
                 continue
             # The whole segment in one batch, every line valid (see Checker.prepare).
             answer = _send(run, [], body)
+            if answer is not None and answer.verdict is Verdict.ACK and run.known_good is None:
+                run.known_good = _first_item(claim)  # a blanket-refusal probe's second opinion
             if answer is None or answer.verdict is Verdict.ACK:
                 _account(run, claim, claim.size, body.count, 0, [])
             else:  # refused events inside: only now look at each line, and split
@@ -252,15 +262,17 @@ def _sleep(run: Run, seconds: float) -> None:
 def _probe(run: Run, following: list[Item]) -> None:
     """After ``BLANKET_REFUSALS`` lone refusals in a row: send an event from further on in
     the batch (after ``following``, the range about to be sent) alone, the batch's last one
-    not probed yet. Refused (it may be a bad event too), a second opinion: the event of
-    the run's last acknowledged probe again (the endpoint took it once: refused now, the
-    endpoint changed; the same messageId, which Segment deduplicates), or else one from
-    the middle of the rest. Acknowledged, the endpoint works: the split goes on, and the
-    count of refusals starts again (a probe comes again after as many more, so an endpoint
-    that breaks later in the batch is still caught). Refused twice: ``EndpointRefuses``.
-    No event to probe (the refused ones end the batch): the range is sent as it is, which
-    tells as much, up to twice ``BLANKET_REFUSALS`` lone refusals in a row, unless a probe
-    of this batch was acknowledged (what is left of it is then bad events, at most)."""
+    not probed yet. Refused (it may be a bad event too), a second opinion: an event this
+    run had acknowledged, sent again (the endpoint took it: refused now, the endpoint
+    changed; the same messageId, which Segment deduplicates); before any 2xx, the spool's
+    newest pending event (the oldest events of a backlog may be the bad ones, beyond one
+    segment); else one from the middle of the rest. Acknowledged, the endpoint works: the
+    split goes on, and the count of refusals starts again (a probe comes again after as
+    many more, so an endpoint that breaks later in the batch is still caught). Refused
+    twice: ``EndpointRefuses``. No event to probe (the refused ones end the batch): the
+    range is sent as it is, which tells as much, up to twice ``BLANKET_REFUSALS`` lone
+    refusals in a row, unless a probe of this batch was acknowledged (what is left of it
+    is then bad events, at most)."""
     pool = run.probe_pool  # a whole segment next (``following`` empty): nothing after it
     after = pool.index(following[-1]) + 1 if following and following[-1] in pool else len(pool)
     candidates = [it for it in pool[after:] if it.valid and not it.probed]
@@ -270,13 +282,19 @@ def _probe(run: Run, following: list[Item]) -> None:
         # The refused ones end their batch: what comes next (this range, the next
         # segment) is itself the probe; ten lone refusals in a row with none possible stop.
         return
-    second = run.known_good or (candidates[len(candidates) // 2] if candidates else None)
-    probes = list(dict.fromkeys([*candidates[-1:], *([second] if second else [])]))
-    for probe in probes:  # one or two
+    probes = candidates[-1:]
+    middle = candidates[len(candidates) // 2] if candidates else None
+    for second in (run.known_good, _newest_pending(run), middle):
+        if second is not None and all(second.line.raw != it.line.raw for it in probes):
+            probes.append(second)
+            break
+    for number, probe in enumerate(probes):  # one or two
         answer = _send(run, [probe], probing=True)
         if answer is not None and answer.verdict is Verdict.ACK:
             probe.probed = True  # and ``_send`` started the count of refusals again
-            run.known_good = probe
+            run.probe_after = (
+                BLANKET_REFUSALS if number == 0 else min(2 * run.probe_after, 8 * BLANKET_REFUSALS)
+            )
             return
     since = " since its last 2xx" if run.acknowledged else ""
     later = {0: "", 1: ", and a later one alone too,"}.get(
@@ -290,6 +308,45 @@ def _probe(run: Run, following: list[Item]) -> None:
     )
 
 
+def _first_item(claim: store.Claim) -> Item | None:
+    """The first line of an acknowledged segment, as an item (a probe's second opinion)."""
+    end = claim.data.find(b"\n")
+    if end <= 0:
+        return None
+    return Item(store.Line(claim.cursor, claim.cursor + end + 1, claim.data[:end]), True)
+
+
+_NEWEST_TAIL = 64 * 1024
+"""Bytes read from the end of the newest segment to find its last record (one is at most
+32,000 bytes)."""
+
+
+def _newest_pending(run: Run) -> Item | None:
+    """The spool's newest pending event if it is a valid record, looked for once a run."""
+    if run.newest_looked:
+        return run.newest
+    run.newest_looked = True
+    sealed = [name for name in run.names if name != store.ACTIVE]
+    if not sealed:
+        return None
+    try:
+        with open(run.directory / sealed[-1], "rb") as segment:
+            size = segment.seek(0, 2)
+            segment.seek(max(0, size - _NEWEST_TAIL))
+            tail = segment.read()
+    except OSError:
+        return None
+    lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+    raw = lines[-1]
+    if len(lines) < 2 and size > len(tail):  # no whole line in the tail
+        return None
+    message, _problem = record.check_line(raw)
+    if message is None:
+        return None
+    run.newest = Item(store.Line(size - len(raw) - 1, size, raw), True)
+    return run.newest
+
+
 def _send(
     run: Run, valid: list[Item], body: Body | None = None, probing: bool = False
 ) -> Answer | None:
@@ -298,7 +355,7 @@ def _send(
     Returns an ACK or SPLIT answer; raises ``FlushStopped`` for the rest.
     """
     check_stop(run)
-    if run.lone_refusals >= BLANKET_REFUSALS and not probing:
+    if run.lone_refusals >= run.probe_after and not probing:
         # Checked before the next request, so that a run whose every event was refused
         # ends as 65 (all quarantined) when nothing more is left to send. (A whole next
         # segment, ``valid`` empty, is itself the probe: split, it comes back here.)
@@ -335,6 +392,8 @@ def _send(
         verdict = answer.verdict
         if verdict is Verdict.ACK:
             run.acknowledged = True
+            if valid:
+                run.known_good = valid[-1]
             run.lone_refusals = 0
             run.server_asked_until = None
             return answer  # committed by the caller, even if a stop was asked meanwhile

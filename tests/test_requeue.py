@@ -361,3 +361,39 @@ def test_a_working_endpoint_refusing_most_of_a_batch_is_never_called_broken(
     # Once every later event was a probe, a refused probe is checked against an event the
     # endpoint acknowledged before, sent again (same messageId): one per five refusals.
     assert len(delivered) - len(set(delivered)) <= refused // BLANKET_REFUSALS
+
+
+def test_a_run_that_had_a_2xx_is_not_called_broken_when_its_newest_events_are_refused(
+    scripted_server: ScriptedServer, cli: Cli
+) -> None:
+    # The second opinion was an acknowledged *probe*'s event only: the newest 100 events
+    # refused (a new release's property the endpoint's plan does not know), the oldest 100
+    # acknowledged a request earlier, and the run still ended "refuses everything" (exit 1).
+    before = fill(200)
+    bad = {e["messageId"] for e in before[100:]}
+    scripted_server.handler = refusing(bad)
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["quarantined"], report["sent"]) == (65, 100, 100), stderr
+    delivered = [e["messageId"] for e in scripted_server.accepted_events()]
+    assert set(delivered) == {e["messageId"] for e in before} - bad
+    # Each second opinion is an event sent again; the probes thin out as they keep passing.
+    assert len(delivered) - len(set(delivered)) <= 10
+
+
+def test_old_events_refused_beyond_one_segment_do_not_hold_back_the_new(
+    scripted_server: ScriptedServer, cli: Cli, spool_dir: Path
+) -> None:
+    # The probes looked only inside the segment being sent: a backlog whose oldest
+    # segments were all refused (and the newest accepted) stopped as "refuses everything"
+    # at every run, 5 quarantined a run, the good events waiting behind for weeks.
+    for _ in range(2):
+        old = fill(40)  # every pending event so far
+        store.seal(spool_dir)
+    new = fill(10)[len(old) :]
+    store.seal(spool_dir)
+    bad = {e["messageId"] for e in old}
+    scripted_server.handler = refusing(bad)
+    code, report, stderr = flush(cli, scripted_server.url)
+    assert (code, report["quarantined"], report["sent"]) == (65, 80, 10), stderr
+    delivered = {e["messageId"] for e in scripted_server.accepted_events()}
+    assert delivered == {e["messageId"] for e in new}
