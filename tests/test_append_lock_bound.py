@@ -144,20 +144,25 @@ os._exit(0)
 """
 
 
-def test_an_exception_raised_into_appends_never_leaves_their_locks_held(tmp_path: Path) -> None:
-    # A signal handler raising inside append (a host's timeout guard) could land between
-    # taking a lock and the ``try`` that releases it: the thread could never append again
-    # ("called from a signal handler") and every other thread waited 30 s for nothing.
-    env = {**os.environ, "RS_TELEMETRY_DIR": str(tmp_path / "spool")}
+def _host(script: str, tmp_path: Path, seconds: str = "3") -> subprocess.CompletedProcess[str]:
+    """Run a host program (``script``, given ``seconds`` to torment its appends) to its end."""
     result = subprocess.run(
-        [sys.executable, "-c", _INTERRUPTED_APPENDS, "3"],
-        env=env,
+        [sys.executable, "-c", script, seconds],
+        env={**os.environ, "RS_TELEMETRY_DIR": str(tmp_path / "spool")},
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_an_exception_raised_into_appends_never_leaves_their_locks_held(tmp_path: Path) -> None:
+    # A signal handler raising inside append (a host's timeout guard) could land between
+    # taking a lock and the ``try`` that releases it: the thread could never append again
+    # ("called from a signal handler") and every other thread waited 30 s for nothing.
+    result = _host(_INTERRUPTED_APPENDS, tmp_path)
     interrupted, held, same, others, took = result.stdout.split()
     assert int(interrupted) > 100, "the guard never fired inside an append"
     assert held == "False", "the in-process lock was left held"
@@ -209,14 +214,5 @@ def test_appends_from_signal_handlers_and_del_beside_threads_never_hang(tmp_path
     # The nested-append check looked at every thread's frames (sys._current_frames):
     # on Python 3.11 a garbage collection inside that call ran a __del__ that appended,
     # which called it again and waited for the interpreter's own lock: a hang for good.
-    env = {**os.environ, "RS_TELEMETRY_DIR": str(tmp_path / "spool")}
-    result = subprocess.run(
-        [sys.executable, "-c", _HANDLER_AND_DEL, "4"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = _host(_HANDLER_AND_DEL, tmp_path)
     assert result.stdout.strip() == "done"
