@@ -130,6 +130,10 @@ class Session:
         except SpoolUnusable as exc:
             return FAILED, str(exc)
         except OSError as exc:
+            if exc.errno is None:
+                # No system call's error: the host's own (a TimeoutError its signal handler
+                # raised while we were appending), which its timeout guard waits for.
+                raise
             return FAILED, f"could not spool to {directory}: {exc.strerror or exc}{_fix(exc)}"
         if _env.flag("RS_TELEMETRY_DEBUG"):
             _debug(line)

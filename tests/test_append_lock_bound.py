@@ -216,3 +216,55 @@ def test_appends_from_signal_handlers_and_del_beside_threads_never_hang(tmp_path
     # which called it again and waited for the interpreter's own lock: a hang for good.
     result = _host(_HANDLER_AND_DEL, tmp_path)
     assert result.stdout.strip() == "done"
+
+
+_HOST_TIMEOUTS = r"""
+import os, signal, subprocess, sys, time
+import pathlib, spool, spool.errors, spool.locking, spool.store._limits  # see above
+
+package = os.path.dirname(spool.__file__)
+
+def on_alarm(signum, frame):
+    # The host's time limit (an OSError, without an errno), raised here only inside our
+    # code: a host's own lines (its loop's jumps) are not this test's matter.
+    while frame is not None:
+        if frame.f_code.co_filename.startswith(package):
+            raise TimeoutError("the host's own time limit")
+        frame = frame.f_back
+
+signal.signal(signal.SIGALRM, on_alarm)
+signal.setitimer(signal.ITIMER_REAL, 0.001, 0.001)
+caught = 0
+stop = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < stop:
+    try:
+        spool.append("server_start")
+    except TimeoutError:
+        caught += 1
+signal.setitimer(signal.ITIMER_REAL, 0, 0)
+held = 0
+for fd in os.listdir("/proc/self/fd"):
+    try:
+        held += os.readlink(f"/proc/self/fd/{fd}").endswith("active.jsonl")
+    except OSError:
+        pass  # the listing's own descriptor, closed since
+started = time.monotonic()
+other = subprocess.run(
+    [sys.executable, "-c", "import spool; print(spool.append('server_stop'))"],
+    capture_output=True, text=True, timeout=60,
+).stdout.strip()
+print(caught, held, other, round(time.monotonic() - started, 1), flush=True)
+os._exit(0)
+"""
+
+
+def test_a_hosts_timeout_error_is_its_own_and_leaves_no_lock_held(tmp_path: Path) -> None:
+    # A TimeoutError (an OSError) raised by the host's signal handler just after the
+    # active file's flock was taken was taken for "the host closed our descriptor": the
+    # descriptor was dropped still locked (every other process's appends then waited 30 s
+    # and failed), thousands leaked, and the host's exception was swallowed.
+    caught, held, other, took = _host(_HOST_TIMEOUTS, tmp_path).stdout.split()
+    assert int(caught) > 100, "the host's TimeoutError did not reach it"
+    assert int(held) <= 1, f"{held} descriptors left open on the active file"
+    assert other == "True"
+    assert float(took) < 10

@@ -195,7 +195,12 @@ def _append_locked(
                     continue
             except _StillLocked:
                 raise
-            except OSError:
+            except OSError as exc:
+                if exc.errno != errno.EBADF:
+                    # Not the host closing our descriptor: e.g. a host's own TimeoutError
+                    # raised by its signal handler just after the flock was taken. Ours
+                    # to undo (the ``finally`` unlocks), not to swallow.
+                    raise
                 _forget_active(close=False)  # the host closed our descriptor: not ours
                 continue
             st = os.fstat(fd)

@@ -65,6 +65,8 @@ def check_dir(directory: StrPath, create: bool, hot: bool = False) -> os.stat_re
         make_dir(directory)
         st = os.stat(directory)
     except OSError as exc:
+        if exc.errno is None:  # no system call's: the host's own (its signal handler's)
+            raise
         raise SpoolUnusable(
             f"cannot use spool directory ({exc.strerror})",
             str(directory),
