@@ -31,10 +31,10 @@ def foreign_spool() -> Iterator[Path]:
         shutil.rmtree(base)
 
 
-# The interpreter lives under root's 0700 home: start as root, import, then become the
-# other user before the command line runs.
+# The interpreter and the package live under root's 0700 home (CI's under a 0700 temp
+# directory): start as root, import what the commands load, then become the other user.
 _AS_RUNNER = (
-    "import os, sys, spool.cli, spool.flushing; "
+    "import os, sys, spool.cli, spool.flushing, spool.metrics, spool.audit, spool.session; "
     f"os.setgroups([]); os.setgid({RUNNER}); os.setuid({RUNNER}); "
     "spool.cli.main(sys.argv[1:], prog_name='rs-telemetry')"
 )
