@@ -288,12 +288,13 @@ def _probe(run: Run, following: list[Item]) -> None:
         if second is not None and all(second.line.raw != it.line.raw for it in probes):
             probes.append(second)
             break
-    for number, probe in enumerate(probes):  # one or two
+    for probe in probes:  # one or two
+        sent_before = probe is run.known_good  # acknowledged once already
         answer = _send(run, [probe], probing=True)
         if answer is not None and answer.verdict is Verdict.ACK:
             probe.probed = True  # and ``_send`` started the count of refusals again
             run.probe_after = (
-                BLANKET_REFUSALS if number == 0 else min(2 * run.probe_after, 8 * BLANKET_REFUSALS)
+                min(2 * run.probe_after, 8 * BLANKET_REFUSALS) if sent_before else BLANKET_REFUSALS
             )
             return
     since = " since its last 2xx" if run.acknowledged else ""
@@ -329,11 +330,10 @@ def _newest_pending(run: Run) -> Item | None:
     sealed = [name for name in run.names if name != store.ACTIVE]
     if not sealed:
         return None
-    try:
-        with open(run.directory / sealed[-1], "rb") as segment:
-            size = segment.seek(0, 2)
-            segment.seek(max(0, size - _NEWEST_TAIL))
-            tail = segment.read()
+    path = run.directory / sealed[-1]
+    try:  # never through a symbolic link, as every spool file is read
+        size = path.lstat().st_size
+        tail = store.read_file(path, max(0, size - _NEWEST_TAIL))
     except OSError:
         return None
     lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
