@@ -196,10 +196,10 @@ def _append_locked(
             except _StillLocked:
                 raise
             except OSError as exc:
-                if exc.errno != errno.EBADF:
-                    # Not the host closing our descriptor: e.g. a host's own TimeoutError
-                    # raised by its signal handler just after the flock was taken. Ours
-                    # to undo (the ``finally`` unlocks), not to swallow.
+                if exc.errno is None:
+                    # No system call's error: the host's own (a TimeoutError its signal
+                    # handler raised just after the flock was taken). Ours to undo (the
+                    # ``finally`` unlocks), not to swallow.
                     raise
                 _forget_active(close=False)  # the host closed our descriptor: not ours
                 continue
