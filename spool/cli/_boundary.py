@@ -69,9 +69,14 @@ def quiet_stdout() -> None:
     The recipe of Python's signal documentation (note on SIGPIPE): the unwritten rest of the
     buffer would otherwise raise at exit and print "Exception ignored ... BrokenPipeError".
     """
+    _to_devnull(sys.stdout)
+
+
+def _to_devnull(stream: Any) -> None:
+    """Point ``stream``'s descriptor at /dev/null (``quiet_stdout``, ``say_if_possible``)."""
     try:
         devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        os.dup2(devnull, stream.fileno())
         os.close(devnull)
     except (OSError, ValueError, AttributeError):
         pass  # not a real descriptor (CliRunner): nothing will flush into a closed pipe
@@ -87,12 +92,7 @@ def say_if_possible(message: str) -> None:
     try:
         say(message)
     except (OSError, ValueError):
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stderr.fileno())
-            os.close(devnull)
-        except (OSError, ValueError, AttributeError):
-            pass  # not a real descriptor (CliRunner)
+        _to_devnull(sys.stderr)
         with contextlib.suppress(OSError, ValueError):
             sys.stderr.flush()  # what is left in its buffer goes to /dev/null now
 

@@ -272,7 +272,7 @@ def flush(
         previous = {
             signum: signal.signal(signum, stop.handle)
             for signum in STOP_SIGNALS
-            if signal.getsignal(signum) is not signal.SIG_IGN or signum != signal.SIGHUP
+            if not (signum == signal.SIGHUP and signal.getsignal(signum) is signal.SIG_IGN)
         }
     if dry_run and not as_json:
         utf8_stdout()  # the bodies it would send
