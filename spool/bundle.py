@@ -21,6 +21,7 @@ import gzip
 import hashlib
 import json
 import os
+import stat
 import time
 import zlib
 from dataclasses import dataclass
@@ -137,25 +138,37 @@ def _write_bundle(target: Path, lines: list[bytes]) -> None:
     store.fsync_dir(target.parent)  # the new name is durable only once its directory is
 
 
+_KILLED_EXPORT_AGE = 3600.0
+"""Seconds a partial bundle of an ended process stays untouched before another export
+removes it: its writer may live in another pid namespace (a container writing to the same
+bind mount), where ``kill(pid, 0)`` cannot see it, and a running export writes on."""
+
+
 def _sweep_killed_exports(target: Path) -> None:
     """Remove what an export to the same FILE killed mid-write left beside it (SIGTERM,
-    SIGKILL: ``.FILE.PID.N.tmp``, part of the events, on a USB stick for good), when its
-    process is gone; a running one's is never touched."""
+    SIGKILL: ``.FILE.PID.N.tmp``, part of the events, on a USB stick for good), when no
+    process of that pid runs here and it has not been written for an hour; a running
+    export's is never touched."""
     prefix = f".{target.name}."
+    now = time.time()
     with contextlib.suppress(OSError):
         for name in os.listdir(target.parent):
             if not (name.startswith(prefix) and name.endswith(".tmp")):
                 continue
             pid, _, stamp = name[len(prefix) : -len(".tmp")].partition(".")
-            if not (pid.isdigit() and stamp.isdigit()) or int(pid) == os.getpid():
-                continue
+            if not (pid.isascii() and pid.isdigit() and stamp.isascii() and stamp.isdigit()):
+                continue  # not a name of ours (``str.isdigit`` takes "²")
+            path = target.parent / name
             try:
+                if int(pid) == os.getpid() or now - path.lstat().st_mtime < _KILLED_EXPORT_AGE:
+                    continue
                 os.kill(int(pid), 0)
             except ProcessLookupError:
                 with contextlib.suppress(OSError):
-                    os.unlink(target.parent / name)
-            except OSError:
-                pass  # alive (another user's): not ours to judge
+                    if stat.S_ISREG(path.lstat().st_mode):
+                        os.unlink(path)
+            except (OSError, OverflowError):
+                pass  # alive (another user's), gone meanwhile, or no pid at all
 
 
 def _write_new(path: Path, head: bytes, lines: list[bytes]) -> None:

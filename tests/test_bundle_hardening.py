@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -351,15 +352,27 @@ def test_what_a_killed_export_left_beside_file_is_removed_by_the_next(
         check=True,
     )
     dead_pid = int(gone.stdout)  # a process that has ended (its pid not reused this soon)
-    killed = tmp_path / f".out.rsbundle.{dead_pid}.123456789.tmp"
-    killed.write_bytes(b"\x1f\x8b partial")
-    alive = tmp_path / f".out.rsbundle.{os.getppid()}.987654321.tmp"  # a running export's
-    alive.write_bytes(b"\x1f\x8b running")
-    other = tmp_path / f".other.rsbundle.{dead_pid}.1.tmp"  # another FILE's: not this one's
-    other.write_bytes(b"x")
+    hour_ago = time.time() - 7200
+
+    def made(name: str, *, old: bool = True) -> Path:
+        path = tmp_path / name
+        path.write_bytes(b"\x1f\x8b partial")
+        if old:
+            os.utime(path, (hour_ago, hour_ago))
+        return path
+
+    killed = made(f".out.rsbundle.{dead_pid}.123456789.tmp")
+    # Kept: a running export's; a fresh one (its writer may run in another pid namespace,
+    # where kill(pid, 0) cannot see it); another FILE's; names no export writes (which
+    # crashed the sweep: "²" passes str.isdigit, a pid past C's long overflowed).
+    alive = made(f".out.rsbundle.{os.getppid()}.987654321.tmp")
+    fresh = made(f".out.rsbundle.{dead_pid}.5.tmp", old=False)
+    other = made(f".other.rsbundle.{dead_pid}.1.tmp")
+    odd = [made(".out.rsbundle.\u00b2.1.tmp"), made(f".out.rsbundle.{2**31}.1.tmp")]
+    odd.append(made(".out.rsbundle." + "9" * 30 + ".1.tmp"))
     result = cli("export", str(target))
     assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
     assert not killed.exists()
-    assert alive.exists()
-    assert other.exists()
-    assert sorted(p.name for p in tmp_path.glob(".out.rsbundle.*")) == [alive.name]
+    for kept in (alive, fresh, other, *odd):
+        assert kept.exists(), kept.name

@@ -439,3 +439,26 @@ def test_the_human_quarantine_view_escapes_raw_text_once(cli: Cli, spool_dir: Pa
     assert "raw='garbage\\\\xff'" in line, line  # the escape's backslash, shown escaped once
     assert "\\\\\\\\" not in line, line
     assert "status=-" in line
+
+
+def test_requeue_under_a_cap_smaller_than_a_record_brings_one_back_at_a_time(
+    scripted_server: ScriptedServer, cli: Cli, spool_dir: Path, write_key: str
+) -> None:
+    # With nothing pending and a cap below one record, no record "fitted": requeue brought
+    # none back, and its advice (flush, then requeue again) looped for ever. The cap keeps
+    # one record whatever its size (SPEC 8): one comes back, then the next after a flush.
+    fill(3)
+    scripted_server.default = Respond(400)
+    assert cli("flush", "--endpoint", scripted_server.url).returncode == 65
+    scripted_server.default = OK
+    tiny = {"RS_TELEMETRY_MAX_BYTES": "100"}
+    for left in (2, 1, 0):
+        result = cli("requeue", "--yes", env=tiny)
+        assert result.returncode == 0, result.stderr
+        assert "requeued 1 event(s)" in result.stderr
+        st = assert_accounted(3)
+        assert (st["pending"]["events"], st["quarantined"]["events"]) == (1, left), st
+        flushed = cli("flush", "--endpoint", scripted_server.url, env=tiny)
+        assert flushed.returncode == 0, flushed.stderr
+    st = assert_accounted(3)
+    assert (st["delivered"]["events"], st["dropped"]["events"]) == (3, 0), st

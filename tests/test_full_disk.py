@@ -292,3 +292,17 @@ def test_no_free_inode_for_the_lock_file_is_named_with_its_fix(
     flushed = cli("flush", "--endpoint", receiver.url, env={"RS_SEGMENT_WRITE_KEY": "k"})
     assert flushed.returncode == 0, flushed.stderr
     assert len(receiver.events) == 3
+
+
+def test_an_idle_flush_that_cannot_record_its_summary_says_so(
+    cli: Cli, small_disk: Path, receiver: Receiver
+) -> None:
+    # Nothing pending on a full spool disk: the run recorded no last_flush and said
+    # nothing (exit 0), so the "no flush for hours" alert fired with no hint of why.
+    assert cli("append", "server_start").returncode == 0
+    env = {"RS_SEGMENT_WRITE_KEY": "k"}
+    assert cli("flush", "--endpoint", receiver.url, env=env).returncode == 0
+    kit.fill_disk(small_disk)
+    result = cli("flush", "--endpoint", receiver.url, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "could not record the flush summary" in result.stderr

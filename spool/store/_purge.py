@@ -85,16 +85,15 @@ def requeue(directory: Path, cap: int | None = None) -> tuple[int, int, int]:
         back: list[bytes] = []
         kept: list[bytes] = []
         no_room = 0
-        room = (
-            None
-            if cap is None
-            else cap - sum(pf.size - pf.cursor for pf in pending_files(directory, state))
-        )
+        pending = sum(pf.size - pf.cursor for pf in pending_files(directory, state))
+        room = None if cap is None else cap - pending
         for line in quarantine_lines(directory):
             original = _record_of(line.raw)
             if original is None:
                 kept.append(line.raw + b"\n")
-            elif room is not None and (no_room or len(original) + 1 > room):
+            elif room is not None and (no_room or (len(original) + 1 > room and (back or pending))):
+                # (Nothing pending and nothing back yet: one record comes back whatever the
+                # cap, as the cap always keeps one, SPEC 8.)
                 kept.append(line.raw + b"\n")  # later ones too: the order stays the spool's
                 no_room += 1
             else:
