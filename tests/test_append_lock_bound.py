@@ -268,3 +268,58 @@ def test_a_hosts_timeout_error_is_its_own_and_leaves_no_lock_held(tmp_path: Path
     assert int(held) <= 1, f"{held} descriptors left open on the active file"
     assert other == "True"
     assert float(took) < 10
+
+
+def test_a_fork_while_the_active_file_is_let_go_leaves_the_child_no_number_to_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The descriptor was closed before it was forgotten: a fork from another thread in
+    # between gave the child a number to close that the host may have been given meanwhile
+    # (a worker lost the pipe it had just opened).
+    from spool.store import _append
+
+    monkeypatch.setenv("RS_TELEMETRY_DIR", str(tmp_path / "spool"))
+    assert spool.Session(spool_dir=tmp_path / "spool").append("server_start")
+    assert _append._active is not None
+    seen: list[object] = []
+    real_close = os.close
+
+    def close(fd: int) -> None:
+        seen.append(_append._active)  # what a child forked at this instant would close
+        real_close(fd)
+
+    monkeypatch.setattr(os, "close", close)
+    _append._forget_active()
+    assert seen == [None]
+
+
+def test_a_hosts_exception_right_after_the_seal_leaves_no_segment_written_into(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The host's TimeoutError, arriving as the seal's rename returned, was caught as a
+    # failed rename: the new segment was unstamped and went on being written into as if it
+    # were the active file (past the cap, its events lost uncounted), the exception lost.
+    from spool.store import _append
+
+    directory = tmp_path / "spool"
+    monkeypatch.setenv("RS_TELEMETRY_MAX_BYTES", "4000")
+    session = spool.Session(spool_dir=directory)
+    real_rename = os.rename
+    armed = [True]
+
+    def rename(source: str, target: str) -> None:
+        real_rename(source, target)
+        if armed and armed.pop():
+            raise TimeoutError("the host's own time limit")
+
+    monkeypatch.setattr(os, "rename", rename)
+    raised = 0
+    for _ in range(40):
+        try:
+            assert session.append("server_start")
+        except TimeoutError:
+            raised += 1
+    assert raised == 1, "the host's exception did not reach it"
+    assert _append._active is None or _append._active[0] == str(directory / "active.jsonl")
+    for segment in directory.glob("seg-*.jsonl"):
+        assert segment.stat().st_size <= 1500, "a sealed segment was written into"

@@ -79,14 +79,16 @@ _last_dir: tuple[object, str] = (None, "")  # (directory as given, its active fi
 def _forget_active(close: bool = True) -> None:
     global _active, _our_end  # noqa: PLW0603
     _our_end = -1
-    if _active is not None and close:
+    # Forgotten before it is closed: a fork from another thread in between must not leave
+    # the child a number to close that the host may have been given meanwhile.
+    active, _active = _active, None
+    if active is not None and close:
         with suppress_os():
             # Unlock before closing: a child forked meanwhile shares the open file
             # description, and the close alone would leave it holding our lock.
-            fcntl.flock(_active[1], fcntl.LOCK_UN)
+            fcntl.flock(active[1], fcntl.LOCK_UN)
         with suppress_os():
-            os.close(_active[1])
-    _active = None
+            os.close(active[1])
 
 
 def _forget_active_in_child() -> None:
@@ -254,10 +256,16 @@ def _append_locked(
                 )
             # The record is spooled from here on: trouble while rotating (a full disk
             # refusing a rename) must not report it as lost.
-            with suppress_os():
-                _seal_locked(directory, fd)
+            try:
+                with suppress_os():
+                    _seal_locked(directory, fd)
+                    _forget_active()
+                    return True
+            except BaseException:
+                # The host's own exception (its signal handler's), the rename perhaps made:
+                # the descriptor may name a segment now, so it is let go before it goes on.
                 _forget_active()
-                return True
+                raise
             return False
         finally:
             if _active is not None and _active[1] == fd:
@@ -350,7 +358,9 @@ def _cap_allows(where: StrPath, cap: int) -> bool:
         from spool.errors import LockTimeout  # noqa: PLC0415
         from spool.locking import state_lock  # noqa: PLC0415
         from spool.store._limits import enforce_cap_locked, pending_bytes  # noqa: PLC0415
-    except (ImportError, OSError):
+    except (ImportError, OSError) as exc:
+        if isinstance(exc, OSError) and exc.errno is None:
+            raise  # the host's own (its signal handler's), not a lack of descriptors
         return False
     directory = Path(where)
     try:
@@ -358,8 +368,10 @@ def _cap_allows(where: StrPath, cap: int) -> bool:
             return True
         with state_lock(directory, deadline=time.monotonic() + APPEND_CAP_WAIT):
             enforce_cap_locked(directory, cap)
-    except (OSError, LockTimeout):
-        pass  # judged below by what is pending
+    except (OSError, LockTimeout) as exc:
+        if isinstance(exc, OSError) and exc.errno is None:
+            raise  # the host's own (its signal handler's)
+        # judged below by what is pending
     else:
         return True
     try:
@@ -411,7 +423,9 @@ def _seal_locked(directory: StrPath, fd: int) -> bool:
         os.rename(
             os.path.join(directory, ACTIVE), os.path.join(directory, _segment_name(directory))
         )
-    except OSError:
+    except OSError as exc:
+        if exc.errno is None:
+            raise  # the host's own (its signal handler's): the rename may have happened
         os.utime(fd)  # not sealed after all: unstamp it, or no appender could use it again
         raise
     return True

@@ -266,13 +266,19 @@ def write_once(fd: int, data: bytes, *, fsync: bool, what: str) -> int:
 
 
 class suppress_os:  # named like contextlib.suppress, whose module costs an import
-    """``with suppress_os():`` ignores an ``OSError``, e.g. unlinking a file already gone."""
+    """``with suppress_os():`` ignores an ``OSError``, e.g. unlinking a file already gone.
+
+    Not one that no system call raised (no errno): that is the host's own, e.g. the
+    ``TimeoutError`` its signal handler raised while we were in here, which it waits for.
+    """
 
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type[BaseException] | None, *_: object) -> bool:
-        return kind is not None and issubclass(kind, OSError)
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, *_: object
+    ) -> bool:
+        return isinstance(exc, OSError) and exc.errno is not None
 
 
 SEALED_MTIME_NS = 0
