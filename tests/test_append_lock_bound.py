@@ -270,27 +270,35 @@ def test_a_hosts_timeout_error_is_its_own_and_leaves_no_lock_held(tmp_path: Path
     assert float(took) < 10
 
 
-def test_a_fork_while_the_active_file_is_let_go_leaves_the_child_no_number_to_close(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_forked_child_closes_the_active_file_only_if_the_number_is_still_ours(
+    tmp_path: Path,
 ) -> None:
-    # The descriptor was closed before it was forgotten: a fork from another thread in
-    # between gave the child a number to close that the host may have been given meanwhile
-    # (a worker lost the pipe it had just opened).
+    # A fork from another thread between the active file's close and its forgetting made
+    # the child close that number, which the host may have been given meanwhile (a worker
+    # lost the pipe it had just opened).
     from spool.store import _append
 
-    monkeypatch.setenv("RS_TELEMETRY_DIR", str(tmp_path / "spool"))
     assert spool.Session(spool_dir=tmp_path / "spool").append("server_start")
     assert _append._active is not None
-    seen: list[object] = []
-    real_close = os.close
-
-    def close(fd: int) -> None:
-        seen.append(_append._active)  # what a child forked at this instant would close
-        real_close(fd)
-
-    monkeypatch.setattr(os, "close", close)
-    _append._forget_active()
-    assert seen == [None]
+    ours = _append._active
+    os.close(ours[1])  # closed, not yet forgotten: the instant a fork can come in
+    read_end, write_end = os.pipe()  # the host is given numbers, perhaps that one
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: its after-fork hook has run
+            code = 0
+            for fd in (read_end, write_end):
+                try:
+                    os.fstat(fd)
+                except OSError:
+                    code = 1
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, "the child closed a host descriptor"
+    finally:
+        _append._active = None
+        os.close(read_end)
+        os.close(write_end)
 
 
 def test_a_hosts_exception_right_after_the_seal_leaves_no_segment_written_into(

@@ -79,16 +79,14 @@ _last_dir: tuple[object, str] = (None, "")  # (directory as given, its active fi
 def _forget_active(close: bool = True) -> None:
     global _active, _our_end  # noqa: PLW0603
     _our_end = -1
-    # Forgotten before it is closed: a fork from another thread in between must not leave
-    # the child a number to close that the host may have been given meanwhile.
-    active, _active = _active, None
-    if active is not None and close:
+    if _active is not None and close:
         with suppress_os():
             # Unlock before closing: a child forked meanwhile shares the open file
             # description, and the close alone would leave it holding our lock.
-            fcntl.flock(active[1], fcntl.LOCK_UN)
+            fcntl.flock(_active[1], fcntl.LOCK_UN)
         with suppress_os():
-            os.close(active[1])
+            os.close(_active[1])
+    _active = None
 
 
 def _forget_active_in_child() -> None:
@@ -96,7 +94,12 @@ def _forget_active_in_child() -> None:
     _our_end = -1
     if _active is not None:
         with suppress_os():  # close, never unlock: unlocking would free the parent's lock
-            os.close(_active[1])
+            st = os.fstat(_active[1])
+            # Only if the number still names our file: a fork from another thread between
+            # its close and its forgetting would have the child close a descriptor the
+            # host was given meanwhile.
+            if (st.st_dev, st.st_ino) == _active[2:]:
+                os.close(_active[1])
     _active = None
     _active_lock = _thread.RLock()  # another thread may have held it at fork time
 
