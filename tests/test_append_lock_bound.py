@@ -242,12 +242,13 @@ while time.monotonic() < stop:
     except TimeoutError:
         caught += 1
 signal.setitimer(signal.ITIMER_REAL, 0, 0)
-held = 0
-for fd in os.listdir("/proc/self/fd"):
-    try:
-        held += os.readlink(f"/proc/self/fd/{fd}").endswith("active.jsonl")
-    except OSError:
-        pass  # the listing's own descriptor, closed since
+active = os.path.join(os.environ["RS_TELEMETRY_DIR"], "active.jsonl")
+inode = f":{os.stat(active).st_ino} " if os.path.exists(active) else None
+with open("/proc/locks") as locks:  # flocks this process still holds on the active file
+    held = sum(
+        1 for row in locks
+        if inode and f" {os.getpid()} " in row and inode in row and "FLOCK" in row
+    )
 started = time.monotonic()
 other = subprocess.run(
     [sys.executable, "-c", "import spool; print(spool.append('server_stop'))"],
@@ -265,7 +266,9 @@ def test_a_hosts_timeout_error_is_its_own_and_leaves_no_lock_held(tmp_path: Path
     # and failed), thousands leaked, and the host's exception was swallowed.
     caught, held, other, took = _host(_HOST_TIMEOUTS, tmp_path).stdout.split()
     assert int(caught) > 100, "the host's TimeoutError did not reach it"
-    assert int(held) <= 1, f"{held} descriptors left open on the active file"
+    # A descriptor may still leak, unlocked, per unlucky interrupt (design.md, "Tolerated
+    # races, named"); no lock may.
+    assert int(held) == 0, f"{held} flocks left held on the active file"
     assert other == "True"
     assert float(took) < 10
 
